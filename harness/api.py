@@ -1,0 +1,153 @@
+"""The tokenizer contract (SPEC.md, "The contract every tokenizer keeps").
+
+Every tokenizer in the harness, built in or plugged in, subclasses
+:class:`VideoTokenizer` and exchanges :class:`Tokens` with the engine.
+
+Conventions, everywhere in the engine:
+
+* video tensors are ``float32 [B, C, T, H, W]``, RGB, values in ``[-1, 1]``;
+* decoded data on disk and in caches is ``uint8 [T, H, W, C]``.
+
+A tokenizer that handles only short clips natively (16 or 17 frames) sets
+``clip_frames``; the engine then splits long videos into clips, encodes and
+decodes each clip and concatenates the reconstructions, exactly as CoordTok
+supplementary B.1 describes for the baselines (see :func:`harness.clips.reconstruct`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+Latents = Tensor | dict[str, Tensor]
+
+
+@dataclass
+class Tokens:
+    """What ``encode`` returns and ``decode`` consumes.
+
+    Attributes:
+        latents: the continuous latents: one tensor (for example a 3D grid
+            ``float32 [B, C', T', H', W']``) or a dict of named tensors (for
+            example CoordTok's three planes ``{"xy", "xt", "yt"}``). For a
+            quantizing tokenizer these are the quantized latents.
+        num_tokens: tokens per video (one row of the batch), the number that the
+            leaderboard reports. For a flexible tokenizer it counts only the
+            kept prefix.
+        indices: discrete codes when the tokenizer quantizes (``int64``, any
+            layout the tokenizer documents), else ``None``.
+        info: whatever decode needs besides the latents: the video shape
+            ``(T, H, W)`` under ``"shape"``, the kept prefix length under
+            ``"keep"``, clip boundaries, and so on. Values must be tensors,
+            plain Python values or nested dicts of those.
+    """
+
+    latents: Latents
+    num_tokens: int
+    indices: Tensor | dict[str, Tensor] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> "Tokens":
+        """Return a copy with every tensor moved to ``device``."""
+        return Tokens(
+            latents=_move(self.latents, device),
+            num_tokens=self.num_tokens,
+            indices=_move(self.indices, device),
+            info=_move(self.info, device),
+        )
+
+    @property
+    def batch_size(self) -> int:
+        first = self.latents if isinstance(self.latents, Tensor) else next(iter(self.latents.values()))
+        return int(first.shape[0])
+
+
+def _move(value: Any, device: torch.device | str) -> Any:
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, Mapping):
+        return {k: _move(v, device) for k, v in value.items()}
+    return value
+
+
+class VideoTokenizer(nn.Module):
+    """Base class of every tokenizer.
+
+    Class attributes a subclass may override:
+
+    * ``clip_frames``: native clip length in frames, or ``None`` when the
+      tokenizer takes whole videos of any supported length. The engine splits
+      longer videos into clips of this length (CoordTok supp. B.1).
+    * ``continuous``: ``True`` when the latents are continuous (SiT generators),
+      ``False`` when ``Tokens.indices`` carries discrete codes (autoregressive
+      generators).
+    * ``flexible``: ``True`` when ``encode`` accepts ``num_tokens`` as a prefix
+      length (VideoFlexTok); the suite can then sweep token budgets.
+
+    Subclasses implement the four methods below. ``training_losses`` returns a
+    dict of scalar tensors that must hold ``"loss"`` (what the optimizer
+    minimizes); it may hold ``"disc_loss"`` when the tokenizer has an
+    adversarial ``discriminator`` sub-module, which the engine then optimizes
+    with its own optimizer. Other entries are logged.
+    """
+
+    clip_frames: int | None = None
+    continuous: bool = True
+    flexible: bool = False
+
+    def encode(self, video: Tensor, num_tokens: int | None = None) -> Tokens:
+        """Encode ``video`` ``float32 [B, 3, T, H, W]`` in ``[-1, 1]`` into tokens.
+
+        ``num_tokens`` is a prefix length (tokens per latent timestep for
+        VideoFlexTok); fixed-budget tokenizers raise ``ValueError`` when it is
+        given and differs from their budget.
+        """
+        raise NotImplementedError
+
+    def decode(self, tokens: Tokens) -> Tensor:
+        """Decode ``tokens`` into ``float32 [B, 3, T, H, W]`` in ``[-1, 1]``."""
+        raise NotImplementedError
+
+    def training_losses(self, video: Tensor, step: int) -> dict[str, Tensor]:
+        """Losses for one optimization step on ``video`` ``float32 [B, 3, T, H, W]``.
+
+        ``step`` is the global optimizer step (0-based), so that multi-stage
+        recipes (CoordTok's two stages, GAN start steps) switch on it and
+        resume correctly.
+        """
+        raise NotImplementedError
+
+    def num_tokens(self, frames: int, height: int, width: int) -> int:
+        """Tokens for one video of ``frames x height x width`` pixels.
+
+        Counted over every clip when the tokenizer works on clips.
+        """
+        raise NotImplementedError
+
+    def token_budgets(self) -> list[int]:
+        """Prefix lengths that ``encode(num_tokens=...)`` accepts (flexible tokenizers)."""
+        return []
+
+    @torch.no_grad()
+    def reconstruct(self, video: Tensor, num_tokens: int | None = None) -> Tensor:
+        """``decode(encode(video))`` for one clip the tokenizer handles natively."""
+        return self.decode(self.encode(video, num_tokens=num_tokens))
+
+    def codebook_size(self) -> int | None:
+        """Number of discrete codes, or ``None`` for continuous tokenizers."""
+        return None
+
+    def generator_batch(self, tokens: Tokens) -> Tokens:
+        """Tokens in the layout a generator trains on; identity by default."""
+        return tokens
+
+
+def check_video(video: Tensor, name: str = "video") -> None:
+    """Raise ``ValueError`` unless ``video`` is ``float [B, 3, T, H, W]``."""
+    if not isinstance(video, Tensor) or video.ndim != 5 or video.shape[1] != 3:
+        shape = tuple(video.shape) if isinstance(video, Tensor) else type(video).__name__
+        raise ValueError(f"{name}: expected float tensor [B, 3, T, H, W], got {shape}")
+    if not video.is_floating_point():
+        raise ValueError(f"{name}: expected a float tensor in [-1, 1], got dtype {video.dtype}")

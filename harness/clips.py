@@ -1,0 +1,73 @@
+"""Long videos through clip-based tokenizers (CoordTok supplementary B.1).
+
+A tokenizer that declares a native ``clip_frames`` (16 for the grid
+baselines) sees a long video as consecutive, non-overlapping clips: each clip
+is tokenized and reconstructed on its own and the reconstructions are
+concatenated in time. Tokens per video are counted over all clips (8192 for
+TATS / MAGVIT / MaskGIT-AE and 6144 for PVDM-AE on 128x128x128, Table 7).
+"""
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import Tensor
+
+from harness.api import Tokens, VideoTokenizer, check_video
+
+
+def split_into_clips(video: Tensor, clip_frames: int) -> tuple[Tensor, int]:
+    """``[B, C, T, H, W] -> [B * n, C, clip_frames, H, W]`` plus the padding added.
+
+    When ``T`` is not a multiple of ``clip_frames`` the last clip is completed
+    by repeating the last frame; the caller crops the reconstruction back.
+    """
+    frames = video.shape[2]
+    pad = (-frames) % clip_frames
+    if pad:
+        video = torch.cat([video, video[:, :, -1:].expand(-1, -1, pad, -1, -1)], dim=2)
+    return rearrange(video, "b c (n t) h w -> (b n) c t h w", t=clip_frames), pad
+
+
+def merge_clips(clips: Tensor, batch: int, pad: int) -> Tensor:
+    """Inverse of :func:`split_into_clips` (crops the ``pad`` frames again)."""
+    video = rearrange(clips, "(b n) c t h w -> b c (n t) h w", b=batch)
+    return video[:, :, : video.shape[2] - pad] if pad else video
+
+
+@torch.no_grad()
+def encode_video(tokenizer: VideoTokenizer, video: Tensor, num_tokens: int | None = None,
+                 clip_batch: int = 8) -> list[Tokens]:
+    """Tokens of a whole video batch, one :class:`Tokens` per group of clips.
+
+    Tokenizers without ``clip_frames`` get the whole video in one call.
+    """
+    check_video(video)
+    if not tokenizer.clip_frames or tokenizer.clip_frames == video.shape[2]:
+        return [tokenizer.encode(video, num_tokens=num_tokens)]
+    clips, _ = split_into_clips(video, tokenizer.clip_frames)
+    return [tokenizer.encode(chunk, num_tokens=num_tokens) for chunk in clips.split(clip_batch)]
+
+
+@torch.no_grad()
+def reconstruct_video(tokenizer: VideoTokenizer, video: Tensor, num_tokens: int | None = None,
+                      clip_batch: int = 8) -> tuple[Tensor, int]:
+    """Reconstruct ``video`` ``float32 [B, 3, T, H, W]`` in ``[-1, 1]``, clip by clip when needed.
+
+    Returns:
+        the reconstruction (same shape, clamped to ``[-1, 1]``) and the number
+        of tokens per video, counted over all clips.
+    """
+    check_video(video)
+    batch, frames = video.shape[0], video.shape[2]
+    clip = tokenizer.clip_frames
+    if not clip or clip == frames:
+        tokens = tokenizer.encode(video, num_tokens=num_tokens)
+        return tokenizer.decode(tokens).clamp(-1, 1), tokens.num_tokens
+    clips, pad = split_into_clips(video, clip)
+    parts, per_clip = [], 0
+    for chunk in clips.split(clip_batch):
+        tokens = tokenizer.encode(chunk, num_tokens=num_tokens)
+        per_clip = tokens.num_tokens
+        parts.append(tokenizer.decode(tokens))
+    recon = merge_clips(torch.cat(parts), batch, pad).clamp(-1, 1)
+    return recon, per_clip * (clips.shape[0] // batch)

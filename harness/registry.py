@@ -1,0 +1,132 @@
+"""Registries in the spirit of timm: ``register`` a class by name, ``create`` it by name.
+
+Three ways to name something:
+
+* a built-in, registered with the decorator (``@TOKENIZERS.register("grid3d")``);
+* an installed plugin, advertised in a Python entry-point group
+  (``harness.tokenizers``, ``harness.metrics``, ``harness.datasets``,
+  ``harness.generators``) and loaded on first lookup;
+* ``"package.module:ClassName"`` in a suite, imported directly.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import threading
+from typing import Any, Callable, Iterator
+
+# Modules whose import registers the built-ins of each registry.
+_BUILTIN_MODULES = {
+    "tokenizers": ("video_tokenizers",),
+    "metrics": ("metrics",),
+    "datasets": ("harness.data.datasets",),
+    "generators": ("harness.generation",),
+}
+
+
+class Registry:
+    """A name -> class map with plugin discovery.
+
+    Raises:
+        ValueError: when a name is registered twice for different objects.
+        KeyError: from :meth:`get` when a name is unknown; the message lists
+            the known names.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.group = f"harness.{kind}"
+        self._items: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._loaded_builtins = False
+        self._loaded_entry_points = False
+
+    def register(self, name: str) -> Callable[[Any], Any]:
+        """Class decorator that registers ``obj`` under ``name``."""
+
+        def decorator(obj: Any) -> Any:
+            with self._lock:
+                existing = self._items.get(name)
+                if existing is not None and existing is not obj:
+                    raise ValueError(f"{self.kind} {name!r} is already registered as {existing!r}")
+                self._items[name] = obj
+            obj.registry_name = name
+            return obj
+
+        return decorator
+
+    def _load_builtins(self) -> None:
+        if self._loaded_builtins:
+            return
+        self._loaded_builtins = True
+        for module in _BUILTIN_MODULES.get(self.kind, ()):
+            importlib.import_module(module)
+
+    def _load_entry_points(self) -> None:
+        if self._loaded_entry_points:
+            return
+        self._loaded_entry_points = True
+        for ep in importlib.metadata.entry_points(group=self.group):
+            if ep.name not in self._items:
+                self._items[ep.name] = ep.load()
+
+    def get(self, name: str) -> Any:
+        """The registered object for ``name`` or for a ``module:Class`` path."""
+        if ":" in name:
+            return _import_path(name)
+        self._load_builtins()
+        if name not in self._items:
+            self._load_entry_points()
+        if name not in self._items:
+            raise KeyError(f"unknown {self.kind[:-1]} {name!r}; registered: {', '.join(self.names())}")
+        return self._items[name]
+
+    def create(self, name: str, **kwargs: Any) -> Any:
+        """Instantiate the object registered as ``name`` with ``kwargs``."""
+        return self.get(name)(**kwargs)
+
+    def names(self) -> list[str]:
+        self._load_builtins()
+        self._load_entry_points()
+        return sorted(self._items)
+
+    def __contains__(self, name: str) -> bool:
+        try:
+            self.get(name)
+        except (KeyError, ImportError, AttributeError):
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        for name in self.names():
+            yield name, self._items[name]
+
+
+def _import_path(path: str) -> Any:
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ImportError(f"cannot import module {module_name!r} of {path!r}: {err}") from err
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise AttributeError(f"module {module_name!r} has no attribute {attr!r} (from {path!r})")
+        obj = getattr(obj, part)
+    return obj
+
+
+TOKENIZERS = Registry("tokenizers")
+METRICS = Registry("metrics")
+DATASETS = Registry("datasets")
+GENERATORS = Registry("generators")
+
+register_tokenizer = TOKENIZERS.register
+register_metric = METRICS.register
+register_dataset = DATASETS.register
+register_generator = GENERATORS.register
+
+
+def create_tokenizer(name: str, **kwargs: Any):
+    """Build a tokenizer by registered name or ``module:Class``."""
+    return TOKENIZERS.create(name, **kwargs)

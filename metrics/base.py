@@ -1,0 +1,73 @@
+"""Metric objects in the style of torchmetrics.
+
+Every metric of the harness is a :class:`VideoMetric`: a ``torchmetrics.Metric``
+whose ``update(real, fake)`` takes two batches of videos
+``float32 [B, 3, T, H, W]`` in ``[-1, 1]`` (the engine's convention) and whose
+states carry a ``dist_reduce_fx`` so that distributed evaluation gives the
+same value as one process. ``compute()`` returns a dict of named floats (one
+metric may report several numbers, e.g. FVD and its N).
+
+Per-video metrics (PSNR, SSIM, LPIPS, the analysis features) also expose the
+values of the last batch as ``last_values`` (``float64 [B]``), from which the
+engine writes the per-video table.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from harness.api import check_video
+
+
+class VideoMetric(Metric):
+    """Base class; subclasses set ``name`` and implement ``video_values`` or ``update``."""
+
+    name: str = "metric"
+    #: one value per video (mean over videos is the summary); False for set-level metrics such as FVD
+    per_video: bool = True
+    #: False when only the real video is measured (dynamics, frequency)
+    paired: bool = True
+    higher_is_better: bool | None = None
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.last_values: Tensor | None = None
+        if self.per_video:
+            self.add_state("values", default=[], dist_reduce_fx="cat")
+
+    def video_values(self, real: Tensor, fake: Tensor) -> Tensor:
+        """Per-video values ``float64 [B]`` of a batch (per-video metrics)."""
+        raise NotImplementedError
+
+    def update(self, real: Tensor, fake: Tensor) -> None:
+        check_video(real, "real")
+        check_video(fake, "fake")
+        if real.shape != fake.shape:
+            raise ValueError(f"{self.name}: real {tuple(real.shape)} and fake {tuple(fake.shape)} differ in shape")
+        values = self.video_values(real, fake).detach().to(torch.float64)
+        self.last_values = values.cpu()
+        self.values.append(values)
+
+    def compute(self) -> dict[str, float]:
+        values = dim_zero_cat(self.values) if self.values else torch.zeros(0, dtype=torch.float64)
+        return {self.name: float(values.mean()) if values.numel() else float("nan"), f"{self.name}_n": int(values.numel())}
+
+    def protocol(self) -> dict[str, Any]:
+        """The conventions behind the value, recorded with every result."""
+        return {}
+
+
+def to_unit_range(video: Tensor) -> Tensor:
+    """Map ``[-1, 1]`` videos to ``[0, 1]``, clamped (reconstructions may overshoot)."""
+    return ((video.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def frames_of(video: Tensor) -> Tensor:
+    """``[B, C, T, H, W]`` -> ``[B * T, C, H, W]`` (frame-major within each video)."""
+    b, c, t, h, w = video.shape
+    return video.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)

@@ -1,0 +1,119 @@
+"""``grid3d``: a 3D-convolutional VAE with a continuous latent grid.
+
+The de-facto standard spatiotemporal grid tokenizer (MAGVIT / TATS layout,
+CoordTok supplementary C.1 and Table 7): a 16x128x128 clip is compressed
+x4 in time and x8 in space to a 4x16x16 grid, one token per grid position.
+The latent is a KL-regularized diagonal Gaussian (mean at evaluation, a
+sample in training). With ``causal=True`` the time axis is causal and the
+first frame is encoded on its own, so ``T = 1 + 4k`` frames map to ``1 + k``
+latent timesteps, the layout of VidTok's causal 4x8x8 VAE that VideoFlexTok
+uses as its stage-0 compressor (research notes 2.2).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from harness.api import Tokens, VideoTokenizer, check_video
+from harness.registry import register_tokenizer
+from video_tokenizers.layers import Decoder3d, DiagonalGaussian, Encoder3d
+
+#: size presets: (channels, channel_mult, num_res_blocks); time is halved on the first two downsamplings
+GRID3D_SIZES = {
+    "tiny": (16, (1, 2, 2, 4), 1),
+    "small": (64, (1, 2, 2, 4), 1),
+    "base": (64, (1, 2, 2, 4), 2),  # MAGVIT-B 3D-VQ: filters 64, channel multipliers (1, 2, 2, 4)
+    "large": (128, (1, 2, 2, 4), 2),  # MAGVIT-L: filters 128
+}
+
+
+class Grid3dAutoencoder(VideoTokenizer):
+    """Shared body of the 3D grid tokenizers: encoder, decoder and the grid geometry.
+
+    Args:
+        size: a key of :data:`GRID3D_SIZES`, or ``None`` to use the explicit arguments.
+        channels, channel_mult, num_res_blocks: the convolutional stacks.
+        time_down: per downsampling, whether it halves time (default: the first two).
+        latent_channels: channels of the latent grid (one token per position).
+        clip_frames: native clip length; the engine splits longer videos (supp. B.1).
+        causal: causal time axis, first frame on its own.
+    """
+
+    def __init__(self, size: str | None = "tiny", channels: int | None = None, channel_mult: Sequence[int] | None = None,
+                 num_res_blocks: int | None = None, time_down: Sequence[bool] | None = None, latent_channels: int = 8,
+                 moments: int = 1, clip_frames: int | None = 16, causal: bool = False) -> None:
+        super().__init__()
+        preset = GRID3D_SIZES[size] if size else (64, (1, 2, 2, 4), 1)
+        self.channels = channels or preset[0]
+        self.channel_mult = tuple(channel_mult or preset[1])
+        self.num_res_blocks = num_res_blocks or preset[2]
+        levels = len(self.channel_mult) - 1
+        self.time_down = tuple(time_down) if time_down is not None else tuple(i < 2 for i in range(levels))
+        self.time_factor = 2 ** sum(self.time_down)
+        self.space_factor = 2 ** levels
+        self.latent_channels = latent_channels
+        self.causal = causal
+        self.clip_frames = clip_frames
+        stacks = dict(channels=self.channels, channel_mult=self.channel_mult, time_down=self.time_down,
+                      num_res_blocks=self.num_res_blocks, causal=causal)
+        self.encoder = Encoder3d(3, latent_channels * moments, **stacks)
+        self.decoder = Decoder3d(latent_channels, 3, **stacks)
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """Latent grid ``(t, h, w)`` of a clip; raises ``ValueError`` for unsupported sizes."""
+        if height % self.space_factor or width % self.space_factor:
+            raise ValueError(f"height and width must be multiples of {self.space_factor}, got {height}x{width}")
+        if self.causal:
+            if (frames - 1) % self.time_factor:
+                raise ValueError(f"a causal grid needs 1 + {self.time_factor}k frames, got {frames}")
+            return 1 + (frames - 1) // self.time_factor, height // self.space_factor, width // self.space_factor
+        if frames % self.time_factor:
+            raise ValueError(f"frames must be a multiple of {self.time_factor}, got {frames}")
+        return frames // self.time_factor, height // self.space_factor, width // self.space_factor
+
+    def num_tokens(self, frames: int, height: int, width: int) -> int:
+        clip = self.clip_frames or frames
+        clips = -(-frames // clip)
+        t, h, w = self.latent_shape(clip, height, width)
+        return clips * t * h * w
+
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        return self.decoder(latents)
+
+
+@register_tokenizer("grid3d")
+class Grid3dVAE(Grid3dAutoencoder):
+    """Continuous 3D grid VAE (KL-regularized); trained with L2 + ``kl_weight`` x KL.
+
+    Tokens: ``latents`` ``float32 [B, latent_channels, T/4, H/8, W/8]`` (the
+    posterior mean), one token per grid position.
+    """
+
+    def __init__(self, kl_weight: float = 1e-6, **kwargs) -> None:
+        super().__init__(moments=2, **kwargs)
+        self.kl_weight = kl_weight
+
+    def posterior(self, video: Tensor) -> DiagonalGaussian:
+        check_video(video)
+        self.latent_shape(*video.shape[2:])
+        return DiagonalGaussian(self.encoder(video))
+
+    def encode(self, video: Tensor, num_tokens: int | None = None) -> Tokens:
+        latents = self.posterior(video).mean
+        count = latents.shape[2] * latents.shape[3] * latents.shape[4]
+        if num_tokens is not None and num_tokens != count:
+            raise ValueError(f"grid3d has a fixed budget of {count} tokens per clip, got num_tokens={num_tokens}")
+        return Tokens(latents=latents, num_tokens=count, info={"shape": tuple(video.shape[2:])})
+
+    def decode(self, tokens: Tokens) -> Tensor:
+        return self.decode_latents(tokens.latents)
+
+    def training_losses(self, video: Tensor, step: int) -> dict[str, Tensor]:
+        posterior = self.posterior(video)
+        recon = self.decode_latents(posterior.sample())
+        l2 = F.mse_loss(recon, video)
+        kl = posterior.kl()
+        return {"loss": l2 + self.kl_weight * kl, "l2": l2.detach(), "kl": kl.detach()}
