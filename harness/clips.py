@@ -8,6 +8,8 @@ TATS / MAGVIT / MaskGIT-AE and 6144 for PVDM-AE on 128x128x128, Table 7).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from einops import rearrange
 from torch import Tensor
@@ -50,8 +52,11 @@ def encode_video(tokenizer: VideoTokenizer, video: Tensor, num_tokens: int | Non
 
 @torch.no_grad()
 def reconstruct_video(tokenizer: VideoTokenizer, video: Tensor, num_tokens: int | None = None,
-                      clip_batch: int = 8) -> tuple[Tensor, int]:
+                      clip_batch: int = 8, on_tokens: Callable[[Tokens], None] | None = None) -> tuple[Tensor, int]:
     """Reconstruct ``video`` ``float32 [B, 3, T, H, W]`` in ``[-1, 1]``, clip by clip when needed.
+
+    ``on_tokens`` is called with every :class:`Tokens` produced (for example to
+    count codebook usage).
 
     Returns:
         the reconstruction (same shape, clamped to ``[-1, 1]``) and the number
@@ -62,12 +67,16 @@ def reconstruct_video(tokenizer: VideoTokenizer, video: Tensor, num_tokens: int 
     clip = tokenizer.clip_frames
     if not clip or clip == frames:
         tokens = tokenizer.encode(video, num_tokens=num_tokens)
+        if on_tokens:
+            on_tokens(tokens)
         return tokenizer.decode(tokens).clamp(-1, 1), tokens.num_tokens
     clips, pad = split_into_clips(video, clip)
     parts, per_clip = [], 0
     for chunk in clips.split(clip_batch):
         tokens = tokenizer.encode(chunk, num_tokens=num_tokens)
         per_clip = tokens.num_tokens
+        if on_tokens:
+            on_tokens(tokens)
         parts.append(tokenizer.decode(tokens))
     recon = merge_clips(torch.cat(parts), batch, pad).clamp(-1, 1)
     return recon, per_clip * (clips.shape[0] // batch)
