@@ -89,8 +89,13 @@ class VideoTokenizer(nn.Module):
     Subclasses implement the four methods below. ``training_losses`` returns a
     dict of scalar tensors that must hold ``"loss"`` (what the optimizer
     minimizes); it may hold ``"disc_loss"`` when the tokenizer has an
-    adversarial ``discriminator`` sub-module, which the engine then optimizes
-    with its own optimizer. Other entries are logged.
+    adversarial ``discriminator`` sub-module, whose parameters the engine then
+    optimizes with a second optimizer. The engine backpropagates
+    ``loss + disc_loss`` once (one forward, one backward: safe under DDP), so
+    the generator's adversarial term must not send gradients into the
+    discriminator (evaluate it with detached discriminator parameters, e.g.
+    ``torch.func.functional_call``) and ``disc_loss`` must use detached
+    reconstructions. Other entries are logged.
     """
 
     clip_frames: int | None = None
