@@ -1,0 +1,214 @@
+"""The training loop, on Hugging Face Accelerate (one CPU, one GPU, or many through ``torchrun``/``accelerate launch``).
+
+Recipe defaults follow CoordTok supplementary A.1: AdamW, lr 1e-4, betas
+(0.9, 0.999), weight decay 0.001, constant learning rate; mixed precision is
+fp16 on CUDA (``auto``) and off on CPU unless the suite asks for ``bf16``.
+The suite's ``batch_size`` is the global batch: each process runs
+``batch_size / (micro_batch_size x processes)`` micro-batches per step with
+gradient accumulation.
+
+Training data is a pure function of ``(seed, sample index)``
+(:class:`harness.data.sampling.TrainClips`), and a checkpoint holds the
+model, optimizers and step, so a stopped run resumes exactly where its last
+checkpoint was written.
+"""
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from harness.api import VideoTokenizer
+from harness.config import TrainConfig
+from harness.data.cache import torch_save_atomic
+from harness.data.sampling import TrainClipDataset, TrainClips
+
+log = logging.getLogger("harness.train")
+
+
+class TrainingObjective(nn.Module):
+    """Wraps ``training_losses`` as ``forward`` so DDP sees one forward per backward."""
+
+    def __init__(self, tokenizer: VideoTokenizer) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+
+    def forward(self, video: Tensor, step: int) -> dict[str, Tensor]:
+        return self.tokenizer.training_losses(video, step)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    resumed_from: int
+    step_time_s: float | None
+    peak_memory_mb: float
+    last_losses: dict[str, float]
+
+
+def resolve_mixed_precision(setting: str, device_type: str) -> str:
+    """``auto`` -> fp16 on CUDA, no on CPU; ``fp16`` on CPU falls back to bf16 (CPU autocast has no fp16 scaler)."""
+    if setting == "auto":
+        return "fp16" if device_type == "cuda" else "no"
+    if setting == "fp16" and device_type != "cuda":
+        return "bf16"
+    return setting
+
+
+def split_parameters(tokenizer: VideoTokenizer) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Trainable parameters of the tokenizer proper and of its ``discriminator`` (if any)."""
+    disc = getattr(tokenizer, "discriminator", None)
+    disc_ids = {id(p) for p in disc.parameters()} if isinstance(disc, nn.Module) else set()
+    main = [p for p in tokenizer.parameters() if p.requires_grad and id(p) not in disc_ids]
+    adversary = [p for p in tokenizer.parameters() if p.requires_grad and id(p) in disc_ids]
+    return main, adversary
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated, or peak resident set size of the process on CPU (MiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def train_tokenizer(tokenizer: VideoTokenizer, clips: TrainClips, cfg: TrainConfig, checkpoint: Path, seed: int,
+                    accelerator: Accelerator | None = None, show_progress: bool = True) -> TrainResult:
+    """Train ``tokenizer`` for ``cfg.steps`` optimizer steps, resuming from ``checkpoint`` if it exists.
+
+    Args:
+        tokenizer: the model; its ``training_losses(video, step)`` must return ``"loss"``.
+        clips: the seeded training clip source.
+        cfg: the schedule and optimizer settings.
+        checkpoint: where checkpoints are written (atomically) and resumed from.
+        seed: seeds model-side randomness (per process: ``seed + rank``).
+        accelerator: an existing Accelerator (tests); built from ``cfg`` otherwise.
+
+    Raises:
+        ValueError: when the global batch is not divisible into micro-batches.
+    """
+    if accelerator is None:
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+        accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision, device_type),
+                                  cpu=device_type == "cpu")
+    world = accelerator.num_processes
+    micro = cfg.micro_batch_size or max(1, cfg.batch_size // world)
+    if cfg.batch_size % (micro * world):
+        raise ValueError(f"train.batch_size {cfg.batch_size} is not a multiple of micro_batch_size {micro} x {world} processes")
+    accumulation = cfg.batch_size // (micro * world)
+
+    start_step = 0
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False) if checkpoint.is_file() else None
+    if state is not None:
+        tokenizer.load_state_dict(state["model"])
+        start_step = int(state["step"])
+    set_seed(seed + 1000 * start_step + accelerator.process_index)
+
+    main_params, disc_params = split_parameters(tokenizer)
+    optimizer = torch.optim.AdamW(main_params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    disc_optimizer = (torch.optim.AdamW(disc_params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+                      if disc_params else None)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        if disc_optimizer is not None and state.get("disc_optimizer"):
+            disc_optimizer.load_state_dict(state["disc_optimizer"])
+
+    objective = TrainingObjective(tokenizer)
+    objective, optimizer = accelerator.prepare(objective, optimizer)
+    if disc_optimizer is not None:
+        disc_optimizer = accelerator.prepare(disc_optimizer)
+    objective.train()
+
+    per_step = cfg.batch_size
+    loader = None
+    if clips.cfg.num_workers:
+        dataset = TrainClipDataset(clips, length=(cfg.steps + 1) * per_step)
+        sampler = _StepSampler(start_step, cfg.steps, per_step, accelerator.process_index, micro * accumulation)
+        loader = iter(torch.utils.data.DataLoader(dataset, batch_size=micro, sampler=sampler, num_workers=clips.cfg.num_workers,
+                                                  persistent_workers=False))
+
+    bar = tqdm(total=cfg.steps, initial=start_step, disable=not (show_progress and accelerator.is_main_process),
+               desc="train", unit="step", dynamic_ncols=True)
+    times: list[float] = []
+    losses: dict[str, float] = {}
+    for step in range(start_step, cfg.steps):
+        began = time.perf_counter()
+        losses = {}
+        for micro_index in range(accumulation):
+            if loader is not None:
+                video, _ = next(loader)
+            else:
+                first = step * per_step + accelerator.process_index * micro * accumulation + micro_index * micro
+                video, _ = clips.batch(list(range(first, first + micro)))
+            video = video.to(accelerator.device)
+            sync = micro_index == accumulation - 1
+            context = accelerator.no_sync(objective) if not sync and world > 1 else nullcontext()
+            with context:
+                out = objective(video, step)
+                total = out["loss"] + out.get("disc_loss", 0.0)
+                if not torch.isfinite(total):
+                    raise FloatingPointError(f"non-finite loss at step {step}: {({k: float(v) for k, v in out.items()})}")
+                accelerator.backward(total / accumulation)
+            for name, value in out.items():
+                losses[name] = losses.get(name, 0.0) + float(torch.as_tensor(value).detach()) / accumulation
+        if cfg.grad_clip:
+            accelerator.clip_grad_norm_(main_params, cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if disc_optimizer is not None:
+            disc_optimizer.step()
+            disc_optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - began)
+        bar.update(1)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items() if k in ("loss", "l2", "disc_loss")})
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            save_checkpoint(accelerator, objective, optimizer, disc_optimizer, step + 1, checkpoint)
+    bar.close()
+    accelerator.wait_for_everyone()
+    steady = times[1:] if len(times) > 1 else times
+    return TrainResult(steps=cfg.steps, resumed_from=start_step,
+                       step_time_s=sum(steady) / len(steady) if steady else None,
+                       peak_memory_mb=peak_memory_mb(accelerator.device), last_losses=losses)
+
+
+def save_checkpoint(accelerator: Accelerator, objective: nn.Module, optimizer, disc_optimizer, step: int, path: Path) -> None:
+    """Write model, optimizer states and step atomically (main process only)."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(objective).tokenizer
+        torch_save_atomic(path, {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "disc_optimizer": disc_optimizer.state_dict() if disc_optimizer is not None else None,
+            "step": step,
+        })
+    accelerator.wait_for_everyone()
+
+
+class _StepSampler(torch.utils.data.Sampler):
+    """Sample indices of this process for steps ``start..steps`` (same indices as the in-process path)."""
+
+    def __init__(self, start: int, steps: int, per_step: int, rank: int, per_rank: int) -> None:
+        self.start, self.steps, self.per_step, self.rank, self.per_rank = start, steps, per_step, rank, per_rank
+
+    def __iter__(self):
+        for step in range(self.start, self.steps):
+            first = step * self.per_step + self.rank * self.per_rank
+            yield from range(first, first + self.per_rank)
+
+    def __len__(self) -> int:
+        return (self.steps - self.start) * self.per_rank
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Parameters of ``module`` (all, including frozen ones such as a stage-0 VAE)."""
+    return sum(p.numel() for p in module.parameters())
