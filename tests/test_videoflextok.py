@@ -1,0 +1,174 @@
+"""VideoFlexTok: token counts per budget, nested dropout, FSQ round trip, time-block-causal masks, long videos, training."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from harness.data.decode import decode_frames, to_model_range
+from harness.registry import create_tokenizer
+from video_tokenizers.videoflextok import (FSQ_LEVELS, PAPER_81F_672, VideoFlexTok, decoder_attention_mask,
+                                           encoder_attention_mask)
+
+VAE = {"name": "grid3d", "kwargs": {"size": "tiny", "channels": 8, "causal": True, "latent_channels": 16, "clip_frames": 17}}
+SMALL = dict(size="tiny", vae=VAE, n_max=8, enc_depth=1, enc_dim=32, enc_heads=2, dec_depth=2, dec_dim=32, dec_heads=2,
+             sample_steps=2)
+
+
+def make_model(**overrides) -> VideoFlexTok:
+    torch.manual_seed(0)
+    return create_tokenizer("videoflextok", **{**SMALL, **overrides})
+
+
+def randomize_zero_init(model: VideoFlexTok) -> None:
+    """Give the adaLN-zero and output layers random weights, so the decoder output depends on its inputs."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if (".ada" in name or name.startswith("final.")) and p.requires_grad:
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+
+
+@pytest.fixture(scope="module")
+def videos33(sample_paths) -> torch.Tensor:
+    """Two real 33-frame 32x32 clips, ``float32 [2, 3, 33, 32, 32]`` in ``[-1, 1]``."""
+    return to_model_range(np.stack([decode_frames(p, start=0, num_frames=33, resolution=32) for p in sample_paths[:2]]))
+
+
+def test_registered_and_contract():
+    model = make_model()
+    assert model.flexible and not model.continuous and model.clip_frames is None
+    assert model.codebook_size() == int(np.prod(FSQ_LEVELS)) == 64000
+    assert model.token_budgets() == [1, 2, 4, 8]
+    assert model.num_tokens(17, 32, 32) == 5 * 8 and model.num_tokens(33, 32, 32) == 9 * 8
+    assert model.num_tokens(81, 128, 128) == 21 * 8
+    assert PAPER_81F_672["tokens_per_video"] == model.timesteps(PAPER_81F_672["frames"]) * PAPER_81F_672["num_tokens"]
+    assert all(not p.requires_grad for p in model.vae.parameters())
+    model.train()
+    assert not model.vae.training
+
+
+def test_token_count_is_timesteps_times_budget(videos33):
+    model = make_model()
+    for frames, timesteps in ((17, 5), (33, 9)):
+        for k in model.token_budgets():
+            tokens = model.encode(videos33[:, :, :frames], num_tokens=k)
+            assert tokens.num_tokens == timesteps * k
+            assert tokens.indices.shape == (2, timesteps, k) and tokens.indices.dtype == torch.int64
+            assert tokens.latents.shape == (2, timesteps, k, len(FSQ_LEVELS))
+            assert tokens.info["padded_frames"] == 0
+    # a budget prefix is exactly the prefix of the full token sequence
+    full, four = model.encode(videos33, num_tokens=8), model.encode(videos33, num_tokens=4)
+    assert torch.equal(full.indices[:, :, :4], four.indices)
+    for bad in (0, 9, 2.5):
+        with pytest.raises(ValueError, match="num_tokens"):
+            model.encode(videos33, num_tokens=bad)
+
+
+def test_fsq_codes_round_trip_through_indices(videos33):
+    model = make_model()
+    tokens = model.encode(videos33)
+    assert int(tokens.indices.min()) >= 0 and int(tokens.indices.max()) < 64000
+    codes = model.fsq.indices_to_codes(tokens.indices.flatten(1).int())
+    assert torch.equal(codes.view_as(tokens.latents), tokens.latents)
+    # and the indices of those codes are the same indices
+    assert torch.equal(model.fsq.codes_to_indices(codes).long(), tokens.indices.flatten(1))
+
+
+def test_encoder_mask_forbids_attention_to_later_timesteps():
+    t, patches, registers = 5, 4, 8
+    mask = encoder_attention_mask(t, patches, registers)
+    time = torch.cat([torch.arange(t).repeat_interleave(patches), torch.arange(t).repeat_interleave(registers)])
+    is_register = torch.cat([torch.zeros(t * patches, dtype=torch.bool), torch.ones(t * registers, dtype=torch.bool)])
+    index = torch.cat([torch.zeros(t * patches, dtype=torch.long), torch.arange(registers).repeat(t)])
+    later = time[None, :] > time[:, None]
+    assert not (mask & later).any()  # no token, in particular no register, attends to a later timestep
+    reg_q = is_register[:, None].expand_as(mask)
+    # a register sees every patch of its own timestep, and its own-timestep registers causally
+    same = time[None, :] == time[:, None]
+    assert (mask[reg_q & same & ~is_register[None, :]]).all()
+    causal = is_register[None, :] & reg_q & same
+    assert torch.equal(mask[causal], (index[None, :] <= index[:, None]).expand_as(mask)[causal])
+    assert not (mask & ~is_register[:, None] & is_register[None, :]).any()  # patches never read registers
+    dec = decoder_attention_mask(t, patches, registers)
+    assert not (dec & later).any() and dec[~later].all()
+
+
+def test_encoder_registers_do_not_depend_on_later_timesteps(videos33):
+    model = make_model()
+    clean = model.vae_latents(videos33[:, :, :17])
+    changed = clean.clone()
+    changed[:, :, 3:] = torch.randn_like(changed[:, :, 3:])
+    _, idx = model.encode_latents(clean)
+    _, idx_changed = model.encode_latents(changed)
+    assert torch.equal(idx[:, :3], idx_changed[:, :3])
+    assert not torch.equal(idx[:, 3:], idx_changed[:, 3:])
+
+
+def test_registers_beyond_budget_have_no_effect_on_decoder(videos33):
+    model = make_model()
+    randomize_zero_init(model)
+    k = 2
+    tokens = model.encode(videos33[:, :, :17], num_tokens=model.n_max)
+    tokens.info["keep"] = k
+    out = model.decode(tokens)
+    other = tokens.latents.clone()
+    other[:, :, k:] = -other[:, :, k:] + 0.3
+    tokens_other = type(tokens)(latents=other, num_tokens=tokens.num_tokens, indices=None, info=dict(tokens.info))
+    assert torch.equal(model.decode(tokens_other), out)
+    # the velocity itself ignores them too, while kept registers do matter (so the check can fail)
+    clean = model.vae_latents(videos33[:, :, :17])
+    sigma = torch.full((2, 5), 0.5)
+    keep = (torch.arange(model.n_max) < k).expand(2, 5, -1)
+    null = torch.zeros(2, dtype=torch.bool)
+    v = model.velocity(clean, sigma, tokens.latents, keep, null)
+    assert torch.equal(model.velocity(clean, sigma, other, keep, null), v)
+    kept_changed = tokens.latents.clone()
+    kept_changed[:, :, :k] = -kept_changed[:, :, :k] + 0.3
+    assert not torch.allclose(model.velocity(clean, sigma, kept_changed, keep, null), v)
+
+
+def test_long_video_padding_chunks_and_deterministic_decoding(videos33):
+    model = make_model()
+    randomize_zero_init(model)
+    video = videos33[:1, :, :20]
+    tokens = model.encode(video, num_tokens=4)
+    assert tokens.info["padded_frames"] == 13 and tokens.info["chunks"] == 2
+    assert tokens.num_tokens == 9 * 4 == model.timesteps(20) * 4
+    recon = model.decode(tokens)
+    assert recon.shape == video.shape and recon.abs().max() <= 1
+    assert torch.equal(model.decode(tokens), recon)  # seeded initial noise
+    model.sample_seed = 1
+    assert not torch.equal(model.decode(tokens), recon)
+
+
+def test_rejects_bad_configuration():
+    with pytest.raises(ValueError, match="run:"):
+        make_model(vae="run:abc")
+    with pytest.raises(ValueError, match="causal"):
+        make_model(vae={"name": "grid3d", "kwargs": {"size": "tiny", "channels": 8, "causal": False, "latent_channels": 16}})
+    with pytest.raises(ValueError, match="size"):
+        make_model(size="huge")
+    model = make_model()
+    with pytest.raises(ValueError, match="multiples of 16"):
+        model.encode(torch.zeros(1, 3, 17, 40, 40))
+
+
+def test_accepts_built_vae_and_trains_on_real_clips(videos33):
+    vae = create_tokenizer("grid3d", **VAE["kwargs"])
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    model = make_model(vae=vae)
+    assert model.vae is vae
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    clips = videos33[:, :, :17]
+    for step in range(4):
+        out = model.training_losses(clips, step)
+        assert {"loss", "rf_loss"} <= set(out)
+        assert torch.isfinite(out["loss"])
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    assert bool(model.latent_stats_ready)
+    assert all(torch.equal(before[k], v) for k, v in vae.state_dict().items())  # the VAE stays frozen
+    assert model.registers.grad is not None and model.registers.grad.abs().sum() > 0  # gradients reach the encoder
+    assert "vae.encoder.stem.conv.weight" in model.state_dict()
