@@ -8,6 +8,7 @@ TATS / MAGVIT / MaskGIT-AE and 6144 for PVDM-AE on 128x128x128, Table 7).
 """
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import torch
@@ -52,31 +53,43 @@ def encode_video(tokenizer: VideoTokenizer, video: Tensor, num_tokens: int | Non
 
 @torch.no_grad()
 def reconstruct_video(tokenizer: VideoTokenizer, video: Tensor, num_tokens: int | None = None,
-                      clip_batch: int = 8, on_tokens: Callable[[Tokens], None] | None = None) -> tuple[Tensor, int]:
+                      clip_batch: int = 8, on_tokens: Callable[[Tokens], None] | None = None,
+                      timings: dict[str, float] | None = None) -> tuple[Tensor, int]:
     """Reconstruct ``video`` ``float32 [B, 3, T, H, W]`` in ``[-1, 1]``, clip by clip when needed.
 
     ``on_tokens`` is called with every :class:`Tokens` produced (for example to
-    count codebook usage).
+    count codebook usage); ``timings`` accumulates wall-clock seconds spent in
+    ``encode_s`` and ``decode_s``.
 
     Returns:
         the reconstruction (same shape, clamped to ``[-1, 1]``) and the number
         of tokens per video, counted over all clips.
     """
     check_video(video)
+    timings = timings if timings is not None else {}
     batch, frames = video.shape[0], video.shape[2]
     clip = tokenizer.clip_frames
-    if not clip or clip == frames:
-        tokens = tokenizer.encode(video, num_tokens=num_tokens)
-        if on_tokens:
-            on_tokens(tokens)
-        return tokenizer.decode(tokens).clamp(-1, 1), tokens.num_tokens
-    clips, pad = split_into_clips(video, clip)
+    whole = not clip or clip == frames
+    clips, pad = (video, 0) if whole else split_into_clips(video, clip)
     parts, per_clip = [], 0
-    for chunk in clips.split(clip_batch):
+    for chunk in [clips] if whole else clips.split(clip_batch):
+        began = time.perf_counter()
         tokens = tokenizer.encode(chunk, num_tokens=num_tokens)
+        _synchronize(chunk.device)
+        middle = time.perf_counter()
+        parts.append(tokenizer.decode(tokens))
+        _synchronize(chunk.device)
+        timings["encode_s"] = timings.get("encode_s", 0.0) + middle - began
+        timings["decode_s"] = timings.get("decode_s", 0.0) + time.perf_counter() - middle
         per_clip = tokens.num_tokens
         if on_tokens:
             on_tokens(tokens)
-        parts.append(tokenizer.decode(tokens))
+    if whole:
+        return parts[0].clamp(-1, 1), per_clip
     recon = merge_clips(torch.cat(parts), batch, pad).clamp(-1, 1)
     return recon, per_clip * (clips.shape[0] // batch)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,117 @@
+"""Command line: ``python -m harness {run,list,leaderboard,plot,report,compare,profile}``."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+
+def _run(args: argparse.Namespace) -> int:
+    from harness.config import load_suite
+    from harness.runner import SuiteRunner
+
+    suite = load_suite(args.suite, overrides=args.set or [], only=args.only.split(",") if args.only else None)
+    if args.output_dir:
+        suite = suite.model_copy(update={"output_dir": args.output_dir})
+    results = SuiteRunner(suite, show_progress=not args.quiet).run()
+    print(f"results: {results}")
+    print(f"leaderboard: {results / 'leaderboard.md'}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from harness.registry import DATASETS, GENERATORS, METRICS, TOKENIZERS
+
+    for title, registry in (("tokenizers", TOKENIZERS), ("metrics", METRICS), ("datasets", DATASETS), ("generators", GENERATORS)):
+        try:
+            items = list(registry)
+        except ImportError as err:
+            print(f"{title}: unavailable ({err})")
+            continue
+        rows = [(name, f"{obj.__module__}:{obj.__qualname__}", (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else "")
+                for name, obj in items]
+        print(f"\n{title}:")
+        print(tabulate(rows, headers=["name", "class", "summary"]))
+    if args.params:
+        print("\nparameters of the paper configurations (built on the meta device):")
+        print(tabulate(_paper_parameter_counts(), headers=["tokenizer", "size", "parameters"], intfmt=","))
+    return 0
+
+
+def _paper_parameter_counts() -> list[tuple[str, str, int]]:
+    rows = []
+    coordtok = importlib.import_module("video_tokenizers.coordtok")
+    for size, count in coordtok.coordtok_param_counts().items():
+        rows.append(("coordtok", size, count))
+    return rows
+
+
+def _leaderboard(args: argparse.Namespace) -> int:
+    from harness import report
+
+    path = report.write_leaderboard(Path(args.results))
+    print(path.read_text())
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from harness import report
+
+    print(report.write_plot(Path(args.results)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description="Benchmark and evaluation harness for video tokenizers")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a suite: train -> reconstruct -> evaluate -> generate -> report")
+    run.add_argument("suite", help="suite YAML file")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a suite key (repeatable); tokenizers by id")
+    run.add_argument("--only", metavar="IDS", help="comma-separated tokenizer ids to run (plus the runs they reference)")
+    run.add_argument("--output-dir", help="results folder (default: results/<suite name>)")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=_run)
+
+    lst = sub.add_parser("list", help="registered tokenizers, metrics, datasets and generators")
+    lst.add_argument("--params", action="store_true", help="also print parameter counts of the paper configurations")
+    lst.set_defaults(func=_list)
+
+    board = sub.add_parser("leaderboard", help="write and print the markdown leaderboard of a results folder")
+    board.add_argument("results")
+    board.set_defaults(func=_leaderboard)
+
+    plot = sub.add_parser("plot", help="write the quality-vs-tokens plot of a results folder")
+    plot.add_argument("results")
+    plot.set_defaults(func=_plot)
+
+    for module in ("harness.compare", "harness.profile"):
+        try:
+            importlib.import_module(module).add_parser(sub)
+        except ImportError as err:
+            logging.getLogger("harness").debug("sub-command of %s unavailable: %s", module, err)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from harness.config import SuiteError
+    from harness.data.datasets import DataError
+    from harness.data.decode import VideoDecodeError
+
+    try:
+        return args.func(args)
+    except (SuiteError, DataError, VideoDecodeError, FileNotFoundError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
