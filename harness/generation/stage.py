@@ -1,0 +1,416 @@
+"""The ``generate`` stage: train a generator on a tokenizer's tokens, sample, score gFVD.
+
+Protocol (issue 7; CoordTok supplementary A.2 and B.2; StyleGAN-V):
+
+1. **Tokens.** ``cfg.num_train_clips`` training clips are drawn once through
+   ``train_clips`` (in batches of ``cfg.encode_batch_size``, batch ``k`` with
+   seed ``cfg.seed * 100_000 + k``), encoded with
+   :func:`harness.clips.encode_video` and packed per video
+   (:mod:`harness.generation.tokens`); the result is cached in
+   ``generation/tokens.pt`` and reused by every step and on resume.
+2. **Normalization** (continuous tokens): per plane / channel mean and std of
+   the first ``min(cfg.num_norm_clips, num_train_clips)`` cached clips (2048
+   in the paper), written to ``generation/normalization.json``.
+3. **Generator.** SiT (continuous; :mod:`harness.generation.sit`) or the
+   autoregressive transformer (discrete; :mod:`harness.generation.ar`),
+   AdamW (lr 1e-4, betas (0.9, 0.999), no weight decay), EMA 0.9999 (timm
+   ``ModelEmaV3``), ``cfg.steps`` steps of batch ``cfg.batch_size`` drawn with
+   replacement from the cache (batch indices seeded by step, so a resumed run
+   sees the same batches). Checkpoint ``generation/checkpoint.pt`` every
+   ``cfg.checkpoint_every`` steps and at the end (atomic).
+4. **Sampling** with the EMA weights: SiT through the Euler-Maruyama SDE (250
+   steps, ``w_t = sigma_t``, last step 0.04) or the ODE; the AR model by
+   ancestral sampling. Unconditional runs use class 0; conditional runs draw
+   classes uniformly and apply classifier-free guidance ``cfg.cfg_scale``.
+   Samples are de-normalized, decoded by the tokenizer and clamped; the first
+   ``cfg.num_gif_samples`` are written to ``generation/samples/*.gif``.
+5. **gFVD** (StyleGAN-V): every metric of ``cfg.fvd_protocols`` gets
+   ``cfg.num_real`` real training clips (batch ``k`` with seed
+   ``cfg.seed * 100_000 + 50_000 + k``; statistics cached under
+   ``cfg.real_cache_dir``) and the ``cfg.num_samples`` generated videos.
+   Fewer than 256 samples per set are marked not comparable.
+
+The result is written atomically to ``generation/metrics.json``; when that
+file exists the stage returns it without any work (stage resume).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from timm.utils import ModelEmaV3
+from torch import Tensor, nn
+
+from harness.api import VideoTokenizer
+from harness.clips import encode_video
+from harness.generation.config import GenerationConfig
+from harness.generation.normalize import LatentNormalizer
+from harness.generation.tokens import TokenLayout, decode, pack
+from harness.generation.transport import sample_ode, sample_sde, training_loss
+from harness.generation.tree import Latents, batch_size, tree_cat, tree_index, tree_map
+from harness.registry import GENERATORS, METRICS
+
+TrainClips = Callable[[int, int], tuple[Tensor, Tensor]]
+
+#: samples per set below which FVD is not comparable (issue threads in eval_anchors A.5 item 8)
+MIN_COMPARABLE_N = 256
+_TRAIN_SEED, _REAL_SEED = 0, 50_000
+
+
+def _atomic_write_bytes(path: Path, write: Callable[[str], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _save_torch(obj: Any, path: Path) -> None:
+    _atomic_write_bytes(path, lambda tmp: torch.save(obj, tmp))
+
+
+def _save_json(obj: Any, path: Path) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, default=str)
+
+    _atomic_write_bytes(path, write)
+
+
+def _batches(total: int, size: int) -> list[int]:
+    return [min(size, total - s) for s in range(0, total, size)]
+
+
+def _batch_seed(cfg: GenerationConfig, offset: int, k: int) -> int:
+    return cfg.seed * 100_000 + offset + k
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+@torch.no_grad()
+def encode_training_set(tokenizer: VideoTokenizer, train_clips: TrainClips, cfg: GenerationConfig,
+                        device: torch.device, conditional: bool, num_classes: int) -> dict[str, Any]:
+    """Encode ``cfg.num_train_clips`` training clips once; packed per video, on the CPU.
+
+    Returns:
+        ``{"data": latents [N, ...] or int64 [N, L], "labels": int64 [N], "layout": dict,
+        "video_shape": (T, H, W)}``.
+
+    Raises:
+        ValueError: when labels fall outside ``[0, num_classes)`` in conditional mode.
+    """
+    parts, labels, layout, shape = [], [], None, None
+    for k, n in enumerate(_batches(cfg.num_train_clips, cfg.encode_batch_size)):
+        videos, y = train_clips(n, _batch_seed(cfg, _TRAIN_SEED, k))
+        shape = tuple(videos.shape[2:])
+        groups = encode_video(tokenizer, videos.to(device), num_tokens=cfg.num_tokens)
+        packed, layout = pack(groups, videos.shape[0], tokenizer, videos.shape[2])
+        parts.append(tree_map(lambda v: v.detach().cpu(), packed))
+        y = torch.as_tensor(y, dtype=torch.long).cpu()
+        if conditional and (y.min() < 0 or y.max() >= num_classes):
+            raise ValueError(f"class labels must lie in [0, {num_classes}), got [{int(y.min())}, {int(y.max())}]")
+        labels.append(y if conditional else torch.zeros_like(y))
+    return {"data": tree_cat(parts), "labels": torch.cat(labels), "layout": layout.to_dict(), "video_shape": shape}
+
+
+# --------------------------------------------------------------------------- generator
+
+
+def build_generator(name: str, data: Latents, layout: TokenLayout, cfg: GenerationConfig, num_classes: int,
+                    tokenizer: VideoTokenizer) -> nn.Module:
+    """Instantiate the registered generator ``name`` for these tokens."""
+    cls = GENERATORS.get(name)
+    dropout = cfg.class_dropout if num_classes > 1 else 0.0
+    if layout.continuous:
+        return cls(tree_index(data, 0), size=cfg.model, patch=cfg.patch, patch_t=cfg.patch_t,
+                   num_classes=num_classes, class_dropout=dropout)
+    vocab = tokenizer.codebook_size()
+    if vocab is None:
+        raise ValueError(f"{type(tokenizer).__name__} is discrete but codebook_size() is None")
+    return cls(vocab_size=int(vocab), seq_len=int(data.shape[1]), size=cfg.model, num_classes=num_classes,
+               class_dropout=dropout)
+
+
+def generator_loss(model: nn.Module, x: Latents, y: Tensor, continuous: bool,
+                   generator: torch.Generator | None = None) -> Tensor:
+    """Mean training loss of a batch: velocity MSE (SiT) or next-token cross-entropy (AR)."""
+    if continuous:
+        return training_loss(model, x, y, generator=generator).mean()
+    return model.loss(x, y).mean()
+
+
+@torch.no_grad()
+def sample_tokens(model: nn.Module, y: Tensor, cfg: GenerationConfig, example: Latents, continuous: bool,
+                  generator: torch.Generator) -> Latents:
+    """Generate a batch for classes ``y``: normalized latents (SiT) or an ``int64 [B, L]`` sequence (AR)."""
+    model.eval()
+    if not continuous:
+        return model.generate(y, temperature=cfg.temperature, top_k=cfg.top_k, cfg_scale=cfg.cfg_scale,
+                              generator=generator)
+    b = y.shape[0]
+    z = tree_map(lambda v: torch.randn((b, *v.shape), generator=generator, device=y.device, dtype=torch.float32),
+                 example)
+    guided = cfg.cfg_scale != 1.0 and model.num_classes > 1
+
+    def velocity(x: Latents, t: Tensor) -> Latents:
+        return model.forward_with_cfg(x, t, y, cfg.cfg_scale) if guided else model(x, t, y)
+
+    if cfg.sampler == "sde":
+        return sample_sde(velocity, z, steps=cfg.sampling_steps, last_step_size=cfg.last_step_size, generator=generator)
+    return sample_ode(velocity, z, steps=cfg.sampling_steps, method=cfg.ode_method, atol=cfg.ode_atol, rtol=cfg.ode_rtol)
+
+
+def _peak_memory(device: torch.device) -> tuple[float | None, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (2**20 if sys.platform == "darwin" else 2**10), "cpu_process_max_rss"
+
+
+def train_generator(model: nn.Module, ema: ModelEmaV3, data: Latents, labels: Tensor, continuous: bool,
+                    cfg: GenerationConfig, device: torch.device, ckpt_path: Path, extra: dict[str, Any],
+                    log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train ``model`` (and ``ema``) for ``cfg.steps`` steps, resuming from ``ckpt_path``.
+
+    Returns:
+        ``{"losses": [float per step], "step_times": [...], "peak_memory_mb", "memory_kind"}``.
+    """
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    state = {"step": 0, "losses": [], "step_times": []}
+    if ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(ckpt["opt"])
+        state = {k: ckpt[k] for k in state}
+        log(f"generation: resumed at step {state['step']}")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    n = batch_size(data)
+
+    def save() -> None:
+        _save_torch({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), **state, **extra},
+                    ckpt_path)
+
+    model.train()
+    while state["step"] < cfg.steps:
+        step = state["step"]
+        start = time.perf_counter()
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        idx = torch.randint(n, (cfg.batch_size,), generator=g)
+        x = tree_map(lambda v: v[idx].to(device), data)
+        y = labels[idx].to(device)
+        noise_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
+        loss = generator_loss(model, x, y, continuous, noise_gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        ema.update(model, step=step + 1)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        state["step_times"].append(time.perf_counter() - start)
+        state["losses"].append(float(loss.detach()))
+        state["step"] = step + 1
+        if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
+            recent = state["losses"][-cfg.log_every:]
+            log(f"generation: step {state['step']}/{cfg.steps} loss {sum(recent) / len(recent):.4f}")
+        if state["step"] % cfg.checkpoint_every == 0 or state["step"] == cfg.steps:
+            save()
+    if not ckpt_path.is_file():  # steps == 0
+        save()
+    peak, kind = _peak_memory(device)
+    return {**state, "peak_memory_mb": peak, "memory_kind": kind}
+
+
+# --------------------------------------------------------------------------- gFVD
+
+
+def _write_gif(video: Tensor, path: Path, fps: int) -> None:
+    import imageio.v2 as imageio
+
+    from harness.data.decode import to_uint8
+
+    frames = to_uint8(video)  # [T, H, W, 3]
+    _atomic_write_bytes(path, lambda tmp: imageio.mimsave(tmp, list(frames), format="GIF", duration=1000 / fps, loop=0))
+
+
+def _real_statistics(metrics: dict[str, Any], train_clips: TrainClips, cfg: GenerationConfig, run_dir: Path,
+                     device: torch.device, log: Callable[[str], None]) -> None:
+    cache_dir = Path(cfg.real_cache_dir) if cfg.real_cache_dir else Path(run_dir).parent / ".fvd_real_cache"
+    sizes = _batches(cfg.num_real, cfg.sample_batch_size)
+    first, _ = train_clips(sizes[0], _batch_seed(cfg, _REAL_SEED, 0))
+    digest = hashlib.sha256(first.float().cpu().numpy().tobytes()).hexdigest()
+    key = {"num_real": cfg.num_real, "batch": cfg.sample_batch_size, "seed": cfg.seed, "shape": list(first.shape[1:]),
+           "first_batch_sha256": digest, "rule": "train_clips batches, seed*100000+50000+k"}
+    todo = {name: m for name, m in metrics.items() if not m.use_real_cache(key, cache_dir)}
+    if metrics and not todo:
+        log(f"generation: real FVD statistics from the cache {cache_dir}")
+        return
+    for k, n in enumerate(sizes):
+        videos = first if k == 0 else train_clips(n, _batch_seed(cfg, _REAL_SEED, k))[0]
+        for m in todo.values():
+            m.update_real(videos.to(device))
+    for m in todo.values():
+        m.save_real_cache()
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def run_generation_stage(tokenizer: VideoTokenizer, train_clips: TrainClips, cfg: GenerationConfig, run_dir: Path,
+                         device: torch.device, num_classes: int = 1) -> dict:
+    """Train a generator on ``tokenizer``'s tokens, sample videos and score them with gFVD.
+
+    Args:
+        tokenizer: a trained tokenizer (continuous -> SiT, discrete -> AR).
+        train_clips: ``train_clips(n, seed) -> (videos float32 [n, 3, T, H, W] in [-1, 1], labels int64 [n])``,
+            deterministic in ``seed``.
+        cfg: the suite's :class:`GenerationConfig`.
+        run_dir: the tokenizer's run folder; everything goes to ``run_dir/generation/``.
+        device: where the generator trains and samples.
+        num_classes: classes of the dataset (used when ``cfg.conditional``; 1 otherwise).
+
+    Returns:
+        ``{"gfvd_16f": float, "gfvd_16f_n": int, "gfvd_16f_n_real": int, ... (one set per protocol),
+        "gfvd_protocol": {...}, "gfvd_comparable": bool, "generator": {name, size, params,
+        tokens_per_video, sequence_length, train_step_time_s, peak_memory_mb, memory_kind, steps,
+        final_loss, ...}}``, also written to ``run_dir/generation/metrics.json``.
+
+    Raises:
+        ValueError: bad configuration for this tokenizer (e.g. an unknown FVD protocol).
+    """
+    out = Path(run_dir) / "generation"
+    metrics_path = out / "metrics.json"
+    if metrics_path.is_file():
+        with open(metrics_path) as f:
+            return json.load(f)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    log = print
+    conditional = bool(cfg.conditional) and num_classes > 1
+    classes = num_classes if conditional else 1
+    for name in cfg.fvd_protocols:
+        if name not in METRICS:
+            raise ValueError(f"generation.fvd_protocols: unknown metric {name!r}")
+    was_training = tokenizer.training
+    tokenizer.eval()
+    torch.manual_seed(cfg.seed)
+
+    # 1. tokens (encoded once, cached)
+    tokens_path = out / "tokens.pt"
+    if tokens_path.is_file():
+        cache = torch.load(tokens_path, map_location="cpu", weights_only=False)
+    else:
+        start = time.perf_counter()
+        cache = encode_training_set(tokenizer, train_clips, cfg, device, conditional, num_classes)
+        cache["encode_time_s"] = time.perf_counter() - start
+        _save_torch(cache, tokens_path)
+    layout = TokenLayout.from_dict(cache["layout"])
+    data, labels = cache["data"], cache["labels"]
+
+    # 2. normalization (continuous)
+    normalizer = None
+    if layout.continuous:
+        m = min(cfg.num_norm_clips, batch_size(data))
+        normalizer = LatentNormalizer.fit([tree_index(data, slice(0, m))])
+        data = normalizer.normalize(data)
+        _save_json({"num_clips": m, **normalizer.summary()}, out / "normalization.json")
+
+    # 3. generator
+    name = cfg.generator if cfg.generator != "auto" else ("sit" if layout.continuous else "ar")
+    if (name == "sit") != layout.continuous:
+        raise ValueError(f"generator {name!r} does not fit {'continuous' if layout.continuous else 'discrete'} tokens")
+    torch.manual_seed(cfg.seed)
+    model = build_generator(name, data, layout, cfg, classes, tokenizer).to(device)
+    ema = ModelEmaV3(model, decay=cfg.ema, use_warmup=cfg.ema_warmup)
+    extra = {"normalizer": normalizer.state_dict() if normalizer else None, "layout": cache["layout"]}
+    train = train_generator(model, ema, data, labels, layout.continuous, cfg, device, out / "checkpoint.pt", extra, log)
+    ema_model = ema.module.eval()
+
+    # 4. samples and 5. gFVD
+    metrics = {n: METRICS.create(n) for n in cfg.fvd_protocols}
+    for m in metrics.values():
+        m.to(device)
+    _real_statistics(metrics, train_clips, cfg, run_dir, device, log)
+    samples_dir = out / "samples"
+    example = tree_index(data, 0)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    written, sample_time = 0, 0.0
+    for n in _batches(cfg.num_samples, cfg.sample_batch_size):
+        y = torch.randint(classes, (n,), generator=gen, device=device) if conditional \
+            else torch.zeros(n, dtype=torch.long, device=device)
+        start = time.perf_counter()
+        tokens = sample_tokens(ema_model, y, cfg, example, layout.continuous, gen)
+        if normalizer is not None:
+            tokens = normalizer.denormalize(tokens)
+        sample_time += time.perf_counter() - start
+        videos = decode(tokenizer, tokens, layout)
+        if not torch.isfinite(videos).all():
+            raise FloatingPointError("generated videos are not finite (diverged generator?)")
+        for i in range(min(n, cfg.num_gif_samples - written)):
+            suffix = f"_class{int(y[i])}" if conditional else ""
+            _write_gif(videos[i], samples_dir / f"sample_{written:03d}{suffix}.gif", cfg.gif_fps)
+            written += 1
+        for m in metrics.values():
+            m.update_fake(videos)
+
+    result: dict[str, Any] = {}
+    protocol: dict[str, Any] = {}
+    comparable = bool(metrics)
+    for metric_name, m in metrics.items():
+        values = m.compute()
+        for key, value in values.items():
+            result["g" + key] = value
+        n_fake = int(values.get(f"{metric_name}_n", 0))
+        n_real = int(values.get(f"{metric_name}_n_real", n_fake))
+        comparable &= min(n_fake, n_real) >= MIN_COMPARABLE_N
+        protocol.update(m.protocol())
+    protocol["generation"] = {
+        "source": "CoordTok supp. A.2 / B.2; StyleGAN-V fvd2048 (2048 real vs 2048 generated)",
+        "num_samples": cfg.num_samples, "num_real": cfg.num_real,
+        "sampler": cfg.sampler if layout.continuous else "ancestral",
+        "sampling_steps": cfg.sampling_steps if layout.continuous else None,
+        "last_step_size": cfg.last_step_size if layout.continuous and cfg.sampler == "sde" else None,
+        "conditional": conditional, "cfg_scale": cfg.cfg_scale if conditional else None,
+        "real_clips": "train_clips (training split), one clip per draw",
+    }
+    result["gfvd_protocol"] = protocol
+    result["gfvd_comparable"] = bool(comparable)
+    if not comparable:
+        result["gfvd_note"] = f"N < {MIN_COMPARABLE_N} samples per set: not comparable (standard N = 2048)"
+    losses = train["losses"]
+    tail = losses[-max(1, len(losses) // 10):] if losses else []
+    times = train["step_times"][1:] or train["step_times"]
+    result["generator"] = {
+        "name": name, "size": cfg.model, "patch": cfg.patch if layout.continuous else None,
+        "params": int(sum(p.numel() for p in model.parameters())),
+        "tokens_per_video": int(layout.tokens_per_video),
+        "sequence_length": int(model.num_patches if layout.continuous else model.seq_len),
+        "train_step_time_s": float(sum(times) / len(times)) if times else None,
+        "peak_memory_mb": train["peak_memory_mb"], "memory_kind": train["memory_kind"],
+        "steps": int(train["step"]), "batch_size": cfg.batch_size,
+        "initial_loss": losses[0] if losses else None,
+        "final_loss": float(sum(tail) / len(tail)) if tail else None,
+        "train_clips": int(batch_size(data)), "encode_time_s": cache.get("encode_time_s"),
+        "sample_time_s_per_video": sample_time / max(1, cfg.num_samples),
+        "conditional": conditional, "num_classes": classes, "ema": cfg.ema,
+    }
+    _save_json(result, metrics_path)
+    if was_training:
+        tokenizer.train()
+    return result
