@@ -108,6 +108,7 @@ class SuiteRunner:
         """Run every stage of every tokenizer, then the reports; returns the results folder."""
         self.results.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.results / "suite.json", self.suite.model_dump(mode="json"))
+        self.write_eval_clip_index()
         for entry in self.suite.tokenizers:
             started = time.perf_counter()
             log.info("== %s (%s)", entry.id, entry.name)
@@ -123,6 +124,16 @@ class SuiteRunner:
 
         write_reports(self.results)
         return self.results
+
+    def write_eval_clip_index(self) -> None:
+        """``eval_clips.json``: every evaluation clip's id, source and cached ``uint8 [T, H, W, 3]`` file (for reports)."""
+        index = []
+        for clip in self.eval_clips:
+            self.clip_cache.load(clip)
+            index.append({"clip": clip.clip_id, "video": str(clip.record.path), "start": clip.start, "frames": clip.frames,
+                          "stride": clip.stride, "resolution": clip.resolution, "label": clip.record.label,
+                          "cached": str(self.clip_cache.path(clip))})
+        write_json_atomic(self.results / "eval_clips.json", index)
 
     # ------------------------------------------------------------------ config
 

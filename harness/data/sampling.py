@@ -76,8 +76,11 @@ class ClipCache:
         self.root = Path(root) / "clips"
         self.root.mkdir(parents=True, exist_ok=True)
 
+    def path(self, clip: Clip) -> Path:
+        return self.root / f"{clip.cache_key()}.npy"
+
     def load(self, clip: Clip) -> np.ndarray:
-        path = self.root / f"{clip.cache_key()}.npy"
+        path = self.path(clip)
         if path.is_file():
             return np.load(path)
         frames = clip.decode()
