@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from accelerate import PartialState
 
 from harness.api import VideoTokenizer
 from harness.clips import reconstruct_video
@@ -105,24 +106,36 @@ class SuiteRunner:
     # ------------------------------------------------------------------ driver
 
     def run(self) -> Path:
-        """Run every stage of every tokenizer, then the reports; returns the results folder."""
-        self.results.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.results / "suite.json", self.suite.model_dump(mode="json"))
-        self.write_eval_clip_index()
+        """Run every stage of every tokenizer, then the reports; returns the results folder.
+
+        Under ``torchrun`` / ``accelerate launch`` every process trains (DDP);
+        reconstruction, evaluation, generation and reports run on the main
+        process while the others wait.
+        """
+        state = PartialState(cpu=self.device.type == "cpu")
+        main = state.is_main_process
+        if main:
+            self.results.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.results / "suite.json", self.suite.model_dump(mode="json"))
+            self.write_eval_clip_index()
         for entry in self.suite.tokenizers:
             started = time.perf_counter()
             log.info("== %s (%s)", entry.id, entry.name)
-            run_dir = self.results / entry.id
-            self.write_config(entry, run_dir)
+            if main:
+                self.write_config(entry, self.results / entry.id)
+            state.wait_for_everyone()
             tokenizer = self.trained_tokenizer(entry)
-            for variant in self.variants(entry, tokenizer):
-                self.reconstruct(entry, tokenizer, variant)
-                self.evaluate(entry, tokenizer, variant)
-            self.generate(entry, tokenizer)
+            if main:
+                for variant in self.variants(entry, tokenizer):
+                    self.reconstruct(entry, tokenizer, variant)
+                    self.evaluate(entry, tokenizer, variant)
+                self.generate(entry, tokenizer)
+            state.wait_for_everyone()
             log.info("== %s done in %.1f s", entry.id, time.perf_counter() - started)
-        from harness.report import write_reports
+        if main:
+            from harness.report import write_reports
 
-        write_reports(self.results)
+            write_reports(self.results)
         return self.results
 
     def write_eval_clip_index(self) -> None:

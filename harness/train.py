@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -96,6 +97,8 @@ def train_tokenizer(tokenizer: VideoTokenizer, clips: TrainClips, cfg: TrainConf
         ValueError: when the global batch is not divisible into micro-batches.
     """
     if accelerator is None:
+        # each tokenizer of a suite may ask for its own mixed precision; the process group stays
+        AcceleratorState._reset_state(reset_partial_state=False)
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
         accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision, device_type),
                                   cpu=device_type == "cpu")
