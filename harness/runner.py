@@ -80,6 +80,7 @@ class SuiteRunner:
         self.show_progress = show_progress
         self._dataset: VideoDataset | None = None
         self._eval_clips: list[Clip] | None = None
+        self._train_clips: TrainClips | None = None
         self._models: dict[str, VideoTokenizer] = {}
 
     # ------------------------------------------------------------------ data
@@ -98,6 +99,13 @@ class SuiteRunner:
         if self._eval_clips is None:
             self._eval_clips = evaluation_clips(self.dataset, self.suite.seed)
         return self._eval_clips
+
+    @property
+    def train_clips(self) -> TrainClips:
+        """The seeded training clip source, shared by every tokenizer (decoded ranges stay in memory)."""
+        if self._train_clips is None:
+            self._train_clips = TrainClips(self.dataset, self.suite.seed)
+        return self._train_clips
 
     @property
     def clip_cache(self) -> ClipCache:
@@ -202,9 +210,8 @@ class SuiteRunner:
         else:
             if checkpoint.is_file():
                 log.info("train: resuming from %s", checkpoint)
-            clips = TrainClips(self.dataset, self.suite.seed)
             started = time.perf_counter()
-            result = train_tokenizer(tokenizer, clips, cfg, checkpoint, self.suite.seed, show_progress=self.show_progress)
+            result = train_tokenizer(tokenizer, self.train_clips, cfg, checkpoint, self.suite.seed, show_progress=self.show_progress)
             write_json_atomic(done, {
                 "steps": result.steps, "resumed_from": result.resumed_from, "train_step_time_s": result.step_time_s,
                 "peak_memory_mb": result.peak_memory_mb, "last_losses": result.last_losses,
@@ -352,10 +359,9 @@ class SuiteRunner:
             return
         from harness.generation.stage import run_generation_stage
 
-        clips = TrainClips(self.dataset, self.suite.seed + 7919)
-
         def train_clips(n: int, seed: int):
-            return clips.batch([seed * 1_000_003 + i for i in range(n)])
+            # an index range of its own, disjoint from the tokenizer's training indices of any realistic run
+            return self.train_clips.batch([(1 << 40) + seed * 1_000_003 + i for i in range(n)])
 
         run_generation_stage(tokenizer, train_clips, cfg, self.results / entry.id, self.device,
                              num_classes=len(self.dataset.classes))
