@@ -53,15 +53,44 @@ def _paper_parameter_counts() -> list[tuple[str, str, int]]:
 def _leaderboard(args: argparse.Namespace) -> int:
     from harness import report
 
-    path = report.write_leaderboard(Path(args.results))
-    print(path.read_text())
+    results = Path(args.results)
+    records = report.load_records(results)
+    if not records:
+        raise FileNotFoundError(f"no metrics.json under {results}: run a suite first")
+    metrics = [m for item in args.metric or [] for m in item.split(",") if m]
+    if args.format == "markdown" and not metrics and not args.sort:
+        path = report.write_leaderboard(results)
+        print(path.read_text())
+        return 0
+    try:
+        rows = report.sort_rows(report.leaderboard_rows(records), args.sort)
+        print(report.render_leaderboard(rows, metrics or None, args.format), end="" if args.format != "markdown" else "\n")
+    except (KeyError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
 def _plot(args: argparse.Namespace) -> int:
     from harness import report
 
-    print(report.write_plot(Path(args.results)))
+    results = Path(args.results)
+    print(report.write_plot(results))
+    path, _ = report.write_analysis(results)
+    if path is not None:
+        print(path)
+    for path in report.write_cost_plots(results):
+        print(path)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from harness import report
+
+    paths = report.write_reports(Path(args.results))
+    for path in paths:
+        if path.name in ("report.md", "report.html"):
+            print(path)
     return 0
 
 
@@ -82,13 +111,23 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--params", action="store_true", help="also print parameter counts of the paper configurations")
     lst.set_defaults(func=_list)
 
-    board = sub.add_parser("leaderboard", help="write and print the markdown leaderboard of a results folder")
-    board.add_argument("results")
+    board = sub.add_parser("leaderboard", help="print the leaderboard of every run under a results folder (recursively)")
+    board.add_argument("results", help="a suite's results folder, or a folder of several suites and runs")
+    board.add_argument("--metric", action="append", metavar="NAMES",
+                       help="metrics to show, comma-separated or repeated (psnr, ssim, lpips, fvd_16f, gfvd_...; default all)")
+    board.add_argument("--sort", metavar="METRIC", help="sort best first by this metric (default: suite, tokens per video)")
+    board.add_argument("--format", choices=["markdown", "csv", "json"], default="markdown",
+                       help="markdown shows value ± 95%% CI half-width; csv/json give the numbers (default markdown; "
+                            "the default call also writes <results>/leaderboard.md)")
     board.set_defaults(func=_leaderboard)
 
-    plot = sub.add_parser("plot", help="write the quality-vs-tokens plot of a results folder")
+    plot = sub.add_parser("plot", help="write the quality-vs-tokens (Pareto), analysis and cost plots of a results folder")
     plot.add_argument("results")
     plot.set_defaults(func=_plot)
+
+    rep = sub.add_parser("report", help="rebuild report.md and report.html (leaderboard, protocol, plots, gallery) of a suite")
+    rep.add_argument("results", help="the suite's results folder, e.g. results/samples_cpu")
+    rep.set_defaults(func=_report)
 
     for module in ("harness.compare", "harness.profile"):
         try:
