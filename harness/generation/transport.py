@@ -142,7 +142,7 @@ def sample_ode(velocity: VelocityFn, z: Latents, steps: int = 50, method: str = 
     """
     from torchdiffeq import odeint
 
-    names = sorted(z) if isinstance(z, dict) else None
+    names = list(z) if isinstance(z, dict) else None
     state = tuple(z[k] for k in names) if names else (z,)
     ref = state[0]
     b = ref.shape[0]
