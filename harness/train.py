@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from harness.api import VideoTokenizer
+from harness.clips import split_into_clips
 from harness.config import TrainConfig
 from harness.data.cache import torch_save_atomic
 from harness.data.sampling import TrainClipDataset, TrainClips
@@ -37,14 +38,32 @@ log = logging.getLogger("harness.train")
 
 
 class TrainingObjective(nn.Module):
-    """Wraps ``training_losses`` as ``forward`` so DDP sees one forward per backward."""
+    """Wraps ``training_losses`` as ``forward`` so DDP sees one forward per backward.
+
+    A tokenizer with a native ``clip_frames`` trains on clips of that length
+    (CoordTok supp. B.1 baselines train on 16-frame clips): a training video
+    whose length is a multiple of it is split into clips along the batch, any
+    other length contributes one window of ``clip_frames`` frames at a random
+    offset.
+    """
 
     def __init__(self, tokenizer: VideoTokenizer) -> None:
         super().__init__()
         self.tokenizer = tokenizer
 
+    def native_clips(self, video: Tensor) -> Tensor:
+        clip, frames = self.tokenizer.clip_frames, video.shape[2]
+        if not clip or clip == frames:
+            return video
+        if clip > frames:
+            raise ValueError(f"training clips have {frames} frames, fewer than the tokenizer's native clip of {clip} frames")
+        if frames % clip == 0:
+            return split_into_clips(video, clip)[0]
+        offset = int(torch.randint(0, frames - clip + 1, ()))
+        return video[:, :, offset : offset + clip]
+
     def forward(self, video: Tensor, step: int) -> dict[str, Tensor]:
-        return self.tokenizer.training_losses(video, step)
+        return self.tokenizer.training_losses(self.native_clips(video), step)
 
 
 @dataclass
