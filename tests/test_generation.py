@@ -273,3 +273,44 @@ def test_config_rejects_unknown_keys_and_sizes():
     with pytest.raises(ValueError, match="model"):
         GenerationConfig(model="XXL")
     assert set(GENERATORS.names()) >= {"sit", "ar"}
+
+
+# ----------------------------------------------------------------------------- the stage, end to end
+
+
+def test_generation_stage_end_to_end_with_resume(sample_videos, tmp_path):
+    """Real clips -> tiny grid3d tokens -> tiny SiT -> samples -> GIFs -> gFVD (real I3D); then stage resume."""
+    if "fvd_16f" not in __import__("harness.registry", fromlist=["METRICS"]).METRICS:
+        pytest.skip("fvd_16f is not registered")
+    from harness.generation.stage import run_generation_stage
+
+    small = torch.nn.functional.interpolate(sample_videos.flatten(1, 2), size=(32, 32), mode="bilinear",
+                                            align_corners=False).view(3, 3, 16, 32, 32)
+    calls = []
+
+    def train_clips(n: int, seed: int):
+        calls.append((n, seed))
+        idx = torch.randint(3, (n,), generator=torch.Generator().manual_seed(seed))
+        return small[idx], torch.zeros(n, dtype=torch.long)
+
+    torch.manual_seed(0)
+    tok = create_tokenizer("grid3d").eval()
+    cfg = GenerationConfig(enabled=True, steps=2, batch_size=2, num_train_clips=4, encode_batch_size=4,
+                           num_samples=2, num_real=2, sample_batch_size=2, sampling_steps=4, num_gif_samples=1,
+                           checkpoint_every=1, real_cache_dir=str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    first = run_generation_stage(tok, train_clips, cfg, run, torch.device("cpu"))
+    assert math.isfinite(first["gfvd_16f"]) and first["gfvd_16f_n"] == 2 and first["gfvd_16f_n_real"] == 2
+    assert first["gfvd_comparable"] is False and "fvd_16f" in first["gfvd_protocol"]
+    gen = first["generator"]
+    assert gen["name"] == "sit" and gen["steps"] == 2 and gen["tokens_per_video"] == tok.num_tokens(16, 32, 32)
+    assert gen["params"] > 0 and gen["train_step_time_s"] > 0
+    assert sorted(p.name for p in (run / "generation" / "samples").iterdir()) == ["sample_000.gif"]
+    # stage resume: metrics.json exists -> no work at all
+    n_calls = len(calls)
+    assert run_generation_stage(tok, train_clips, cfg, run, torch.device("cpu")) == first and len(calls) == n_calls
+    # training resume: a longer run continues from the checkpoint (tokens and real statistics are cached)
+    (run / "generation" / "metrics.json").unlink()
+    longer = run_generation_stage(tok, train_clips, cfg.model_copy(update={"steps": 3}), run, torch.device("cpu"))
+    assert longer["generator"]["steps"] == 3 and longer["generator"]["initial_loss"] == gen["initial_loss"]
+    assert len(calls) == n_calls + 1  # only the first real batch, for the real-statistics cache key
