@@ -302,6 +302,9 @@ def run_generation_stage(tokenizer: VideoTokenizer, train_clips: TrainClips, cfg
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     log = print
+    if device.type == "cuda":  # CoordTok-SiT trains in fp32 with TF32 matmuls (research notes 1.7)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     conditional = bool(cfg.conditional) and num_classes > 1
     classes = num_classes if conditional else 1
     for name in cfg.fvd_protocols:
