@@ -353,15 +353,22 @@ def write_leaderboard(results: Path) -> Path:
 # ----------------------------------------------------------------------------- plots
 
 
-def quality_points(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """Long table (row, tokenizer, tokens, metric, value) of the quality metrics for the Pareto plot."""
+def quality_points(records: list[dict[str, Any]], intervals: bool = True) -> pd.DataFrame:
+    """Long table (row, tokenizer, tokens, metric, value, low, high) of the quality metrics for the Pareto plot.
+
+    ``low``/``high`` are the 95% bootstrap interval over videos (NaN without ``per_video.csv`` or ``intervals``).
+    """
     points = []
     for record in records:
+        cis = quality_intervals(record, ("psnr", "ssim", "lpips"), confidence=CI_CONFIDENCE, resamples=CI_RESAMPLES,
+                                seed=CI_SEED) if intervals else {}
         for key in ("psnr", "ssim", "lpips"):
             if record["metrics"].get(key) is not None:
+                ci = cis.get(key)
                 points.append({"row": record["row"], "tokenizer": record["tokenizer_id"], "tokens": record["tokens_per_video"],
-                               "metric": key, "value": record["metrics"][key]})
-    return pd.DataFrame(points, columns=["row", "tokenizer", "tokens", "metric", "value"])
+                               "metric": key, "value": record["metrics"][key],
+                               "low": ci.low if ci else float("nan"), "high": ci.high if ci else float("nan")})
+    return pd.DataFrame(points, columns=["row", "tokenizer", "tokens", "metric", "value", "low", "high"])
 
 
 def write_plot(results: Path) -> Path:
@@ -377,7 +384,7 @@ def write_plot(results: Path) -> Path:
     if frame.empty:
         raise FileNotFoundError(f"no quality metrics under {results}: run a suite first")
     path, _ = write_pareto_plot(frame, results / "quality_vs_tokens.png",
-                                f"{results.name}: reconstruction quality vs tokens per video (circled: Pareto front)")
+                                f"{results.name}: quality vs tokens per video (bars: 95% bootstrap CI; circled: Pareto front)")
     return path
 
 

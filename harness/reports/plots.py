@@ -96,7 +96,8 @@ def write_pareto_plot(points: pd.DataFrame, path: Path, title: str = "") -> tupl
     """Quality vs tokens per video of every row (tokenizers and budgets) with the Pareto front per metric.
 
     Args:
-        points: columns ``row, tokenizer, tokens, metric, value`` (one line per row and metric).
+        points: columns ``row, tokenizer, tokens, metric, value`` (one line per row and metric), optionally
+            ``low, high`` (confidence interval, drawn as error bars).
         path: PNG file to write.
 
     Returns:
@@ -124,6 +125,10 @@ def write_pareto_plot(points: pd.DataFrame, path: Path, title: str = "") -> tupl
                 continue
             ax.plot(mine["tokens"], mine["value"], marker="o", color=colors[tokenizer], label=tokenizer,
                     linewidth=1 if len(mine) > 1 else 0)
+            if {"low", "high"} <= set(mine.columns) and mine["low"].notna().any():
+                err = np.vstack([mine["value"] - mine["low"], mine["high"] - mine["value"]])
+                ax.errorbar(mine["tokens"], mine["value"], yerr=np.nan_to_num(err), fmt="none", ecolor=colors[tokenizer],
+                            capsize=3, linewidth=1)
         on_front = points.loc[front].sort_values("tokens")
         ax.step(on_front["tokens"], on_front["value"], where="post", color="black", linestyle="--", linewidth=1,
                 label="Pareto front")
