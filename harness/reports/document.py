@@ -57,7 +57,8 @@ def protocol_card(records: list[dict[str, Any]], suite: dict[str, Any] | None = 
             if name.startswith("fvd"):
                 groups = conv.get("groups", 1)
                 fvd.append(f"{name}: {conv.get('clip', conv.get('protocol', ''))}; N = {metrics.get(f'{name}_n', '?')} fake / "
-                           f"{metrics.get(f'{name}_n_real', '?')} real" + (f"; {groups} disjoint groups" if groups and groups > 1 else ""))
+                           f"{metrics.get(f'{name}_n_real', '?')} real" + (f"; {groups} disjoint groups" if groups and groups > 1 else "")
+                           + (f"; N < {conv['min_comparable_n']} not comparable" if conv.get("min_comparable_n") else ""))
                 if conv.get("weights_sha256"):
                     sha.append(f"I3D {conv['weights_sha256']}")
             if name.startswith("lpips"):
