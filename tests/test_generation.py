@@ -211,6 +211,21 @@ def test_pack_unpack_round_trip_for_clip_tokenizers(long_videos):
         assert video.shape == long_videos.shape and torch.isfinite(video).all()
 
 
+def test_videoflextok_indices_pack_in_coarse_to_fine_order(long_videos):
+    if "videoflextok" not in TOKENIZERS:
+        pytest.skip("videoflextok is not registered")
+    torch.manual_seed(0)
+    tok = create_tokenizer("videoflextok").eval()
+    videos = long_videos[:2, :, :17]  # 17 frames: one chunk, 5 latent timesteps
+    groups = encode_video(tok, videos, num_tokens=4)
+    seq, layout = pack(groups, 2, tok, 17)
+    idx = groups[0].indices  # [B, t, 4]
+    assert layout.coarse_to_fine and seq.shape == (2, idx.shape[1] * 4)
+    torch.testing.assert_close(seq[:, : idx.shape[1]], idx[:, :, 0])  # first the register-0 tokens of every timestep
+    torch.testing.assert_close(unpack(seq, layout), idx)
+    torch.testing.assert_close(unpack(seq[:, : 2 * idx.shape[1]], layout), idx[:, :, :2])  # a 2-register budget
+
+
 # ----------------------------------------------------------------------------- learning on real tokens
 
 

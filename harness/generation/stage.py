@@ -158,8 +158,8 @@ def sample_tokens(model: nn.Module, y: Tensor, cfg: GenerationConfig, example: L
     """Generate a batch for classes ``y``: normalized latents (SiT) or an ``int64 [B, L]`` sequence (AR)."""
     model.eval()
     if not continuous:
-        return model.generate(y, temperature=cfg.temperature, top_k=cfg.top_k, cfg_scale=cfg.cfg_scale,
-                              generator=generator)
+        scale = cfg.cfg_scale if model.num_classes > 1 else 1.0
+        return model.generate(y, temperature=cfg.temperature, top_k=cfg.top_k, cfg_scale=scale, generator=generator)
     b = y.shape[0]
     z = tree_map(lambda v: torch.randn((b, *v.shape), generator=generator, device=y.device, dtype=torch.float32),
                  example)
