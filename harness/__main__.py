@@ -66,7 +66,7 @@ def _leaderboard(args: argparse.Namespace) -> int:
         rows = report.sort_rows(report.leaderboard_rows(records), args.sort)
         print(report.render_leaderboard(rows, metrics or None, args.format), end="" if args.format != "markdown" else "\n")
     except (KeyError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
     return 0
 

@@ -84,7 +84,10 @@ def load_records(results: Path) -> list[dict[str, Any]]:
     for record in records:
         folder = Path(record["_suite_dir"])
         unique = len(names[folder.name]) == 1
-        record["suite"] = folder.name if unique or folder == results else str(folder.relative_to(results))
+        if unique or folder == results:
+            record["suite"] = folder.name
+        else:
+            record["suite"] = str(folder.relative_to(results)) if folder.is_relative_to(results) else str(folder)
     return records
 
 

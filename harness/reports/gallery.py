@@ -21,8 +21,10 @@ from harness.data.cache import write_bytes_atomic
 
 #: GIFs are upscaled (nearest neighbour) so each half is at least this many pixels tall
 MIN_DISPLAY_PX = 128
-#: longer clips are subsampled in time to at most this many GIF frames
+#: longer clips are subsampled in time to at most this many GIF frames ...
 MAX_GIF_FRAMES = 64
+#: ... and to at most this many displayed pixels per GIF (keeps report.html small), but never below 16 frames
+MAX_GIF_PIXELS = 2**20
 GIF_FPS = 8
 
 
@@ -69,16 +71,19 @@ def side_by_side(real: np.ndarray, recon: np.ndarray, gap: int = 4) -> np.ndarra
 
     Both inputs are ``uint8 [T, H, W, 3]`` of the same shape; frames are
     upscaled by an integer factor to at least :data:`MIN_DISPLAY_PX` rows and
-    subsampled to at most :data:`MAX_GIF_FRAMES`.
+    subsampled in time to at most :data:`MAX_GIF_FRAMES` frames and
+    :data:`MAX_GIF_PIXELS` displayed pixels (never below 16 frames).
 
     Raises:
         ValueError: when the shapes differ.
     """
     if real.shape != recon.shape or real.ndim != 4 or real.shape[-1] != 3:
         raise ValueError(f"real and reconstruction must both be uint8 [T, H, W, 3] of one shape, got {real.shape} and {recon.shape}")
-    step = max(1, int(np.ceil(real.shape[0] / MAX_GIF_FRAMES)))
-    real, recon = real[::step], recon[::step]
     scale = max(1, int(np.ceil(MIN_DISPLAY_PX / real.shape[1])))
+    frame_px = (real.shape[1] * scale) * ((2 * real.shape[2] + gap) * scale)
+    limit = min(MAX_GIF_FRAMES, max(16, MAX_GIF_PIXELS // frame_px))
+    step = max(1, int(np.ceil(real.shape[0] / limit)))
+    real, recon = real[::step], recon[::step]
     t, h, w, _ = real.shape
     spacer = np.full((t, h, gap, 3), 255, dtype=np.uint8)
     frames = np.concatenate([real, spacer, recon], axis=2)
@@ -127,9 +132,13 @@ def write_gallery(results: Path, records: list[dict[str, Any]], out_dir: Path | 
             if clip not in clips:
                 notes.append(f"{record['row']}: clip {clip} not in eval_clips.json")
                 continue
-            if clip not in real_cache:
-                real_cache[clip] = load_real_clip(clips[clip])
             path = out_dir / f"{record['row'].replace('@', '_at_')}_{rank}.gif"
-            write_bytes_atomic(path, gif_bytes(side_by_side(real_cache[clip], np.load(recon_path))))
+            try:
+                if clip not in real_cache:
+                    real_cache[clip] = load_real_clip(clips[clip])
+                write_bytes_atomic(path, gif_bytes(side_by_side(real_cache[clip], np.load(recon_path))))
+            except (OSError, ValueError, RuntimeError) as err:
+                notes.append(f"{record['row']}: no GIF of {clip}: {type(err).__name__}: {err}")
+                continue
             items.append(GalleryItem(record["row"], rank, clip, psnr, path))
     return items, notes
