@@ -136,8 +136,10 @@ def leaderboard_rows(records: list[dict[str, Any]], intervals: bool = True) -> l
             if key in cis:
                 row.update({f"{key}_ci_low": cis[key].low, f"{key}_ci_high": cis[key].high,
                             f"{key}_ci_half_width": cis[key].half_width, f"{key}_n": cis[key].n})
-        conventions = record.get("protocol", {}).get("metrics", {})
-        for source, names in ((metrics, fvds), (record.get("generation") or {}, gfvds)):
+        generation = record.get("generation") or {}
+        conventions = {**record.get("protocol", {}).get("metrics", {}),
+                       **{f"g{k}": v for k, v in (generation.get("gfvd_protocol") or {}).items()}}
+        for source, names in ((metrics, fvds), (generation, gfvds)):
             for name in names:
                 if source.get(name) is None:
                     continue

@@ -65,6 +65,9 @@ def protocol_card(records: list[dict[str, Any]], suite: dict[str, Any] | None = 
                 lpips.append(f"{name} {conv.get('net', '')}: lin {conv.get('lin_sha256', '?')}, backbone {conv.get('backbone_sha256', '?')}")
     for record in records:
         gen = record.get("generation") or {}
+        for conv in (gen.get("gfvd_protocol") or {}).values():
+            if isinstance(conv, dict) and conv.get("weights_sha256"):
+                sha.append(f"I3D {conv['weights_sha256']}")
         for key, value in gen.items():
             if key.startswith("gfvd_") and key.endswith("_n") and not key.endswith("_n_real"):
                 fvd.append(f"{key[:-2]} (generation): N = {value} generated / {gen.get(key[:-2] + '_n_real', '?')} real")
