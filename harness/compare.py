@@ -175,7 +175,7 @@ def _command(args: argparse.Namespace) -> int:
     try:
         run_compare(args.real_dir, args.recon_dir, metrics=args.metrics, resolution=args.resolution, frames=args.frames,
                     start=args.start, stride=args.stride, out=args.out, device=args.device)
-    except CompareError as err:
+    except (ValueError, RuntimeError, FileNotFoundError) as err:  # CompareError, decoding, protocol or weights problems
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.out:
