@@ -181,8 +181,10 @@ def test_leaderboard_cli_across_suites_and_report_rebuild(suite_dir, tmp_path):
     data = json.loads(out.stdout)
     assert len(data) == 2 and {"psnr", "psnr_ci_low", "psnr_ci_high", "ssim_ci_half_width"} <= set(data[0])
     assert data[0]["psnr_ci_low"] < data[0]["psnr"] < data[0]["psnr_ci_high"] and "lpips" not in data[0]
-    out = run_cli("leaderboard", str(many), "--sort", "fvd_16f")
-    assert out.returncode == 2 and "fvd_16f" in out.stderr and "psnr" in out.stderr
+    with pytest.raises(KeyError, match="fvd_16f.*available: psnr, ssim"):
+        sort_rows(rows, "fvd_16f")
+    with pytest.raises(ValueError, match="unknown metric"):
+        render_leaderboard(rows, ["lpips"], "csv")
     target = many / "run_a" / "tiny_report"
     (target / "report.md").unlink()
     out = run_cli("report", str(target))
