@@ -359,15 +359,16 @@ def write_leaderboard(results: Path) -> Path:
 
 
 def quality_points(records: list[dict[str, Any]], intervals: bool = True) -> pd.DataFrame:
-    """Long table (row, tokenizer, tokens, metric, value, low, high) of the quality metrics for the Pareto plot.
+    """Long table (row, tokenizer, tokens, metric, value, low, high) of PSNR, SSIM, LPIPS and rFVD for the Pareto plot.
 
     ``low``/``high`` are the 95% bootstrap interval over videos (NaN without ``per_video.csv`` or ``intervals``).
     """
     points = []
+    keys = ["psnr", "ssim", "lpips", *fvd_columns(records)]
     for record in records:
         cis = quality_intervals(record, ("psnr", "ssim", "lpips"), confidence=CI_CONFIDENCE, resamples=CI_RESAMPLES,
                                 seed=CI_SEED) if intervals else {}
-        for key in ("psnr", "ssim", "lpips"):
+        for key in keys:
             if record["metrics"].get(key) is not None:
                 ci = cis.get(key)
                 points.append({"row": record["row"], "tokenizer": record["tokenizer_id"], "tokens": record["tokens_per_video"],

@@ -14,7 +14,8 @@ import pandas as pd
 from harness.reports.stats import analysis_correlations, lower_is_better, pareto_front
 
 FEATURE_TITLES = {"dynamics_0_100": "dynamics magnitude (standardized 0-100)", "frequency": "frequency magnitude (mean Sobel)"}
-METRIC_TITLES = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "lpips": "LPIPS ↓", "lpips_vgg": "LPIPS-VGG ↓"}
+METRIC_TITLES = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "lpips": "LPIPS ↓", "lpips_vgg": "LPIPS-VGG ↓",
+                 "fvd_16f": "rFVD 16f ↓", "fvd_128f": "rFVD 128f ↓", "fvd_16f_chunks": "rFVD 16f chunks ↓"}
 
 
 def _pyplot():
