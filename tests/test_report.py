@@ -101,10 +101,27 @@ def test_fvd_with_groups_shows_pooled_value_and_group_mean_std():
     assert "not comparable" in display_frame([{**row, "fvd_16f_n": 32}], ["fvd_16f"], extras=False).iloc[0]["rFVD 16f ↓"]
 
 
+def test_cost_table_of_the_profile_is_plotted_and_missing_results_are_reported(tmp_path):
+    folder = tmp_path / "cost_vs_length"
+    folder.mkdir()
+    # the columns `harness profile` writes (harness/profile.py profile_costs)
+    pd.DataFrame({"label": ["coordtok"] * 3 + ["grid3d"] * 3, "tokenizer": ["coordtok"] * 3 + ["grid3d"] * 3,
+                  "frames": [16, 32, 64] * 2, "train_gflops": [10.0, 12.0, 15.0, 8.0, 16.0, 32.0],
+                  "peak_memory_mb": [100.0, 110.0, 130.0, 90.0, 180.0, 360.0]}).to_csv(folder / "cost_vs_length.csv", index=False)
+    paths = write_reports(folder)
+    assert folder / "cost_vs_length.png" in paths and (folder / "report.html").is_file()
+    with Image.open(folder / "cost_vs_length.png") as image:
+        assert image.format == "PNG"
+    assert "## Training cost vs video length" in (folder / "report.md").read_text()
+    with pytest.raises(FileNotFoundError, match="run a suite first"):
+        write_reports(tmp_path / "empty")
+
+
 # --------------------------------------------------------------------------- suite report
 
 
 def test_report_files_exist_after_a_suite_run(suite_dir):
+    assert "cost vs video length not measured" in (suite_dir / "report.md").read_text()
     for name in ("report.md", "report.html", "leaderboard.md", "quality_vs_tokens.png", "analysis.png", "analysis_correlations.csv"):
         assert (suite_dir / name).is_file(), name
     for name in ("quality_vs_tokens.png", "analysis.png"):
