@@ -47,6 +47,7 @@ of every latent timestep; ``Tokens.num_tokens = timesteps x k``. The paper's
 from __future__ import annotations
 
 import math
+import operator
 from functools import partial
 from typing import Any, Mapping
 
@@ -523,9 +524,13 @@ class VideoFlexTok(VideoTokenizer):
     def _budget(self, num_tokens: int | None) -> int:
         if num_tokens is None:
             return self.n_max
-        if not isinstance(num_tokens, int) or not 1 <= num_tokens <= self.n_max:
+        try:
+            k = operator.index(num_tokens)
+        except TypeError:
+            k = None
+        if k is None or isinstance(num_tokens, bool) or not 1 <= k <= self.n_max:
             raise ValueError(f"num_tokens is registers per latent timestep, an int in [1, {self.n_max}]; got {num_tokens!r}")
-        return num_tokens
+        return k
 
     @torch.no_grad()
     def encode(self, video: Tensor, num_tokens: int | None = None) -> Tokens:
