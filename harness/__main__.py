@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     for module in ("harness.compare", "harness.profile"):
         try:
             importlib.import_module(module).add_parser(sub)
-        except ImportError as err:
+        except (ImportError, AttributeError) as err:
             logging.getLogger("harness").debug("sub-command of %s unavailable: %s", module, err)
     return parser
 

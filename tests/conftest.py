@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+
+# 400x400 BLAS calls (FVD) crawl when OpenBLAS threads fight torch's on a small shared CPU
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from pathlib import Path
 
 import numpy as np
