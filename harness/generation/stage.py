@@ -294,13 +294,24 @@ def run_generation_stage(tokenizer: VideoTokenizer, train_clips: TrainClips, cfg
     Raises:
         ValueError: bad configuration for this tokenizer (e.g. an unknown FVD protocol).
     """
-    out = Path(run_dir) / "generation"
-    metrics_path = out / "metrics.json"
+    metrics_path = Path(run_dir) / "generation" / "metrics.json"
     if metrics_path.is_file():
         with open(metrics_path) as f:
             return json.load(f)
+    threads = torch.get_num_threads()
+    if cfg.cpu_threads and torch.device(device).type == "cpu":
+        torch.set_num_threads(cfg.cpu_threads)
+    try:
+        return _run(tokenizer, train_clips, cfg, Path(run_dir), torch.device(device), num_classes)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(tokenizer: VideoTokenizer, train_clips: TrainClips, cfg: GenerationConfig, run_dir: Path,
+         device: torch.device, num_classes: int) -> dict:
+    out = run_dir / "generation"
+    metrics_path = out / "metrics.json"
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device)
     log = print
     if device.type == "cuda":  # CoordTok-SiT trains in fp32 with TF32 matmuls (research notes 1.7)
         torch.backends.cuda.matmul.allow_tf32 = True
