@@ -245,7 +245,7 @@ class CoordTokSize:
 
 #: Table 5 of the supplementary (S, B, L) plus ``tiny`` for CPU tests and suites.
 COORDTOK_SIZES = {
-    "tiny": CoordTokSize(2, 2, 2, 96, 4),
+    "tiny": CoordTokSize(2, 2, 2, 64, 4),
     "S": CoordTokSize(8, 8, 8, 512, 8),
     "B": CoordTokSize(8, 12, 12, 768, 12),
     "L": CoordTokSize(8, 24, 24, 1024, 16),

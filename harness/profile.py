@@ -1,0 +1,334 @@
+"""Training cost versus video length (CoordTok Figure 1a and supplementary Figure 9).
+
+For each tokenizer and each video length ``T`` (16, 32, 64, 128 frames at
+128x128 by default) one training step is run on a random video
+``float32 [batch, 3, T, R, R]``: ``training_losses(video, step)`` forward and
+``loss.backward()``. Two figures are recorded per step:
+
+* **FLOPs** with :class:`torch.utils.flop_counter.FlopCounterMode` (matrix
+  multiplications, convolutions and attention, forward + backward; elementwise
+  ops are not counted);
+* **peak memory**: on CUDA ``torch.cuda.max_memory_allocated`` (peak stats
+  reset first); on CPU the peak resident set size of a fresh subprocess
+  (``VmHWM`` of ``/proc/self/status``, reset through ``/proc/self/clear_refs``
+  when the kernel allows it) minus its resident size before the model and the
+  video are created. Both include parameters, gradients and activations.
+
+Every measurement runs in its own subprocess so that allocator caches of one
+measurement never mask the next.
+
+Clip-based tokenizers (``clip_frames`` set: the grid baselines, 16 frames)
+are trained the way they would see a ``T``-frame video: it is split into
+``T / clip_frames`` clips (:func:`harness.clips.split_into_clips`) that form
+one batch. Whole-video tokenizers (CoordTok) are built for ``T`` frames: the
+``frames`` and ``resolution`` constructor arguments are filled in when the
+tokenizer's constructor takes them.
+
+Command line::
+
+    python -m harness.profile suites/cost_vs_length.yaml [--output-dir DIR]
+
+writes ``cost_vs_length.csv``, ``cost_vs_length.md`` and ``cost_vs_length.png``
+to the suite's ``output_dir``.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+Entry = tuple[str, str, dict[str, Any]]
+
+
+# --------------------------------------------------------------------------------------------
+# Suite schema
+# --------------------------------------------------------------------------------------------
+
+class ProfileTokenizer(BaseModel):
+    """One tokenizer of the cost suite."""
+
+    model_config = ConfigDict(extra="forbid")
+    label: str
+    name: str = Field(description="registry name or module:Class")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class ProfileSuite(BaseModel):
+    """``suites/cost_vs_length.yaml``: keys are documented at the top of that file."""
+
+    model_config = ConfigDict(extra="forbid")
+    output_dir: str = "results/cost_vs_length"
+    lengths: list[int] = Field(default_factory=lambda: [16, 32, 64, 128])
+    resolution: int = 128
+    batch: int = 1
+    device: str = "auto"
+    step: int = 0
+    seed: int = 0
+    tokenizers: list[ProfileTokenizer]
+
+    @field_validator("lengths")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if not value or any(v < 1 for v in value):
+            raise ValueError(f"lengths must be positive frame counts, got {value}")
+        return value
+
+
+def load_suite(path: str | Path) -> ProfileSuite:
+    """Read and validate a cost suite; raises ``ValueError`` naming unknown or bad keys."""
+    with open(path) as f:
+        raw = yaml.safe_load(f)
+    try:
+        return ProfileSuite.model_validate(raw or {})
+    except ValidationError as err:
+        raise ValueError(f"{path}: invalid cost suite:\n{err}") from err
+
+
+# --------------------------------------------------------------------------------------------
+# One measurement (runs inside a subprocess)
+# --------------------------------------------------------------------------------------------
+
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def build_tokenizer(name: str, kwargs: dict[str, Any], frames: int, resolution: int):
+    """Instantiate ``name`` with ``kwargs``, adding ``frames``/``resolution`` when its constructor takes them."""
+    from harness.registry import TOKENIZERS
+
+    cls = TOKENIZERS.get(name)
+    params = inspect.signature(cls.__init__).parameters
+    kwargs = dict(kwargs)
+    for key, value in (("frames", frames), ("resolution", resolution)):
+        if key in params and key not in kwargs:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def measure_step(name: str, kwargs: dict[str, Any], frames: int, resolution: int = 128, batch: int = 1,
+                 device: str = "cpu", step: int = 0, seed: int = 0) -> dict[str, Any]:
+    """FLOPs and peak memory of one training step, in this process (call it in a fresh one).
+
+    Returns a dict with ``train_gflops`` (forward + backward, GFLOP), ``peak_memory_mb``
+    (MiB), ``step_seconds`` (wall clock, informative only: it runs under the FLOP
+    counter), ``params``, ``tokens`` (per video) and ``clips`` (per video).
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from harness.clips import split_into_clips
+
+    torch.manual_seed(seed)
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+    else:
+        reset = _reset_peak_rss()
+        base = _status_kb("VmRSS") if reset else _status_kb("VmHWM")
+    model = build_tokenizer(name, kwargs, frames, resolution).to(dev).train()
+    video = torch.rand(batch, 3, frames, resolution, resolution, device=dev) * 2 - 1
+    clip = getattr(model, "clip_frames", None)
+    clips = 1
+    if clip and clip != frames:
+        video, _ = split_into_clips(video, clip)
+        clips = video.shape[0] // batch
+    counter = FlopCounterMode(display=False)
+    start = time.perf_counter()
+    with counter:
+        losses = model.training_losses(video, step)
+        loss = losses["loss"] + losses.get("disc_loss", 0.0)
+        loss.backward()
+    if cuda:
+        torch.cuda.synchronize(dev)
+        peak = (torch.cuda.max_memory_allocated(dev) - base) / 2**20
+    else:
+        hwm = _status_kb("VmHWM")
+        peak = (hwm - base) / 1024 if hwm is not None and base is not None else float("nan")
+    seconds = time.perf_counter() - start
+    return {
+        "train_gflops": counter.get_total_flops() / 1e9,
+        "peak_memory_mb": peak,
+        "step_seconds": seconds,
+        "params": sum(p.numel() for p in model.parameters()),
+        "tokens": model.num_tokens(frames, resolution, resolution),
+        "clips": clips,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The sweep
+# --------------------------------------------------------------------------------------------
+
+def _resolve_device(device: str | None) -> str:
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _run_subprocess(spec: dict[str, Any]) -> dict[str, Any]:
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.run([sys.executable, "-m", "harness.profile", "--measure", json.dumps(spec)],
+                          capture_output=True, text=True, env=env, cwd=root)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(" | ".join(tail) or f"exit code {proc.returncode}")
+    return json.loads(lines[-1])
+
+
+def profile_costs(tokenizers: Sequence[Entry], lengths: Sequence[int] = (16, 32, 64, 128), resolution: int = 128,
+                  batch: int = 1, device: str | None = None, step: int = 0, seed: int = 0,
+                  log=print) -> pd.DataFrame:
+    """Training FLOPs and peak memory of every ``(label, name, kwargs)`` tokenizer at every length.
+
+    Tokenizer names that are not registered are skipped with a message (so a
+    suite can list baselines that another installation lacks); a measurement
+    that fails (for example out of memory) is logged and left out.
+
+    Returns:
+        one row per (tokenizer, length): ``label, tokenizer, frames, resolution,
+        batch, clips, tokens, params, train_gflops, peak_memory_mb, step_seconds,
+        device``.
+    """
+    from harness.registry import TOKENIZERS
+
+    device = _resolve_device(device)
+    rows = []
+    for label, name, kwargs in tokenizers:
+        if name not in TOKENIZERS:
+            log(f"skip {label}: tokenizer {name!r} is not registered")
+            continue
+        for frames in lengths:
+            spec = dict(name=name, kwargs=kwargs, frames=frames, resolution=resolution, batch=batch,
+                        device=device, step=step, seed=seed)
+            try:
+                result = _run_subprocess(spec)
+            except RuntimeError as err:
+                log(f"skip {label} at {frames} frames: {err}")
+                continue
+            row = dict(label=label, tokenizer=name, frames=frames, resolution=resolution, batch=batch, device=device)
+            row.update(result)
+            rows.append(row)
+            log(f"{label:>24s} {frames:4d} frames: {result['train_gflops']:10.1f} GFLOP "
+                f"{result['peak_memory_mb']:9.1f} MiB ({result['step_seconds']:.1f} s)")
+    columns = ["label", "tokenizer", "frames", "resolution", "batch", "clips", "tokens", "params",
+               "train_gflops", "peak_memory_mb", "step_seconds", "device"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def growth_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per label: FLOPs and memory at the shortest and longest length and their ratio."""
+    rows = []
+    for label, part in df.groupby("label", sort=False):
+        part = part.sort_values("frames")
+        first, last = part.iloc[0], part.iloc[-1]
+        rows.append({
+            "label": label, "frames": f"{first.frames} -> {last.frames}",
+            "gflops": f"{first.train_gflops:.1f} -> {last.train_gflops:.1f}",
+            "flops_growth": round(last.train_gflops / first.train_gflops, 2) if first.train_gflops else math.nan,
+            "memory_mb": f"{first.peak_memory_mb:.0f} -> {last.peak_memory_mb:.0f}",
+            "memory_growth": round(last.peak_memory_mb / first.peak_memory_mb, 2) if first.peak_memory_mb > 0 else math.nan,
+        })
+    return pd.DataFrame(rows)
+
+
+def write_report(df: pd.DataFrame, output_dir: str | Path, title: str = "Training cost vs video length") -> dict[str, Path]:
+    """Write ``cost_vs_length.{csv,md,png}`` to ``output_dir``; returns the paths by kind."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out / "cost_vs_length.csv", "md": out / "cost_vs_length.md", "png": out / "cost_vs_length.png"}
+    df.to_csv(paths["csv"], index=False)
+    table = df[["label", "frames", "clips", "tokens", "params", "train_gflops", "peak_memory_mb"]].round(1)
+    text = [f"# {title}", "", table.to_markdown(index=False), "", "## Growth from the shortest to the longest video", "",
+            growth_table(df).to_markdown(index=False) if len(df) else "(no rows)", ""]
+    paths["md"].write_text("\n".join(text))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    if len(df):
+        for ax, column, name in ((axes[0], "train_gflops", "GFLOPs per training step"),
+                                 (axes[1], "peak_memory_mb", "peak memory per training step (MiB)")):
+            sns.lineplot(data=df, x="frames", y=column, hue="label", marker="o", ax=ax)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xticks(sorted(df.frames.unique()), labels=[str(v) for v in sorted(df.frames.unique())])
+            ax.set_xlabel(f"video length (frames, {int(df.resolution.iloc[0])}x{int(df.resolution.iloc[0])})")
+            ax.set_ylabel(name)
+            ax.legend(fontsize=7, title=None)
+    fig.suptitle(f"{title} (batch {int(df.batch.iloc[0]) if len(df) else 1}, {df.device.iloc[0] if len(df) else ''})")
+    fig.tight_layout()
+    fig.savefig(paths["png"], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def run_suite(suite: ProfileSuite, output_dir: str | Path | None = None, log=print) -> pd.DataFrame:
+    """Profile every tokenizer of ``suite`` and write the report; returns the table."""
+    entries = [(t.label, t.name, t.kwargs) for t in suite.tokenizers]
+    df = profile_costs(entries, suite.lengths, suite.resolution, suite.batch, suite.device, suite.step, suite.seed, log)
+    paths = write_report(df, output_dir or suite.output_dir)
+    log(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return df
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m harness.profile SUITE.yaml [--output-dir DIR]``."""
+    parser = argparse.ArgumentParser(prog="python -m harness.profile", description=__doc__.split("\n\n")[0])
+    parser.add_argument("suite", nargs="?", help="cost suite YAML (e.g. suites/cost_vs_length.yaml)")
+    parser.add_argument("--output-dir", help="override the suite's output_dir")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one measurement as JSON
+    args = parser.parse_args(argv)
+    if args.measure:
+        spec = json.loads(args.measure)
+        print(json.dumps(measure_step(**spec)), flush=True)
+        return 0
+    if not args.suite:
+        parser.error("a suite file is required")
+    try:
+        suite = load_suite(args.suite)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    run_suite(suite, args.output_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
