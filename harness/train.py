@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -119,8 +119,11 @@ def train_tokenizer(tokenizer: VideoTokenizer, clips: TrainClips, cfg: TrainConf
         # each tokenizer of a suite may ask for its own mixed precision; the process group stays
         AcceleratorState._reset_state(reset_partial_state=False)
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
+        # some parameters legitimately get no gradient on some steps (a discriminator before its start step,
+        # CoordTok stage 1 vs 2), which DDP must be told about
         accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision, device_type),
-                                  cpu=device_type == "cpu")
+                                  cpu=device_type == "cpu",
+                                  kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     world = accelerator.num_processes
     micro = cfg.micro_batch_size or max(1, cfg.batch_size // world)
     if cfg.batch_size % (micro * world):
@@ -232,5 +235,7 @@ class _StepSampler(torch.utils.data.Sampler):
 
 
 def count_parameters(module: nn.Module) -> int:
-    """Parameters of ``module`` (all, including frozen ones such as a stage-0 VAE)."""
-    return sum(p.numel() for p in module.parameters())
+    """Parameters of the tokenizer (frozen ones such as a stage-0 VAE included; a training-only ``discriminator`` excluded)."""
+    disc = getattr(module, "discriminator", None)
+    skip = {id(p) for p in disc.parameters()} if isinstance(disc, nn.Module) else set()
+    return sum(p.numel() for p in module.parameters() if id(p) not in skip)
