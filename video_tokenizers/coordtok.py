@@ -110,6 +110,7 @@ def triplane_features(planes: dict[str, Tensor], coords: Tensor, grid: tuple[int
             normalized by it, as the official decoder does with the full
             128-frame grid).
     """
+    planes = {k: v.float() for k, v in planes.items()}  # lookups in float32 (also under fp16 autocast)
     r_t, r_xy = planes["xt"].shape[2], planes["xy"].shape[2]
     t = _grid_position(coords[..., 0], grid[0], r_t)
     x = _grid_position(coords[..., 1], grid[1], r_xy)
