@@ -237,6 +237,7 @@ class SuiteRunner:
         if done.is_file():
             log.info("reconstruct: reusing %s", done)
             return
+        log.info("reconstruct: %s", variant.folder)
         recon_dir = variant.folder / "recon"
         recon_dir.mkdir(parents=True, exist_ok=True)
         usage = _codebook_counter(tokenizer)
@@ -291,6 +292,7 @@ class SuiteRunner:
         if out.is_file():
             log.info("evaluate: reusing %s", out)
             return
+        log.info("evaluate: %s", variant.folder)
         metrics = self.build_metrics()
         rows: list[dict[str, Any]] = []
         batch = self.suite.evaluate.batch_size
@@ -357,6 +359,7 @@ class SuiteRunner:
         cfg = generation_config(self.suite, entry)
         if cfg is None or not getattr(cfg, "enabled", True):
             return
+        log.info("generate: %s", entry.id)
         from harness.generation.stage import run_generation_stage
 
         def train_clips(n: int, seed: int):
