@@ -193,7 +193,9 @@ class CrossAttention(nn.Module):
 class SelfAttention(nn.Module):
     """Multi-head self-attention with an optional boolean mask (``True`` = may attend).
 
-    ``mask`` is ``[N, N]`` or ``[B, N, N]`` (query x key) or a key mask ``[B, N]``.
+    ``mask`` is ``[N, N]`` (one query x key pattern for all), ``[B, N, N]`` (per
+    video), or any 4D shape broadcastable to ``[B, heads, N, N]`` such as a key
+    mask ``[B, 1, 1, N]``.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
@@ -204,9 +206,8 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
-        if mask is not None:
-            mask = mask[:, None, None, :] if mask.ndim == 2 and mask.shape[0] == x.shape[0] and mask.shape[1] != x.shape[1] else mask
-            mask = mask[:, None] if mask.ndim == 3 else mask
+        if mask is not None and mask.ndim == 3:
+            mask = mask[:, None]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(rearrange(out, "b h n d -> b n (h d)"))
 
