@@ -172,3 +172,16 @@ def test_accepts_built_vae_and_trains_on_real_clips(videos33):
     assert all(torch.equal(before[k], v) for k, v in vae.state_dict().items())  # the VAE stays frozen
     assert model.registers.grad is not None and model.registers.grad.abs().sum() > 0  # gradients reach the encoder
     assert "vae.encoder.stem.conv.weight" in model.state_dict()
+
+
+def test_decode_from_indices_alone_matches_decode_from_codes(sample_videos):
+    """Generators hand back FSQ indices only; decoding them must equal decoding the encoder's codes."""
+    from harness.api import Tokens
+    from harness.registry import create_tokenizer
+
+    model = create_tokenizer("videoflextok", size="tiny", sample_steps=2).eval()
+    video = torch.cat([sample_videos[:1], sample_videos[:1, :, :1]], dim=2)[..., :32, :32]  # 17 frames
+    tokens = model.encode(video, num_tokens=4)
+    from_codes = model.decode(tokens)
+    from_indices = model.decode(Tokens(latents=None, indices=tokens.indices, num_tokens=tokens.num_tokens, info=tokens.info))
+    assert torch.equal(from_codes, from_indices)

@@ -566,12 +566,16 @@ class VideoFlexTok(VideoTokenizer):
         """Reconstruct ``float32 [B, 3, T, H, W]`` (clamped to ``[-1, 1]``) from :class:`Tokens`.
 
         Uses the first ``info["keep"]`` registers of ``latents`` ``[B, t, n, 6]``
-        per timestep (the rest, if any, are masked and have no effect) and
+        (or of the FSQ codes of ``indices`` ``int64 [B, t, n]`` when ``latents`` is
+        ``None``, e.g. tokens sampled by a generator) per timestep (the rest, if any, are masked and have no effect) and
         decodes chunk by chunk; the initial noise comes from ``sample_seed``.
         """
         codes = tokens.latents
+        if codes is None and isinstance(tokens.indices, Tensor):
+            indices = tokens.indices.long()  # e.g. generated indices [B, t, k]; flattened so FSQ keeps the code axis last
+            codes = self.fsq.indices_to_codes(indices.flatten(1)).float().reshape(*indices.shape, -1)
         if not isinstance(codes, Tensor) or codes.ndim != 4:
-            raise ValueError("videoflextok tokens: expected latents [B, t, k, 6] from VideoFlexTok.encode")
+            raise ValueError("videoflextok tokens: expected latents [B, t, k, 6] or indices [B, t, k] from VideoFlexTok.encode")
         info = tokens.info
         keep_k, chunks = int(info.get("keep", codes.shape[2])), int(info["chunks"])
         frames = int(info["shape"][0])
