@@ -308,13 +308,27 @@ def run_suite(suite: ProfileSuite, output_dir: str | Path | None = None, log=pri
     return df
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m harness.profile SUITE.yaml [--output-dir DIR]``."""
-    parser = argparse.ArgumentParser(prog="python -m harness.profile", description=__doc__.split("\n\n")[0])
+def _arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("suite", nargs="?", help="cost suite YAML (e.g. suites/cost_vs_length.yaml)")
     parser.add_argument("--output-dir", help="override the suite's output_dir")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one measurement as JSON
-    args = parser.parse_args(argv)
+    return parser
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """The ``harness profile`` sub-command (same arguments as ``python -m harness.profile``)."""
+    parser = _arguments(subparsers.add_parser("profile", help="FLOPs and peak memory of one training step vs video length"))
+    parser.set_defaults(func=lambda args: _main(args, parser))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m harness.profile SUITE.yaml [--output-dir DIR]``."""
+    parser = _arguments(argparse.ArgumentParser(prog="python -m harness.profile", description=__doc__.split("\n\n")[0]))
+    return _main(parser.parse_args(argv), parser)
+
+
+def _main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.measure:
         spec = json.loads(args.measure)
         print(json.dumps(measure_step(**spec)), flush=True)
