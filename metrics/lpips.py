@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import inspect
-import os
 import pickle
 import warnings
 from pathlib import Path

@@ -11,7 +11,7 @@ from harness.data.decode import decode_frames, to_model_range
 from metrics.codebook import CodebookUsage
 from video_tokenizers.frame2d_vq import Frame2dVQ
 from video_tokenizers.grid3d_vq import GRID3D_VQ_PRESETS, Grid3dVQ
-from video_tokenizers.losses import AutoencoderLoss, LossConfig, VideoDiscriminator
+from video_tokenizers.losses import LossConfig, VideoDiscriminator
 from video_tokenizers.pvdm import PVDMAutoencoder
 
 NO_GAN = {"gan": None, "perceptual_weight": 0.0}

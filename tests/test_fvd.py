@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from metrics.fvd import (FEATURE_DIM, FVD16, FVD128, FVD16Chunks, frechet_distance, gaussian_fit, i3d_logits, preprocess,
+from metrics.fvd import (FVD16, FVD128, FVD16Chunks, frechet_distance, gaussian_fit, i3d_logits, preprocess,
                          trace_sqrt_product)
 
 REPO = Path(__file__).resolve().parents[1]

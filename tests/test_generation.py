@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 
-from harness.api import Tokens
 from harness.clips import encode_video
 from harness.generation.ar import ARTransformer, from_sequence, to_sequence
 from harness.generation.config import GenerationConfig

@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from vector_quantize_pytorch import VectorQuantize
 
 from harness.api import Tokens, check_video

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import math
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -240,3 +242,23 @@ class CrossSelfBlock(nn.Module):
     def forward(self, x: Tensor, context: Tensor, key_mask: Tensor | None = None) -> Tensor:
         x = x + self.cross(self.norm_q(x), self.norm_ctx(context), key_mask)
         return self.self_block(x)
+
+
+class TimestepEmbedder(nn.Module):
+    """Diffusion / flow time ``float [...]`` -> ``[..., dim]`` (DiT's ``TimestepEmbedder``).
+
+    Sinusoidal features of ``freq_dim`` frequencies (max period 10000) of
+    ``scale * t``, followed by a two-layer SiLU MLP. SiT feeds ``t`` in ``[0, 1]``
+    unscaled (``scale=1``); FlexTok-style rectified flows scale ``sigma`` by 1000.
+    """
+
+    def __init__(self, dim: int, freq_dim: int = 256, scale: float = 1.0) -> None:
+        super().__init__()
+        self.freq_dim, self.scale = freq_dim, scale
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: Tensor) -> Tensor:
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        args = self.scale * t.float()[..., None] * freqs
+        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))

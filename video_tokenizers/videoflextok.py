@@ -60,7 +60,7 @@ from vector_quantize_pytorch import FSQ
 
 from harness.api import Tokens, VideoTokenizer, check_video
 from harness.registry import create_tokenizer, register_tokenizer
-from video_tokenizers.layers import SelfAttention, TransformerBlock
+from video_tokenizers.layers import SelfAttention, TimestepEmbedder, TransformerBlock
 
 #: FSQ levels of FlexTok / VideoFlexTok: 8*8*8*5*5*5 = 64,000 codes, 16 bits per token (notes 2.1, 3).
 FSQ_LEVELS = (8, 8, 8, 5, 5, 5)
@@ -116,21 +116,6 @@ def decoder_attention_mask(timesteps: int, patches: int, registers: int, device:
 # --------------------------------------------------------------------------------------------------
 # Blocks
 # --------------------------------------------------------------------------------------------------
-
-class TimestepEmbedder(nn.Module):
-    """Sinusoidal embedding of ``sigma`` in ``[0, 1]`` (scaled by 1000) followed by an MLP (DiT)."""
-
-    def __init__(self, dim: int, freq_dim: int = 256) -> None:
-        super().__init__()
-        self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-
-    def forward(self, sigma: Tensor) -> Tensor:
-        half = self.freq_dim // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=sigma.device, dtype=torch.float32) / half)
-        args = 1000.0 * sigma.float()[..., None] * freqs
-        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
-
 
 class AdaLNBlock(nn.Module):
     """Pre-LN transformer block with adaLN-zero modulation (DiT; FlexTok's ``FlexBlockAdaLN``).
@@ -323,7 +308,7 @@ class VideoFlexTok(VideoTokenizer):
         self.dec_register_pos = nn.Parameter(torch.zeros(self.t_max, self.n_max, dd))
         self.mask_token = nn.Parameter(torch.zeros(dd))  # nested-dropout mask token
         self.null_token = nn.Parameter(torch.zeros(dd))  # CFG null condition
-        self.t_embed = TimestepEmbedder(dd)
+        self.t_embed = TimestepEmbedder(dd, scale=1000.0)
         self.dec_blocks = nn.ModuleList(AdaLNBlock(dd, preset["dec_heads"], mlp_ratio) for _ in range(preset["dec_depth"]))
         self.final = FinalLayer(dd, patch_dim)
         for p in (self.enc_time_pos, self.registers, self.dec_time_pos, self.dec_register_pos, self.mask_token, self.null_token):

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from harness.generation.tree import Latents, tree_cat, tree_map, tree_split
 from harness.registry import register_generator
+from video_tokenizers.layers import TimestepEmbedder
 
 
 # --------------------------------------------------------------------------- embeddings
@@ -56,25 +57,6 @@ def sincos_pos_embed(grid: tuple[int, ...], dim: int) -> Tensor:
     if emb.shape[1] < dim:
         emb = torch.cat([emb, emb.new_zeros(emb.shape[0], dim - emb.shape[1])], dim=1)
     return emb.float()
-
-
-class TimestepEmbedder(nn.Module):
-    """Interpolant time ``t`` ``float [B]`` (in ``[0, 1]`` for SiT) -> ``[B, dim]``.
-
-    Sinusoidal features of 256 frequencies (max period 10000) followed by a
-    two-layer SiLU MLP (DiT / SiT ``TimestepEmbedder``; SiT feeds ``t`` unscaled).
-    """
-
-    def __init__(self, dim: int, freq_dim: int = 256) -> None:
-        super().__init__()
-        self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-
-    def forward(self, t: Tensor) -> Tensor:
-        half = self.freq_dim // 2
-        freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-        args = t.float()[:, None] * freqs[None]
-        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
 
 
 class LabelEmbedder(nn.Module):
