@@ -324,6 +324,10 @@ def protocol_lines(records: list[dict[str, Any]]) -> list[str]:
         for key, value in record["protocol"].get("metrics", {}).items():
             conventions.setdefault(key, value if isinstance(value, str) else json.dumps(value, sort_keys=True))
     lines += [f"- {key}: {value}" for key, value in sorted(conventions.items())]
+    padded = sorted({(r["tokenizer_id"], (r.get("token_info") or {}).get("padded_frames")) for r in records
+                     if (r.get("token_info") or {}).get("padded_frames")})
+    lines += [f"- {tid}: videos padded by {n} repeated last frame(s) to the tokenizer's native length and the reconstruction "
+              f"cropped back before scoring" for tid, n in padded]
     return lines
 
 
