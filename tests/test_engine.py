@@ -195,7 +195,7 @@ def test_rerun_reuses_every_stage_and_killed_training_resumes(tmp_path):
 
 def test_paper_suite_runs_through_the_ucf101_loader(tmp_path):
     root = shared_path("data", "ucf101_mini")
-    suite = load_suite(REPO / "suites" / "ucf101_128f.yaml")
+    suite = load_suite(REPO / "suites" / "ucf101_128f.yaml", overrides=[f"data.root={root}"])
     grid = next(t.id for t in suite.tokenizers if t.name == "grid3d")
     result = run_cli(
         "run", "suites/ucf101_128f.yaml", "-q", "--only", grid, "--output-dir", str(tmp_path / "results"),
