@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from harness.api import Tokens, VideoTokenizer, check_video
 from harness.registry import register_tokenizer
 from video_tokenizers.layers import CrossSelfBlock, TransformerBlock
+from video_tokenizers.losses import LazyLPIPS
 
 PLANES = ("xy", "xt", "yt")
 
@@ -325,6 +326,7 @@ class CoordTok(VideoTokenizer):
         self.decoder_grid = (frames // decoder_patch_t, resolution // decoder_patch_xy, resolution // decoder_patch_xy)
         self.stage1_steps, self.points_per_video, self.stage2_frames = stage1_steps, points_per_video, stage2_frames
         self.lpips_weight, self.decode_chunk = lpips_weight, decode_chunk
+        self.perceptual = LazyLPIPS("vgg")  # frozen VGG LPIPS for stage 2, kept out of the state dict
 
         self.encoder = VideoEncoder(frames, resolution, encoder_patch_t, encoder_patch_xy, self.width,
                                     encoder_layers or preset.encoder_layers, self.heads)
@@ -498,18 +500,6 @@ class CoordTok(VideoTokenizer):
         xy = grid[None, None].expand(batch, k, -1, -1)
         return torch.cat([t[..., None], xy], dim=-1).reshape(batch, -1, 3), k
 
-    def _lpips(self, device: torch.device):
-        """The frozen VGG LPIPS network, built lazily and kept out of the state dict."""
-        net = self.__dict__.get("_lpips_net")
-        if net is None:
-            from metrics.lpips import load_lpips
-
-            net = load_lpips(net="vgg").eval().requires_grad_(False)
-            object.__setattr__(self, "_lpips_net", net)  # not a sub-module: no weights in state_dict / optimizer
-        if next(net.parameters()).device != torch.device(device):
-            net.to(device)
-        return net
-
     def training_losses(self, video: Tensor, step: int, n_frames: Tensor | list[int] | None = None) -> dict[str, Tensor]:
         """Loss of one step on whole videos ``float32 [B, 3, T, H, W]`` in ``[-1, 1]`` (supp. A.1).
 
@@ -538,7 +528,7 @@ class CoordTok(VideoTokenizer):
         per_frame = self.decoder_patch_t * frames
         pred_frames = rearrange(self.unpatchify(pred, per_frame), "b c t h w -> (b t) c h w")
         target_frames = rearrange(self.unpatchify(target, per_frame), "b c t h w -> (b t) c h w")
-        lpips = self._lpips(video.device)(pred_frames.float(), target_frames.float()).mean()
+        lpips = self.perceptual(pred_frames, target_frames)
         out["lpips"] = lpips.detach()
         out["loss"] = l2 + self.lpips_weight * lpips
         return out
