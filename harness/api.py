@@ -85,6 +85,13 @@ class VideoTokenizer(nn.Module):
       generators).
     * ``flexible``: ``True`` when ``encode`` accepts ``num_tokens`` as a prefix
       length (VideoFlexTok); the suite can then sweep token budgets.
+    * ``frozen_stage0``: ``True`` when the tokenizer starts with a frozen,
+      deterministic front end (VideoFlexTok's stage-0 VAE) and implements
+      ``stage0_features`` and ``stage0_losses`` with
+      ``training_losses(v, s) == stage0_losses(stage0_features(v), s)``. The
+      engine can then compute the front end once per training clip
+      (``train.stage0_cache_clips``) instead of at every step, as DiT-style
+      trainers do with precomputed VAE latents.
 
     Subclasses implement the four methods below. ``training_losses`` returns a
     dict of scalar tensors that must hold ``"loss"`` (what the optimizer
@@ -101,6 +108,7 @@ class VideoTokenizer(nn.Module):
     clip_frames: int | None = None
     continuous: bool = True
     flexible: bool = False
+    frozen_stage0: bool = False
 
     def encode(self, video: Tensor, num_tokens: int | None = None) -> Tokens:
         """Encode ``video`` ``float32 [B, 3, T, H, W]`` in ``[-1, 1]`` into tokens.
@@ -123,6 +131,17 @@ class VideoTokenizer(nn.Module):
         resume correctly.
         """
         raise NotImplementedError
+
+    def stage0_features(self, video: Tensor) -> Tensor:
+        """Frozen front-end output for ``video`` ``float32 [B, 3, T, H, W]``: a tensor ``[B, ...]``, one row per video.
+
+        Only for tokenizers with ``frozen_stage0 = True``; no gradients flow through it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no frozen stage 0")
+
+    def stage0_losses(self, features: Tensor, step: int) -> dict[str, Tensor]:
+        """``training_losses`` from ``stage0_features`` output ``[B, ...]`` (same dict contract)."""
+        raise NotImplementedError(f"{type(self).__name__} has no frozen stage 0")
 
     def num_tokens(self, frames: int, height: int, width: int) -> int:
         """Tokens for one video of ``frames x height x width`` pixels.

@@ -58,6 +58,7 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1)
     grad_clip: float | None = None
+    stage0_cache_clips: int = Field(0, ge=0)
 
 
 class EvaluateConfig(Strict):
@@ -298,9 +299,14 @@ def validate_names(suite: Suite, source: str) -> None:
         if entry.budgets and not getattr(cls, "flexible", False):
             raise SuiteError(f"{source}: tokenizers[{entry.id}].budgets: {entry.name} is not a flexible tokenizer")
         try:
-            suite.train_config(entry)
+            train = suite.train_config(entry)
         except ValidationError as err:
             raise SuiteError(f"{source}: tokenizers[{entry.id}].train: {err.errors()[0]['loc'][0]}: {err.errors()[0]['msg']}") from err
+        if train.stage0_cache_clips and not getattr(cls, "frozen_stage0", False):
+            raise SuiteError(f"{source}: tokenizers[{entry.id}].train.stage0_cache_clips: {entry.name} has no frozen stage 0 to cache")
+        if train.stage0_cache_clips and train.stage0_cache_clips < train.batch_size:
+            raise SuiteError(f"{source}: tokenizers[{entry.id}].train.stage0_cache_clips: {train.stage0_cache_clips} "
+                             f"is smaller than train.batch_size {train.batch_size}")
     for name in suite.evaluate.metrics:
         if name not in METRICS:
             raise SuiteError(f"{source}: evaluate.metrics: unknown metric {name!r}; registered: {', '.join(METRICS.names())}")

@@ -10,7 +10,9 @@ gradient accumulation.
 Training data is a pure function of ``(seed, sample index)``
 (:class:`harness.data.sampling.TrainClips`), and a checkpoint holds the
 model, optimizers and step, so a stopped run resumes exactly where its last
-checkpoint was written.
+checkpoint was written. With ``stage0_cache_clips`` a tokenizer's frozen
+front end (``frozen_stage0``) runs once per cached clip, and batches are drawn
+from that fixed pool (seeded by step).
 """
 from __future__ import annotations
 
@@ -62,8 +64,36 @@ class TrainingObjective(nn.Module):
         offset = int(torch.randint(0, frames - clip + 1, ()))
         return video[:, :, offset : offset + clip]
 
-    def forward(self, video: Tensor, step: int) -> dict[str, Tensor]:
+    def forward(self, video: Tensor, step: int, stage0: bool = False) -> dict[str, Tensor]:
+        if stage0:  # ``video`` holds cached stage-0 features
+            return self.tokenizer.stage0_losses(video, step)
         return self.tokenizer.training_losses(self.native_clips(video), step)
+
+
+def stage0_cache(objective: TrainingObjective, clips: TrainClips, count: int, path: Path, accelerator: Accelerator,
+                 batch_size: int) -> Tensor:
+    """Stage-0 features ``[count, ...]`` of training clips ``0 .. count - 1``, computed once and kept in ``path``.
+
+    The main process encodes the clips (``batch_size`` at a time) and writes the
+    file atomically; a resumed run, and every other process, loads it.
+    """
+    if accelerator.is_main_process and not path.is_file():
+        tokenizer = objective.tokenizer
+        parts = []
+        for first in range(0, count, batch_size):
+            video, _ = clips.batch(list(range(first, min(first + batch_size, count))))
+            parts.append(tokenizer.stage0_features(objective.native_clips(video.to(accelerator.device))).cpu())
+        torch_save_atomic(path, torch.cat(parts))
+    accelerator.wait_for_everyone()
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def stage0_batch(cache: Tensor, seed: int, step: int, batch_size: int, first: int, size: int) -> Tensor:
+    """Rows ``first .. first + size`` of step ``step``'s global batch: ``batch_size`` distinct cached clips,
+    drawn with a generator seeded by ``(seed, step)`` so that resumed and multi-process runs draw the same."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    order = torch.randperm(len(cache), generator=generator)[:batch_size]
+    return cache[order[first : first + size]]
 
 
 @dataclass
@@ -153,8 +183,16 @@ def train_tokenizer(tokenizer: VideoTokenizer, clips: TrainClips, cfg: TrainConf
     objective.train()
 
     per_step = cfg.batch_size
+    cached = None
+    if cfg.stage0_cache_clips:
+        if not tokenizer.frozen_stage0:
+            raise ValueError(f"train.stage0_cache_clips is set but {type(tokenizer).__name__} has no frozen stage 0")
+        if cfg.stage0_cache_clips < per_step:
+            raise ValueError(f"train.stage0_cache_clips ({cfg.stage0_cache_clips}) must be at least train.batch_size ({per_step})")
+        cached = stage0_cache(accelerator.unwrap_model(objective), clips, cfg.stage0_cache_clips,
+                              checkpoint.with_name("stage0_cache.pt"), accelerator, micro)
     loader = None
-    if clips.cfg.num_workers:
+    if clips.cfg.num_workers and cached is None:
         dataset = TrainClipDataset(clips, length=(cfg.steps + 1) * per_step)
         sampler = _StepSampler(start_step, cfg.steps, per_step, accelerator.process_index, micro * accumulation)
         loader = iter(torch.utils.data.DataLoader(dataset, batch_size=micro, sampler=sampler, num_workers=clips.cfg.num_workers,
@@ -168,16 +206,19 @@ def train_tokenizer(tokenizer: VideoTokenizer, clips: TrainClips, cfg: TrainConf
         began = time.perf_counter()
         losses = {}
         for micro_index in range(accumulation):
-            if loader is not None:
+            offset = accelerator.process_index * micro * accumulation + micro_index * micro
+            if cached is not None:
+                video = stage0_batch(cached, seed, step, per_step, offset, micro)
+            elif loader is not None:
                 video, _ = next(loader)
             else:
-                first = step * per_step + accelerator.process_index * micro * accumulation + micro_index * micro
+                first = step * per_step + offset
                 video, _ = clips.batch(list(range(first, first + micro)))
             video = video.to(accelerator.device)
             sync = micro_index == accumulation - 1
             context = accelerator.no_sync(objective) if not sync and world > 1 else nullcontext()
             with context:
-                out = objective(video, step)
+                out = objective(video, step, stage0=cached is not None)
                 total = out["loss"] + out.get("disc_loss", 0.0)
                 if not torch.isfinite(total):
                     raise FloatingPointError(f"non-finite loss at step {step}: {({k: float(v) for k, v in out.items()})}")

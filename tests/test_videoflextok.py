@@ -185,3 +185,77 @@ def test_decode_from_indices_alone_matches_decode_from_codes(sample_videos):
     from_codes = model.decode(tokens)
     from_indices = model.decode(Tokens(latents=None, indices=tokens.indices, num_tokens=tokens.num_tokens, info=tokens.info))
     assert torch.equal(from_codes, from_indices)
+
+
+def test_stage0_batches_are_seeded_by_step_and_hold_distinct_clips():
+    from harness.train import stage0_batch
+
+    cache = torch.arange(10.0)[:, None]
+    first = stage0_batch(cache, seed=0, step=3, batch_size=6, first=0, size=6)
+    assert torch.equal(first, stage0_batch(cache, seed=0, step=3, batch_size=6, first=0, size=6))
+    assert len(set(first.flatten().tolist())) == 6
+    halves = torch.cat([stage0_batch(cache, 0, 3, 6, 0, 3), stage0_batch(cache, 0, 3, 6, 3, 3)])
+    assert torch.equal(halves, first)  # processes / micro-batches take disjoint slices of one global batch
+    assert not torch.equal(first, stage0_batch(cache, 0, 4, 6, 0, 6))
+
+
+def test_stage0_cache_in_a_suite_sweeps_budgets_and_is_reused(tmp_path):
+    """The engine path: causal grid3d, then VideoFlexTok on cached VAE latents; one row per budget."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import REPO
+    from harness.config import load_suite
+    from harness.runner import SuiteRunner
+
+    vft = {"id": "vft", "name": "videoflextok", "budgets": [1, 8],
+           "kwargs": {**{k: v for k, v in SMALL.items() if k != "vae"}, "vae": "run:vae", "guidance_scale": 1.0},
+           "train": {"steps": 3, "batch_size": 2, "stage0_cache_clips": 4}}
+    suite = {"name": "vft", "output_dir": str(tmp_path / "results"), "seed": 0,
+             "data": {"dataset": "samples", "resolution": 32, "frames": 17, "eval_clips_per_video": 1},
+             "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 1},
+             "evaluate": {"metrics": ["psnr"], "batch_size": 3},
+             "tokenizers": [{"id": "vae", "name": "grid3d", "kwargs": VAE["kwargs"]}, vft]}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "harness", "run", str(path), "-q"], capture_output=True, text=True, cwd=REPO, timeout=900)
+
+    first = run()
+    assert first.returncode == 0, first.stderr
+    run_dir = tmp_path / "results" / "vft"
+    cache = torch.load(run_dir / "stage0_cache.pt", weights_only=True)
+    runner = SuiteRunner(load_suite(path), show_progress=False)
+    runner.trained_tokenizer(runner.suite.tokenizers[0])
+    model = runner.trained_tokenizer(runner.suite.tokenizers[1])
+    videos, _ = runner.train_clips.batch([0, 1, 2, 3])
+    assert cache.shape == (4, 1, 16, 5, 4, 4)  # 4 clips x 1 chunk x VAE latent [16, 5, 32/8, 32/8]
+    assert torch.allclose(cache, model.stage0_features(videos), atol=1e-5)
+    for k in (1, 8):
+        metrics = json.loads((run_dir / "budgets" / str(k) / "metrics.json").read_text())
+        assert metrics["metrics"]["psnr"] > 5
+    board = (tmp_path / "results" / "leaderboard.md").read_text()
+    assert "vft@1" in board and "vft@8" in board
+
+    stamp = (run_dir / "stage0_cache.pt").stat().st_mtime_ns
+    second = run()
+    assert second.returncode == 0, second.stderr
+    assert "train: reusing" in second.stderr
+    assert (run_dir / "stage0_cache.pt").stat().st_mtime_ns == stamp
+
+
+def test_stage0_cache_is_rejected_for_tokenizers_without_a_frozen_stage0(tmp_path):
+    import yaml
+
+    from harness.config import SuiteError, load_suite
+
+    suite = {"name": "bad", "data": {"dataset": "samples", "resolution": 32, "frames": 16},
+             "tokenizers": [{"id": "g", "name": "grid3d", "kwargs": {"size": "tiny"}, "train": {"stage0_cache_clips": 8}}]}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    with pytest.raises(SuiteError, match=r"tokenizers\[g\]\.train\.stage0_cache_clips: grid3d has no frozen stage 0"):
+        load_suite(path)

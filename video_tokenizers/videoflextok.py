@@ -212,6 +212,17 @@ VIDEOFLEXTOK_SIZES: dict[str, dict[str, int]] = {
 PAPER_81F_672 = {"frames": 81, "num_tokens": 32, "tokens_per_video": 672, "size": "d18_d28", "resolution": 256}
 
 
+def shift_sigma(sigma: Tensor, shift: float) -> Tensor:
+    """SD3 noise shift ``shift * sigma / (1 + (shift - 1) * sigma)`` of noise levels in ``[0, 1]`` (identity at ``shift = 1``).
+
+    A shift above 1 moves training and sampling toward high noise, where the
+    decoder must take the content from the registers rather than from the noised
+    input (SD3, arXiv 2403.03206 section 5.3.2; VideoFlexTok's released
+    ``MultiResFlowMatchingNoiseModule`` has the same option, notes 2.5).
+    """
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
 def powers_of_two(n_max: int) -> list[int]:
     """``[1, 2, 4, ..., n_max]``; raises ``ValueError`` unless ``n_max`` is a power of two."""
     if n_max < 1 or n_max & (n_max - 1):
@@ -243,6 +254,8 @@ class VideoFlexTok(VideoTokenizer):
         cfg_dropout: probability of replacing all registers by the null token in training.
         prefix_prob: probability of a clean first latent timestep in training
             (conditioning on the previous chunk; the released value is unknown).
+        noise_shift: SD3 shift of the logit-normal training noise levels and of the
+            sampler's schedule (:func:`shift_sigma`); ``1`` is plain MinRF.
         sample_steps: Euler steps of the sampler (FlexTok README: 20-25; VideoFlexTok: 30).
         guidance_scale: guidance scale (FlexTok README: 7.5); ``1`` disables guidance.
         guidance: ``"apg"`` (normalized guidance, as released) or ``"cfg"``.
@@ -258,12 +271,13 @@ class VideoFlexTok(VideoTokenizer):
     clip_frames = None
     continuous = False
     flexible = True
+    frozen_stage0 = True
 
     def __init__(self, size: str | None = "tiny", vae: VideoTokenizer | Mapping[str, Any] | None = None,
                  n_max: int | None = None, enc_depth: int | None = None, enc_dim: int | None = None,
                  enc_heads: int | None = None, dec_depth: int | None = None, dec_dim: int | None = None,
                  dec_heads: int | None = None, patch_size: int = 2, fsq_levels: tuple[int, ...] | list[int] = FSQ_LEVELS,
-                 chunk_frames: int = 17, cfg_dropout: float = 0.1, prefix_prob: float = 0.25,
+                 chunk_frames: int = 17, cfg_dropout: float = 0.1, prefix_prob: float = 0.25, noise_shift: float = 1.0,
                  sample_steps: int = 25, guidance_scale: float = 7.5, guidance: str = "apg",
                  apg_norm_threshold: float = 0.0, sample_seed: int = 0, mlp_ratio: float = 4.0) -> None:
         super().__init__()
@@ -279,7 +293,9 @@ class VideoFlexTok(VideoTokenizer):
         self.budgets = powers_of_two(self.n_max)
         self.patch_size = patch_size
         self.chunk_frames = chunk_frames
-        self.cfg_dropout, self.prefix_prob = cfg_dropout, prefix_prob
+        if noise_shift <= 0:
+            raise ValueError(f"noise_shift must be positive, got {noise_shift}")
+        self.cfg_dropout, self.prefix_prob, self.noise_shift = cfg_dropout, prefix_prob, noise_shift
         self.sample_steps, self.guidance_scale, self.guidance = sample_steps, guidance_scale, guidance
         self.apg_norm_threshold, self.sample_seed = apg_norm_threshold, sample_seed
 
@@ -358,8 +374,11 @@ class VideoFlexTok(VideoTokenizer):
     @torch.no_grad()
     def vae_latents(self, video: Tensor) -> Tensor:
         """Normalized VAE latents ``float32 [B, C, t, h, w]`` of ``video`` ``[B, 3, 1 + 4m, H, W]``."""
-        lat = self.vae.encode(video).latents.float()
-        return (lat - self.latent_mean.view(1, -1, 1, 1, 1)) / self.latent_std.view(1, -1, 1, 1, 1)
+        return self.normalize(self.vae.encode(video).latents.float())
+
+    def normalize(self, latents: Tensor) -> Tensor:
+        """Per-channel standardisation of raw VAE latents ``[B, C, t, h, w]`` (statistics of the first training batch)."""
+        return (latents - self.latent_mean.view(1, -1, 1, 1, 1)) / self.latent_std.view(1, -1, 1, 1, 1)
 
     @torch.no_grad()
     def vae_decode(self, latents: Tensor, frames: int) -> Tensor:
@@ -497,7 +516,7 @@ class VideoFlexTok(VideoTokenizer):
         if p:
             x[:, :, :p] = prefix
             sigma_mask[:, :p] = 0
-        levels = torch.linspace(1.0, 0.0, self.sample_steps + 1, device=device)
+        levels = shift_sigma(torch.linspace(1.0, 0.0, self.sample_steps + 1, device=device), self.noise_shift)
         for s, s_next in zip(levels[:-1], levels[1:]):
             v = self._guided_velocity(x, sigma_mask * s, codes, keep)
             x = x + (s_next - s) * v
@@ -589,18 +608,33 @@ class VideoFlexTok(VideoTokenizer):
         return torch.cat(parts, dim=2)[:, :, :frames]
 
     def training_losses(self, video: Tensor, step: int) -> dict[str, Tensor]:
-        """Rectified-flow loss on ``video`` ``float32 [B, 3, T, H, W]`` (padded to ``1 + 16K`` frames, chunked).
+        """Rectified-flow loss on ``video`` ``float32 [B, 3, T, H, W]`` (padded to ``1 + 16K`` frames, chunked):
+        ``stage0_losses(stage0_features(video))``."""
+        return self.stage0_losses(self.stage0_features(video), step)
 
-        VAE encode (no grad) -> encoder -> FSQ -> nested dropout (per latent
-        timestep, ``k`` uniform over powers of two) -> null-condition dropout
-        -> logit-normal ``sigma`` -> MSE between predicted and true velocity
-        ``noise - clean``, averaged over the non-prefix timesteps.
-        """
-        clips, _, _ = self._chunks(video)
+    @torch.no_grad()
+    def stage0_features(self, video: Tensor) -> Tensor:
+        """Raw (unnormalized) VAE latents of the chunks of ``video``: ``float32 [B, K, C, t_max, h, w]``."""
+        clips, chunks, _ = self._chunks(video)
+        latents = self.vae.encode(clips).latents.float()
+        return rearrange(latents, "(b k) c t h w -> b k c t h w", k=chunks)
+
+    def stage0_losses(self, features: Tensor, step: int) -> dict[str, Tensor]:
+        """:meth:`flow_loss` on raw VAE latents ``[B, K, C, t_max, h, w]``; the per-channel latent statistics
+        are set from the first batch seen."""
+        latents = features.flatten(0, 1).float()
         if not bool(self.latent_stats_ready):
-            with torch.no_grad():
-                self._init_latent_stats(self.vae.encode(clips).latents.float())
-        clean = self.vae_latents(clips)
+            self._init_latent_stats(latents)
+        return self.flow_loss(self.normalize(latents))
+
+    def flow_loss(self, clean: Tensor) -> dict[str, Tensor]:
+        """Training objective on normalized VAE latents ``clean`` ``float32 [N, C, t_max, h, w]`` of N chunks.
+
+        Encoder -> FSQ -> nested dropout (per latent timestep, ``k`` uniform over
+        powers of two) -> null-condition dropout -> logit-normal ``sigma`` -> MSE
+        between predicted and true velocity ``noise - clean``, averaged over the
+        non-prefix timesteps (notes 2.4, 2.5).
+        """
         n, _, t = clean.shape[:3]
         device = clean.device
         codes, _ = self.encode_latents(clean)
@@ -610,7 +644,7 @@ class VideoFlexTok(VideoTokenizer):
         prefix = torch.rand(n, device=device) < self.prefix_prob
         keep[:, 0] &= ~prefix[:, None]
         null = torch.rand(n, device=device) < self.cfg_dropout
-        sigma = torch.sigmoid(torch.randn(n, device=device))[:, None].expand(n, t).clone()
+        sigma = shift_sigma(torch.sigmoid(torch.randn(n, device=device)), self.noise_shift)[:, None].expand(n, t).clone()
         small = 0.02 * torch.rand(n, device=device) * (torch.rand(n, device=device) < 0.5)
         sigma[:, 0] = torch.where(prefix, small, sigma[:, 0])
         noise = torch.randn_like(clean)
