@@ -54,6 +54,11 @@ def code_version() -> str:
         return "unknown"
 
 
+#: train settings added after results may already exist, with the value that behaves as before: left out of the
+#: fingerprint at that value, so that existing result folders stay reusable.
+LATER_TRAIN_FIELDS = {"stage0_cache_clips": 0}
+
+
 def fingerprint(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -162,8 +167,11 @@ class SuiteRunner:
         data = self.suite.data.model_dump(mode="json")
         for key in ("max_eval_videos", "num_workers", "cache_dir", "memory_cache"):
             data.pop(key)
-        return {"name": entry.name, "kwargs": entry.kwargs, "train": self.suite.train_config(entry).model_dump(mode="json"),
-                "data": data, "seed": self.suite.seed}
+        train = self.suite.train_config(entry).model_dump(mode="json")
+        for key, neutral in LATER_TRAIN_FIELDS.items():
+            if train.get(key) == neutral:
+                del train[key]
+        return {"name": entry.name, "kwargs": entry.kwargs, "train": train, "data": data, "seed": self.suite.seed}
 
     def write_config(self, entry: TokenizerEntry, run_dir: Path) -> None:
         """Write ``config.json``; refuse to mix results of a different training configuration."""

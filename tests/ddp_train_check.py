@@ -1,5 +1,8 @@
 """Run by test_engine under torchrun with 2 CPU processes: two training steps through the engine (gloo),
-then compare the parameters of both ranks. Writes ddp_report.json into the folder given as argv[1]."""
+then compare the parameters of both ranks. Writes ddp_report.json into the folder given as argv[1].
+
+argv[2] picks the model: ``grid3d`` (default), or ``videoflextok_stage0``: a tiny VideoFlexTok trained on
+its stage-0 latent cache (built by rank 0, read by both)."""
 import json
 import sys
 from pathlib import Path
@@ -16,18 +19,27 @@ from harness.train import train_tokenizer
 
 out = Path(sys.argv[1])
 accelerator = Accelerator(cpu=True)
+mode = sys.argv[2] if len(sys.argv) > 2 else "grid3d"
 torch.manual_seed(0)
-model = create_tokenizer("grid3d", size="tiny", channels=8)
-initial = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
-clips = TrainClips(build_dataset(DataConfig(dataset="samples", resolution=32, frames=16, cache_dir=str(out / "cache"))), seed=0)
-train_tokenizer(model, clips, TrainConfig(steps=2, batch_size=4, micro_batch_size=1), out / "ckpt.pt", seed=0,
-                accelerator=accelerator, show_progress=False)
-flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+if mode == "videoflextok_stage0":
+    vae = {"name": "grid3d", "kwargs": {"size": "tiny", "channels": 8, "causal": True, "latent_channels": 16, "clip_frames": 17}}
+    model = create_tokenizer("videoflextok", size="tiny", vae=vae, n_max=4, enc_depth=1, enc_dim=32, enc_heads=2,
+                             dec_depth=1, dec_dim=32, dec_heads=2)
+    frames, train = 17, TrainConfig(steps=2, batch_size=4, micro_batch_size=1, stage0_cache_clips=6)
+else:
+    model = create_tokenizer("grid3d", size="tiny", channels=8)
+    frames, train = 16, TrainConfig(steps=2, batch_size=4, micro_batch_size=1)
+trainable = [p for p in model.parameters() if p.requires_grad]
+initial = torch.cat([p.detach().flatten().clone() for p in trainable])
+clips = TrainClips(build_dataset(DataConfig(dataset="samples", resolution=32, frames=frames, cache_dir=str(out / "cache"))), seed=0)
+train_tokenizer(model, clips, train, out / "ckpt.pt", seed=0, accelerator=accelerator, show_progress=False)
+flat = torch.cat([p.detach().flatten() for p in trainable])
 gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
 dist.all_gather(gathered, flat)
 if accelerator.is_main_process:
     report = {"world_size": dist.get_world_size(), "backend": dist.get_backend(),
               "max_param_difference": float((gathered[0] - gathered[1]).abs().max()),
-              "changed_from_init": bool((flat - initial).abs().max() > 0)}
+              "changed_from_init": bool((flat - initial).abs().max() > 0),
+              "stage0_cache_rows": len(torch.load(out / "stage0_cache.pt")) if (out / "stage0_cache.pt").is_file() else None}
     (out / "ddp_report.json").write_text(json.dumps(report))
 accelerator.wait_for_everyone()

@@ -247,11 +247,13 @@ def test_readme_worked_example_is_the_plugin_file():
 # --------------------------------------------------------------------------- distributed
 
 
-def test_two_cpu_processes_keep_identical_parameters(tmp_path):
+@pytest.mark.parametrize("mode, port", [("grid3d", 29531), ("videoflextok_stage0", 29532)])
+def test_two_cpu_processes_keep_identical_parameters(tmp_path, mode, port):
     script = REPO / "tests" / "ddp_train_check.py"
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
-                             str(script), str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=600)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                             str(script), str(tmp_path), mode], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "ddp_report.json").read_text())
     assert report["world_size"] == 2 and report["backend"] == "gloo"
     assert report["max_param_difference"] == 0.0 and report["changed_from_init"]
+    assert report["stage0_cache_rows"] == (6 if mode == "videoflextok_stage0" else None)

@@ -25,7 +25,8 @@ powers of two ``1 .. n_max`` and the registers ``>= k`` are replaced by a
 learned mask token, so that every prefix of the register sequence is a valid
 code; **null-condition dropout** of all registers (a learned null token) for
 classifier-free guidance; **logit-normal** timestep sampling ``sigma =
-sigmoid(N(0, 1))`` (``MinRFNoiseModule``); and, with probability
+sigmoid(N(0, 1))`` (``MinRFNoiseModule``), optionally SD3-shifted
+(``noise_shift``); and, with probability
 ``prefix_prob``, a clean first latent timestep whose registers are masked
 (``PrefixMinRFNoiseModule`` + ``MaskedPrefixDropout``), which is what lets a
 chunk be decoded conditioned on the previous chunk's last frame.
