@@ -279,6 +279,17 @@ def constructor_parameters(cls: type) -> tuple[set[str], bool]:
     return names, True
 
 
+def stage0_cache_problem(train: TrainConfig, tokenizer_cls: type, name: str) -> str | None:
+    """Why ``train.stage0_cache_clips`` cannot be used with ``tokenizer_cls``, or ``None`` when it can (or is off)."""
+    if not train.stage0_cache_clips:
+        return None
+    if not getattr(tokenizer_cls, "frozen_stage0", False):
+        return f"{name} has no frozen stage 0 to cache"
+    if train.stage0_cache_clips < train.batch_size:
+        return f"{train.stage0_cache_clips} is smaller than train.batch_size {train.batch_size}"
+    return None
+
+
 def validate_names(suite: Suite, source: str) -> None:
     """Check that every tokenizer, kwarg, metric and dataset named by ``suite`` exists."""
     from harness.registry import DATASETS, METRICS, TOKENIZERS
@@ -302,11 +313,9 @@ def validate_names(suite: Suite, source: str) -> None:
             train = suite.train_config(entry)
         except ValidationError as err:
             raise SuiteError(f"{source}: tokenizers[{entry.id}].train: {err.errors()[0]['loc'][0]}: {err.errors()[0]['msg']}") from err
-        if train.stage0_cache_clips and not getattr(cls, "frozen_stage0", False):
-            raise SuiteError(f"{source}: tokenizers[{entry.id}].train.stage0_cache_clips: {entry.name} has no frozen stage 0 to cache")
-        if train.stage0_cache_clips and train.stage0_cache_clips < train.batch_size:
-            raise SuiteError(f"{source}: tokenizers[{entry.id}].train.stage0_cache_clips: {train.stage0_cache_clips} "
-                             f"is smaller than train.batch_size {train.batch_size}")
+        problem = stage0_cache_problem(train, cls, entry.name)
+        if problem:
+            raise SuiteError(f"{source}: tokenizers[{entry.id}].train.stage0_cache_clips: {problem}")
     for name in suite.evaluate.metrics:
         if name not in METRICS:
             raise SuiteError(f"{source}: evaluate.metrics: unknown metric {name!r}; registered: {', '.join(METRICS.names())}")

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from harness.api import VideoTokenizer
 from harness.clips import split_into_clips
-from harness.config import TrainConfig
+from harness.config import TrainConfig, stage0_cache_problem
 from harness.data.cache import torch_save_atomic
 from harness.data.sampling import TrainClipDataset, TrainClips
 
@@ -185,10 +185,9 @@ def train_tokenizer(tokenizer: VideoTokenizer, clips: TrainClips, cfg: TrainConf
     per_step = cfg.batch_size
     cached = None
     if cfg.stage0_cache_clips:
-        if not tokenizer.frozen_stage0:
-            raise ValueError(f"train.stage0_cache_clips is set but {type(tokenizer).__name__} has no frozen stage 0")
-        if cfg.stage0_cache_clips < per_step:
-            raise ValueError(f"train.stage0_cache_clips ({cfg.stage0_cache_clips}) must be at least train.batch_size ({per_step})")
+        problem = stage0_cache_problem(cfg, type(tokenizer), type(tokenizer).__name__)
+        if problem:
+            raise ValueError(f"train.stage0_cache_clips: {problem}")
         cached = stage0_cache(accelerator.unwrap_model(objective), clips, cfg.stage0_cache_clips,
                               checkpoint.with_name("stage0_cache.pt"), accelerator, micro)
     loader = None

@@ -159,9 +159,14 @@ def train_coordtok(videos: torch.Tensor, steps: int, lr: float, stage1_steps: in
     """Train a tiny CoordTok on random 32-frame clips from the first 64 frames; return (model, history)."""
     torch.manual_seed(0)
     model = CoordTok(size="tiny", frames=32, resolution=64, stage1_steps=stage1_steps, **kwargs)
+    return model.eval(), run_steps(model, videos, range(steps), lr)
+
+
+def run_steps(model: CoordTok, videos: torch.Tensor, steps: range, lr: float) -> list[dict[str, float]]:
+    """Optimizer steps ``steps`` (AdamW, supp. A.1 betas and weight decay) on random 32-frame training clips; losses per step."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=0.001)
     history = []
-    for step in range(steps):
+    for step in steps:
         starts = torch.randint(0, TRAIN_END - 32 + 1, (videos.shape[0],)).tolist()
         batch = torch.stack([videos[i, :, s:s + 32] for i, s in enumerate(starts)])
         losses = model.train().training_losses(batch, step)
@@ -169,7 +174,7 @@ def train_coordtok(videos: torch.Tensor, steps: int, lr: float, stage1_steps: in
         losses["loss"].backward()
         opt.step()
         history.append({k: float(v.detach()) for k, v in losses.items()})
-    return model.eval(), history
+    return history
 
 
 @torch.no_grad()
@@ -205,16 +210,7 @@ def test_two_stage_training_on_real_videos(real_videos):
     model, history = train_coordtok(real_videos, steps=STAGE1, **kwargs)
     after_stage1 = held_out_l2(model, real_videos)
     # stage 2 continues from the stage-1 weights with a fresh optimizer, as the official --is_second_step
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), weight_decay=0.001)
-    stage2 = []
-    for step in range(STAGE1, STAGE1 + STAGE2):
-        starts = torch.randint(0, TRAIN_END - 32 + 1, (real_videos.shape[0],)).tolist()
-        batch = torch.stack([real_videos[i, :, s:s + 32] for i, s in enumerate(starts)])
-        losses = model.train().training_losses(batch, step)
-        opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        opt.step()
-        stage2.append({k: float(v.detach()) for k, v in losses.items()})
+    stage2 = run_steps(model, real_videos, range(STAGE1, STAGE1 + STAGE2), lr=1e-3)
     final = held_out_l2(model.eval(), real_videos)
     print(f"\nheld-out l2: initial {initial:.4f}, after stage 1 ({STAGE1} steps) {after_stage1:.4f}, "
           f"after stage 2 (+{STAGE2}) {final:.4f}; per-video mean colour {mean_color:.4f}; "

@@ -8,9 +8,8 @@ transformer tokenizers (self-attention from ``timm``; cross-attention here).
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
