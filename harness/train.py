@@ -72,7 +72,7 @@ class TrainingObjective(nn.Module):
 
 def stage0_cache(objective: TrainingObjective, clips: TrainClips, count: int, path: Path, accelerator: Accelerator,
                  batch_size: int) -> Tensor:
-    """Stage-0 features ``[count, ...]`` of training clips ``0 .. count - 1``, computed once and kept in ``path``.
+    """Stage-0 features ``float32 [count, ...]`` (CPU) of training clips ``0 .. count - 1``, computed once and kept in ``path``.
 
     The main process encodes the clips (``batch_size`` at a time) and writes the
     file atomically; a resumed run, and every other process, loads it.
@@ -143,7 +143,9 @@ def train_tokenizer(tokenizer: VideoTokenizer, clips: TrainClips, cfg: TrainConf
         accelerator: an existing Accelerator (tests); built from ``cfg`` otherwise.
 
     Raises:
-        ValueError: when the global batch is not divisible into micro-batches.
+        ValueError: when the global batch is not divisible into micro-batches, or when
+            ``cfg.stage0_cache_clips`` is set for a tokenizer without a frozen stage 0
+            or is smaller than ``cfg.batch_size``.
     """
     if accelerator is None:
         # each tokenizer of a suite may ask for its own mixed precision; the process group stays
