@@ -8,7 +8,7 @@ import torch
 from harness.data.decode import decode_frames, to_model_range
 from harness.registry import create_tokenizer
 from video_tokenizers.videoflextok import (FSQ_LEVELS, PAPER_81F_672, VideoFlexTok, decoder_attention_mask,
-                                           encoder_attention_mask)
+                                           encoder_attention_mask, latent_mosaic)
 
 VAE = {"name": "grid3d", "kwargs": {"size": "tiny", "channels": 8, "causal": True, "latent_channels": 16, "clip_frames": 17}}
 SMALL = dict(size="tiny", vae=VAE, n_max=8, enc_depth=1, enc_dim=32, enc_heads=2, dec_depth=2, dec_dim=32, dec_heads=2,
@@ -149,6 +149,10 @@ def test_rejects_bad_configuration():
         make_model(vae={"name": "grid3d", "kwargs": {"size": "tiny", "channels": 8, "causal": False, "latent_channels": 16}})
     with pytest.raises(ValueError, match="size"):
         make_model(size="huge")
+    with pytest.raises(ValueError, match="latent_mosaic"):
+        make_model(latent_mosaic=1.5)
+    with pytest.raises(ValueError, match="4 x 4"):
+        latent_mosaic(torch.zeros(2, 16, 5, 3, 8), 1.0)
     model = make_model()
     with pytest.raises(ValueError, match="multiples of 16"):
         model.encode(torch.zeros(1, 3, 17, 40, 40))
@@ -172,6 +176,32 @@ def test_accepts_built_vae_and_trains_on_real_clips(videos33):
     assert all(torch.equal(before[k], v) for k, v in vae.state_dict().items())  # the VAE stays frozen
     assert model.registers.grad is not None and model.registers.grad.abs().sum() > 0  # gradients reach the encoder
     assert "vae.encoder.stem.conv.weight" in model.state_dict()
+
+
+def mosaic_sources(clean: torch.Tensor, mixed: torch.Tensor) -> torch.Tensor:
+    """For every output pixel, the batch index of the chunk whose whole ``[C, t]`` column it equals: ``[N, h, w]``."""
+    columns = clean.permute(0, 3, 4, 1, 2).flatten(3)  # [N, h, w, C*t]
+    matches = (mixed.permute(0, 3, 4, 1, 2).flatten(3)[:, None] == columns[None]).all(-1)  # [N, N, h, w]
+    assert (matches.sum(1) == 1).all(), "every pixel column comes from exactly one chunk"
+    return matches.float().argmax(1)
+
+
+def test_latent_mosaic_takes_four_rectangles_from_chunks_of_the_batch():
+    torch.manual_seed(0)
+    clean = torch.randn(12, 4, 5, 8, 8)
+    assert torch.equal(latent_mosaic(clean, 0.0), clean)
+    torch.manual_seed(1)
+    mixed = latent_mosaic(clean, 1.0)
+    torch.manual_seed(1)
+    assert torch.equal(latent_mosaic(clean, 1.0), mixed)  # drawn from the global generator
+    sources = mosaic_sources(clean, mixed)
+    for chunk, source in enumerate(sources):
+        assert (source[:2, :2] == chunk).all()  # the chunk keeps its own top-left rectangle
+        layouts = [(cy, cx) for cy in range(2, 7) for cx in range(2, 7)
+                   if all(source[ys, xs].unique().numel() == 1
+                          for ys in (slice(0, cy), slice(cy, 8)) for xs in (slice(0, cx), slice(cx, 8)))]
+        assert layouts, f"chunk {chunk}: sources are not four rectangles cut at one row and one column"
+    assert (sources != torch.arange(12)[:, None, None]).any(dim=(1, 2)).sum() >= 9  # nearly every chunk is mixed
 
 
 def test_decode_from_indices_alone_matches_decode_from_codes(sample_videos):

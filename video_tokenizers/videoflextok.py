@@ -224,6 +224,46 @@ def shift_sigma(sigma: Tensor, shift: float) -> Tensor:
     return shift * sigma / (1 + (shift - 1) * sigma)
 
 
+def latent_mosaic(clean: Tensor, prob: float) -> Tensor:
+    """Spatial mosaics of a batch of latents, a CutMix-style augmentation (Yun et al., arXiv 1905.04899).
+
+    With probability ``prob`` per chunk, the chunk keeps its own top-left
+    rectangle and takes the other three rectangles, cut at one random row and
+    column in ``[2, h - 2] x [2, w - 2]``, from three random chunks of the batch
+    at the same positions, for every channel and latent timestep (so every
+    region stays a coherent video). Not in VideoFlexTok: it stands in for data
+    variety when a suite trains on a few videos, where one register per
+    timestep can otherwise index the whole training pool and later registers
+    get no gradient signal (docs/videoflextok.md).
+
+    Args:
+        clean: latents ``float [N, C, t, h, w]`` with ``h, w >= 4``.
+        prob: probability in ``[0, 1]`` that a chunk becomes a mosaic.
+
+    Returns:
+        ``float [N, C, t, h, w]``; chunks not drawn are unchanged. Draws from
+        torch's global generator on ``clean``'s device.
+
+    Raises:
+        ValueError: if the latent grid is smaller than 4 x 4.
+    """
+    n, _, _, h, w = clean.shape
+    if h < 4 or w < 4:
+        raise ValueError(f"latent_mosaic needs latent grids of at least 4 x 4, got {h} x {w}")
+    device = clean.device
+    sources = torch.randint(n, (n, 4), device=device)
+    sources[:, 0] = torch.arange(n, device=device)
+    mixed = torch.rand(n, device=device) < prob
+    sources = torch.where(mixed[:, None], sources, sources[:, :1])
+    cut_y = torch.randint(2, h - 1, (n, 1, 1), device=device)
+    cut_x = torch.randint(2, w - 1, (n, 1, 1), device=device)
+    rows = torch.arange(h, device=device)[None, :, None] >= cut_y
+    cols = torch.arange(w, device=device)[None, None, :] >= cut_x
+    region = rows.long() * 2 + cols.long()  # [n, h, w]: 0 top-left (own), 1 top-right, 2 bottom-left, 3 bottom-right
+    source = sources.gather(1, region.flatten(1)).view(n, 1, 1, h, w).expand_as(clean)
+    return clean.gather(0, source)
+
+
 def powers_of_two(n_max: int) -> list[int]:
     """``[1, 2, 4, ..., n_max]``; raises ``ValueError`` unless ``n_max`` is a power of two."""
     if n_max < 1 or n_max & (n_max - 1):
@@ -257,6 +297,9 @@ class VideoFlexTok(VideoTokenizer):
             (conditioning on the previous chunk; the released value is unknown).
         noise_shift: SD3 shift of the logit-normal training noise levels and of the
             sampler's schedule (:func:`shift_sigma`); ``1`` is plain MinRF.
+        latent_mosaic: probability that a training chunk becomes a spatial mosaic of
+            four chunks of the batch (:func:`latent_mosaic`; not in the paper, for
+            suites with few training videos); ``0`` is the paper's training.
         sample_steps: Euler steps of the sampler (FlexTok README: 20-25; VideoFlexTok: 30).
         guidance_scale: guidance scale (FlexTok README: 7.5); ``1`` disables guidance.
         guidance: ``"apg"`` (normalized guidance, as released) or ``"cfg"``.
@@ -279,6 +322,7 @@ class VideoFlexTok(VideoTokenizer):
                  enc_heads: int | None = None, dec_depth: int | None = None, dec_dim: int | None = None,
                  dec_heads: int | None = None, patch_size: int = 2, fsq_levels: tuple[int, ...] | list[int] = FSQ_LEVELS,
                  chunk_frames: int = 17, cfg_dropout: float = 0.1, prefix_prob: float = 0.25, noise_shift: float = 1.0,
+                 latent_mosaic: float = 0.0,
                  sample_steps: int = 25, guidance_scale: float = 7.5, guidance: str = "apg",
                  apg_norm_threshold: float = 0.0, sample_seed: int = 0, mlp_ratio: float = 4.0) -> None:
         super().__init__()
@@ -296,7 +340,10 @@ class VideoFlexTok(VideoTokenizer):
         self.chunk_frames = chunk_frames
         if noise_shift <= 0:
             raise ValueError(f"noise_shift must be positive, got {noise_shift}")
+        if not 0.0 <= latent_mosaic <= 1.0:
+            raise ValueError(f"latent_mosaic is a probability in [0, 1], got {latent_mosaic}")
         self.cfg_dropout, self.prefix_prob, self.noise_shift = cfg_dropout, prefix_prob, noise_shift
+        self.latent_mosaic = latent_mosaic
         self.sample_steps, self.guidance_scale, self.guidance = sample_steps, guidance_scale, guidance
         self.apg_norm_threshold, self.sample_seed = apg_norm_threshold, sample_seed
 
@@ -631,11 +678,13 @@ class VideoFlexTok(VideoTokenizer):
     def flow_loss(self, clean: Tensor) -> dict[str, Tensor]:
         """Training objective on normalized VAE latents ``clean`` ``float32 [N, C, t_max, h, w]`` of N chunks.
 
-        Encoder -> FSQ -> nested dropout (per latent timestep, ``k`` uniform over
-        powers of two) -> null-condition dropout -> logit-normal ``sigma`` -> MSE
+        Optional :func:`latent_mosaic` -> encoder -> FSQ -> nested dropout (per
+        latent timestep, ``k`` uniform over powers of two) -> null-condition dropout -> logit-normal ``sigma`` -> MSE
         between predicted and true velocity ``noise - clean``, averaged over the
         non-prefix timesteps (notes 2.4, 2.5).
         """
+        if self.latent_mosaic:
+            clean = latent_mosaic(clean, self.latent_mosaic)
         n, _, t = clean.shape[:3]
         device = clean.device
         codes, _ = self.encode_latents(clean)
