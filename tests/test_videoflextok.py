@@ -204,6 +204,17 @@ def test_latent_mosaic_takes_four_rectangles_from_chunks_of_the_batch():
     assert (sources != torch.arange(12)[:, None, None]).any(dim=(1, 2)).sum() >= 9  # nearly every chunk is mixed
 
 
+def test_flow_loss_trains_on_mosaics_only_when_configured(monkeypatch):
+    import video_tokenizers.videoflextok as module
+    calls = []
+    monkeypatch.setattr(module, "latent_mosaic", lambda clean, prob: calls.append(prob) or clean.flip(0))
+    clean = torch.randn(4, 16, 5, 8, 8)
+    make_model().flow_loss(clean)
+    assert calls == []
+    assert torch.isfinite(make_model(latent_mosaic=0.5).flow_loss(clean)["loss"])
+    assert calls == [0.5]
+
+
 def test_decode_from_indices_alone_matches_decode_from_codes(sample_videos):
     """Generators hand back FSQ indices only; decoding them must equal decoding the encoder's codes."""
     from harness.api import Tokens
