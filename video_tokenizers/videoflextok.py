@@ -679,9 +679,10 @@ class VideoFlexTok(VideoTokenizer):
         """Training objective on normalized VAE latents ``clean`` ``float32 [N, C, t_max, h, w]`` of N chunks.
 
         Optional :func:`latent_mosaic` -> encoder -> FSQ -> nested dropout (per
-        latent timestep, ``k`` uniform over powers of two) -> null-condition dropout -> logit-normal ``sigma`` -> MSE
-        between predicted and true velocity ``noise - clean``, averaged over the
-        non-prefix timesteps (notes 2.4, 2.5).
+        latent timestep, ``k`` uniform over powers of two) -> null-condition
+        dropout -> logit-normal ``sigma`` -> MSE between predicted and true
+        velocity ``noise - clean``, averaged over the non-prefix timesteps
+        (notes 2.4, 2.5).
         """
         if self.latent_mosaic:
             clean = latent_mosaic(clean, self.latent_mosaic)
