@@ -90,7 +90,10 @@ def stage0_cache(objective: TrainingObjective, clips: TrainClips, count: int, pa
 
 def stage0_batch(cache: Tensor, seed: int, step: int, batch_size: int, first: int, size: int) -> Tensor:
     """Rows ``first .. first + size`` of step ``step``'s global batch: ``batch_size`` distinct cached clips,
-    drawn with a generator seeded by ``(seed, step)`` so that resumed and multi-process runs draw the same."""
+    drawn with a generator seeded by ``(seed, step)`` so that resumed and multi-process runs draw the same.
+
+    ``cache`` is ``[N, ...]`` with ``N >= batch_size``; the result is ``[size, ...]``, same dtype.
+    """
     generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
     order = torch.randperm(len(cache), generator=generator)[:batch_size]
     return cache[order[first : first + size]]
