@@ -96,6 +96,8 @@ class Suite(Strict):
     name: str
     description: str = ""
     seed: int = 0
+    #: deterministic algorithms (``harness.seeding.configure_determinism``): ``auto`` = on for CPU, off for CUDA
+    deterministic: bool | Literal["auto"] = "auto"
     output_dir: str | None = None
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()

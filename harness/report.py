@@ -164,7 +164,8 @@ def leaderboard_rows(records: list[dict[str, Any]], intervals: bool = True) -> l
         for key in ("train_step_time_s", "peak_memory_mb", "encode_videos_per_s", "decode_videos_per_s"):
             if costs.get(key) is not None:
                 row[key] = costs[key]
-        rows.append(row)
+        # a NaN or inf (e.g. an interval of one video, or a file written before the finite checks) is shown as missing
+        rows.append({k: v for k, v in row.items() if _finite(v) or not isinstance(v, float)})
     return rows
 
 
@@ -198,28 +199,32 @@ def _finite(value: Any) -> bool:
 # ----------------------------------------------------------------------------- text
 
 
+def _number(value: Any, spec: str, suffix: str = "") -> str:
+    """``value`` formatted with ``spec``, or "–" when it is missing, NaN or infinite (never shown as a value)."""
+    return f"{value:{spec}}{suffix}" if _finite(value) else "–"
+
+
 def _quality_text(row: dict[str, Any], key: str) -> str:
     value = row.get(key)
-    if value is None:
+    if not _finite(value):
         return "–"
     digits = 2 if key == "psnr" else 4
-    if row.get(f"{key}_ci_half_width") is not None:
+    if _finite(row.get(f"{key}_ci_half_width")):
         return f"{value:.{digits}f} ± {row[f'{key}_ci_half_width']:.{digits}f}"
     return f"{value:.{digits}f}"
 
 
 def _fvd_text(row: dict[str, Any], name: str) -> str:
     value = row.get(name)
-    if value is None:
+    if not _finite(value):
         return "–"
     text = f"{value:.1f}"
     n = row.get(f"{name}_n")
     if n is not None:
         text += f" (N={n:g}{'' if n >= FVD_MIN_COMPARABLE_N else ', not comparable'})"
-    if row.get(f"{name}_std") is not None:
+    if _finite(row.get(f"{name}_std")):
         groups = row.get(f"{name}_groups")
-        mean = row.get(f"{name}_mean")
-        text += f"; {groups or 'K'} groups: {mean if mean is not None else float('nan'):.1f} ± {row[f'{name}_std']:.1f}"
+        text += f"; {groups or 'K'} groups: {_number(row.get(f'{name}_mean'), '.1f')} ± {row[f'{name}_std']:.1f}"
     return text
 
 
@@ -290,12 +295,12 @@ def display_frame(rows: list[dict[str, Any]], metrics: list[str] | None = None, 
         if extras:
             if row.get("generator"):
                 line["generator"] = (f"{row['generator']} {(row.get('generator_params') or 0) / 1e6:.1f}M, "
-                                     f"{row.get('generator_train_step_time_s') or float('nan'):.3f} s/step, "
-                                     f"{row.get('generator_peak_memory_mb') or float('nan'):.0f} MB")
-            if row.get("codebook_usage") is not None:
-                line["codebook use"] = f"{row['codebook_usage']:.1%} (ppl {row.get('codebook_perplexity') or float('nan'):.0f})"
+                                     f"{_number(row.get('generator_train_step_time_s'), '.3f', ' s/step')}, "
+                                     f"{_number(row.get('generator_peak_memory_mb'), '.0f', ' MB')}")
+            if _finite(row.get("codebook_usage")):
+                line["codebook use"] = f"{row['codebook_usage']:.1%} (ppl {_number(row.get('codebook_perplexity'), '.0f')})"
             line["train s/step"] = f"{row['train_step_time_s']:.3f}" if row.get("train_step_time_s") else "–"
-            line["peak mem (MB)"] = f"{row['peak_memory_mb']:.0f}" if row.get("peak_memory_mb") else "–"
+            line["train peak mem (MB)"] = _number(row.get("peak_memory_mb"), ".0f")
             line["enc videos/s"] = f"{row['encode_videos_per_s']:.2f}" if row.get("encode_videos_per_s") else "–"
             line["dec videos/s"] = f"{row['decode_videos_per_s']:.2f}" if row.get("decode_videos_per_s") else "–"
         out.append(line)
@@ -328,6 +333,13 @@ def protocol_lines(records: list[dict[str, Any]]) -> list[str]:
                      if (r.get("token_info") or {}).get("padded_frames")})
     lines += [f"- {tid}: videos padded by {n} repeated last frame(s) to the tokenizer's native length and the reconstruction "
               f"cropped back before scoring" for tid, n in padded]
+    kinds = sorted({(r.get("costs") or {}).get("memory_kind") for r in records} - {None})
+    lines += [f"- train peak mem (MB): {kind}" for kind in kinds]
+    cards = {json.dumps(r["environment"], sort_keys=True) for r in records if r.get("environment")}
+    lines += ["- environment: " + ", ".join(f"{k} {v}" for k, v in sorted(json.loads(card).items())) for card in sorted(cards)]
+    lines += [f"- values sha256 of {r['row']}: metrics `{r['metrics_sha256'][:16]}`"
+              + (f", generation `{r['generation']['gfvd_values_sha256'][:16]}`" if (r.get("generation") or {}).get("gfvd_values_sha256") else "")
+              for r in records if r.get("metrics_sha256")]
     return lines
 
 

@@ -3,26 +3,43 @@
 Every tokenizer of a suite writes under ``<results>/<tokenizer id>/``:
 
 * ``config.json``: the resolved configuration (suite keys, kwargs, code version);
-* ``checkpoint.pt``: model and optimizer states and the step (resumable);
+* ``checkpoint.pt``: model, optimizer states, step and RNG states (resumable);
 * ``train.json``: training costs (written when training finished);
-* ``reconstruct.json`` and ``recon/<clip>.npy``: reconstructions (uint8) and
-  encode/decode throughput, tokens per video, codebook usage;
+* ``recon/<clip>.npy`` and ``recon/batch_<k>.json``: reconstructions (uint8),
+  written batch by batch, and ``reconstruct.json``: encode/decode throughput,
+  tokens per video, codebook usage;
 * ``metrics.json`` and ``per_video.csv``: the summary and the per-video table.
 
 A flexible tokenizer evaluated at several token budgets writes one such
 ``reconstruct/evaluate`` set per budget under ``budgets/<k>/``. Each stage
 writes its files atomically and is skipped when its output exists, so a
-rerun reuses everything finished and an interrupted training resumes from its
-last checkpoint.
+rerun reuses everything finished, an interrupted training resumes from its
+last checkpoint and an interrupted reconstruction from its last batch.
+
+Reproducibility (issue 9): every random draw derives from the suite seed
+through :mod:`harness.seeding`; reconstruction batches are fixed (the
+evaluation clips in order, ``evaluate.batch_size`` at a time) and each is
+seeded by its index, so a resumed stage reproduces the uninterrupted one.
+``metrics.json`` is reused only while its ``evaluation_fingerprint`` (metric
+names, settings and protocol texts) matches. Non-finite latents,
+reconstructions or metric values stop the stage with
+:class:`harness.errors.NonFiniteError` naming the tokenizer and clip.
+
+Under ``torchrun`` / ``accelerate launch`` every process trains; the main
+process reconstructs, evaluates and generates alone with metrics that do not
+synchronize (``sync_on_compute=False``) while the others wait at a barrier
+(process-group timeout :data:`STAGE_WAIT_TIMEOUT`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import math
 import subprocess
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +47,7 @@ import numpy as np
 import pandas as pd
 import torch
 from accelerate import PartialState
+from torch import Tensor
 
 from harness.api import VideoTokenizer
 from harness.clips import reconstruct_video
@@ -38,7 +56,11 @@ from harness.data.cache import save_numpy_atomic, write_json_atomic
 from harness.data.datasets import VideoDataset, build_dataset
 from harness.data.decode import to_model_range, to_uint8
 from harness.data.sampling import Clip, ClipCache, TrainClips, evaluation_clips
+from harness.errors import NonFiniteError
+from harness.memory import StageMemory
 from harness.registry import METRICS, TOKENIZERS
+from harness.results import check_finite, values_sha256
+from harness.seeding import configure_determinism, derive_seed, environment_card, resolve_deterministic, seeded
 from harness.train import count_parameters, train_tokenizer
 
 log = logging.getLogger("harness.runner")
@@ -57,6 +79,10 @@ def code_version() -> str:
 #: train settings added after results may already exist, with the value that behaves as before: left out of the
 #: fingerprint at that value, so that existing result folders stay reusable.
 LATER_TRAIN_FIELDS = {"stage0_cache_clips": 0}
+
+
+#: how long processes wait for each other at a barrier (the main process evaluates and generates alone)
+STAGE_WAIT_TIMEOUT = timedelta(hours=12)
 
 
 def fingerprint(payload: Any) -> str:
@@ -87,6 +113,8 @@ class SuiteRunner:
         self._eval_clips: list[Clip] | None = None
         self._train_clips: TrainClips | None = None
         self._models: dict[str, VideoTokenizer] = {}
+        self.deterministic = resolve_deterministic(suite.deterministic, self.device.type)
+        self._evaluation_fingerprint: str | None = None
 
     # ------------------------------------------------------------------ data
 
@@ -102,14 +130,14 @@ class SuiteRunner:
     @property
     def eval_clips(self) -> list[Clip]:
         if self._eval_clips is None:
-            self._eval_clips = evaluation_clips(self.dataset, self.suite.seed)
+            self._eval_clips = evaluation_clips(self.dataset, derive_seed(self.suite.seed, "eval_clips"))
         return self._eval_clips
 
     @property
     def train_clips(self) -> TrainClips:
         """The seeded training clip source, shared by every tokenizer (decoded ranges stay in memory)."""
         if self._train_clips is None:
-            self._train_clips = TrainClips(self.dataset, self.suite.seed)
+            self._train_clips = TrainClips(self.dataset, derive_seed(self.suite.seed, "train_clips"))
         return self._train_clips
 
     @property
@@ -125,7 +153,8 @@ class SuiteRunner:
         reconstruction, evaluation, generation and reports run on the main
         process while the others wait.
         """
-        state = PartialState(cpu=self.device.type == "cpu")
+        configure_determinism(self.deterministic)
+        state = PartialState(cpu=self.device.type == "cpu", timeout=STAGE_WAIT_TIMEOUT)
         main = state.is_main_process
         if main:
             self.results.mkdir(parents=True, exist_ok=True)
@@ -139,7 +168,10 @@ class SuiteRunner:
             state.wait_for_everyone()
             tokenizer = self.trained_tokenizer(entry)
             if main:
-                for variant in self.variants(entry, tokenizer):
+                for variant in self.variants(entry):
+                    if self.evaluation_current(variant):
+                        log.info("evaluate: reusing %s", variant.folder / "metrics.json")
+                        continue
                     self.reconstruct(entry, tokenizer, variant)
                     self.evaluate(entry, tokenizer, variant)
                 self.generate(entry, tokenizer)
@@ -203,110 +235,177 @@ class SuiteRunner:
         return TOKENIZERS.create(entry.name, **kwargs)
 
     def trained_tokenizer(self, entry: TokenizerEntry) -> VideoTokenizer:
-        """Train (or resume, or reuse) ``entry`` and return the model on the device in eval mode."""
+        """Train (or resume, or reuse) ``entry`` and return the model on the device in eval mode.
+
+        The model is built under ``derive_seed(suite seed, id, "init")`` and trained with the tokenizer's
+        seed ``derive_seed(suite seed, id)``; ``train.json`` records the stage's own peak memory
+        (:class:`harness.memory.StageMemory`) and the environment card.
+        """
         for dep in referenced_runs(entry):
             if dep not in self._models:
                 raise RuntimeError(f"{entry.id} needs run {dep!r}, which has not been built in this suite run")
-        tokenizer = self.build_tokenizer(entry)
+        seed = derive_seed(self.suite.seed, entry.id)
         run_dir = self.results / entry.id
         checkpoint, done = run_dir / "checkpoint.pt", run_dir / "train.json"
         cfg = self.suite.train_config(entry)
-        if done.is_file():
-            log.info("train: reusing %s", done)
-            if checkpoint.is_file():
-                tokenizer.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["model"])
-        else:
-            if checkpoint.is_file():
-                log.info("train: resuming from %s", checkpoint)
-            started = time.perf_counter()
-            result = train_tokenizer(tokenizer, self.train_clips, cfg, checkpoint, self.suite.seed, show_progress=self.show_progress)
-            write_json_atomic(done, {
-                "steps": result.steps, "resumed_from": result.resumed_from, "train_step_time_s": result.step_time_s,
-                "peak_memory_mb": result.peak_memory_mb, "last_losses": result.last_losses,
-                "wall_time_s": time.perf_counter() - started, "batch_size": cfg.batch_size,
-                "memory_kind": "cuda max allocated" if self.device.type == "cuda" else "process peak RSS",
-            })
+        if not done.is_file():
+            self.train_clips.preload()
+        with StageMemory(self.device) as memory:
+            with seeded(derive_seed(seed, "init")):
+                tokenizer = self.build_tokenizer(entry)
+            if done.is_file():
+                log.info("train: reusing %s", done)
+                if checkpoint.is_file():
+                    tokenizer.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
+            else:
+                if checkpoint.is_file():
+                    log.info("train: resuming from %s", checkpoint)
+                started = time.perf_counter()
+                result = train_tokenizer(tokenizer, self.train_clips, cfg, checkpoint, seed, show_progress=self.show_progress,
+                                         label=entry.id)
+                write_json_atomic(done, {
+                    "steps": result.steps, "resumed_from": result.resumed_from, "train_step_time_s": result.step_time_s,
+                    "peak_memory_mb": memory.current_peak_mb(), "memory_kind": memory.kind, "last_losses": result.last_losses,
+                    "wall_time_s": time.perf_counter() - started, "batch_size": cfg.batch_size,
+                    "environment": environment_card(self.device, self.deterministic),
+                })
         tokenizer.to(self.device).eval()
         self._models[entry.id] = tokenizer
         return tokenizer
 
     # ------------------------------------------------------------------ reconstruct
 
-    def variants(self, entry: TokenizerEntry, tokenizer: VideoTokenizer) -> list[Variant]:
+    def variants(self, entry: TokenizerEntry) -> list[Variant]:
+        """The evaluated configurations of ``entry``: one per token budget, or the run folder itself."""
         run_dir = self.results / entry.id
         if entry.budgets:
             return [Variant(run_dir / "budgets" / str(k), k) for k in entry.budgets]
         return [Variant(run_dir, None)]
 
+    def eval_batches(self) -> list[list[Clip]]:
+        """The evaluation clips in fixed batches of ``evaluate.batch_size`` (the unit of seeding and resume)."""
+        size = self.suite.evaluate.batch_size
+        return [self.eval_clips[i : i + size] for i in range(0, len(self.eval_clips), size)]
+
     @torch.no_grad()
     def reconstruct(self, entry: TokenizerEntry, tokenizer: VideoTokenizer, variant: Variant) -> None:
-        """Reconstruct every evaluation clip into ``recon/<clip>.npy`` (uint8), resuming clip by clip."""
-        done = variant.folder / "reconstruct.json"
-        if done.is_file():
-            log.info("reconstruct: reusing %s", done)
-            return
-        log.info("reconstruct: %s", variant.folder)
+        """Reconstruct every evaluation clip into ``recon/<clip>.npy`` (uint8 ``[T, H, W, 3]``), batch by batch.
+
+        Batch ``k`` runs under ``derive_seed(suite seed, id, "reconstruct", budget, k)`` and is done when
+        ``recon/batch_<k>.json`` and its clips' files exist, so a killed stage resumes to the same files.
+        ``reconstruct.json`` sums the batch records (tokens per video, encode/decode time, code counts).
+
+        Raises:
+            NonFiniteError: non-finite latents or reconstructions (names the tokenizer and clips).
+        """
         recon_dir = variant.folder / "recon"
         recon_dir.mkdir(parents=True, exist_ok=True)
-        usage = _codebook_counter(tokenizer)
-        timings: dict[str, float] = {}
-        tokens_per_video, videos = None, 0
-        infos: dict[str, Any] = {}
-        batch = self.suite.evaluate.batch_size
-        todo = [c for c in self.eval_clips if not (recon_dir / f"{c.clip_id}.npy").is_file()]
-
-        def on_tokens(tokens):
-            if usage is not None and tokens.indices is not None:
-                usage.update(tokens.indices)
-            infos.update({k: v for k, v in tokens.info.items() if isinstance(v, (int, float, str, bool))})
-
-        for first in range(0, len(todo), batch):
-            group = todo[first : first + batch]
-            real = to_model_range(np.stack([self.clip_cache.load(c) for c in group])).to(self.device)
-            recon, tokens_per_video = reconstruct_video(tokenizer, real, num_tokens=variant.budget,
-                                                        clip_batch=self.suite.evaluate.clip_batch, on_tokens=on_tokens, timings=timings)
-            for clip, video in zip(group, to_uint8(recon)):
-                save_numpy_atomic(recon_dir / f"{clip.clip_id}.npy", video)
-            videos += len(group)
-        if tokens_per_video is None:
-            data = self.suite.data
-            tokens_per_video = tokenizer.num_tokens(data.frames, data.resolution, data.resolution)
-        summary: dict[str, Any] = {"tokens_per_video": int(tokens_per_video), "videos_timed": videos}
-        if videos:
-            summary["encode_videos_per_s"] = videos / max(timings["encode_s"], 1e-9)
-            summary["decode_videos_per_s"] = videos / max(timings["decode_s"], 1e-9)
-        if usage is not None:
-            summary.update(usage.compute())
+        seed = derive_seed(self.suite.seed, entry.id, "reconstruct", variant.budget)
+        batches = self.eval_batches()
+        todo = [k for k, group in enumerate(batches) if not _batch_done(recon_dir, k, group)]
+        log.info("reconstruct: %s (%d of %d batches to do)", variant.folder, len(todo), len(batches))
+        with StageMemory(self.device) as memory:
+            for k in todo:
+                with seeded(derive_seed(seed, k)):
+                    self.reconstruct_batch(entry, tokenizer, variant, batches[k], recon_dir / f"batch_{k:05d}.json")
+        records = [json.loads((recon_dir / f"batch_{k:05d}.json").read_text()) for k in range(len(batches))]
+        summary: dict[str, Any] = {"tokens_per_video": records[0]["tokens_per_video"] if records else
+                                   tokenizer.num_tokens(self.suite.data.frames, self.suite.data.resolution, self.suite.data.resolution)}
+        videos = sum(len(r["clips"]) for r in records)
+        encode_s, decode_s = sum(r["encode_s"] for r in records), sum(r["decode_s"] for r in records)
+        summary.update({"videos_timed": videos, "encode_videos_per_s": videos / max(encode_s, 1e-9),
+                        "decode_videos_per_s": videos / max(decode_s, 1e-9)})
+        if todo:
+            summary.update({"peak_memory_mb": memory.peak_mb, "memory_kind": memory.kind})
+        size = tokenizer.codebook_size()
+        if size is not None and any(r["codes"] for r in records):
+            summary.update(_codebook_summary(size, records))
+        infos = {key: value for r in records for key, value in r["info"].items()}
         if infos:
             summary["token_info"] = infos
-        write_json_atomic(done, summary)
+        write_json_atomic(variant.folder / "reconstruct.json", summary)
+
+    def reconstruct_batch(self, entry: TokenizerEntry, tokenizer: VideoTokenizer, variant: Variant, group: list[Clip],
+                          record_path: Path) -> None:
+        """Reconstruct one batch of clips, check it is finite, write its files and then its record."""
+        names = [c.clip_id for c in group]
+        codes: list[Tensor] = []
+        infos: dict[str, Any] = {}
+
+        def on_tokens(tokens) -> None:
+            if not _all_finite(tokens.latents):
+                raise NonFiniteError(f"{entry.id}{variant.label_suffix}: non-finite latents while encoding clip(s) {', '.join(names)}")
+            if tokens.indices is not None:
+                codes.extend(v.detach().flatten().long().cpu() for v in _leaves(tokens.indices))
+            infos.update({k: v for k, v in tokens.info.items() if isinstance(v, (int, float, str, bool))})
+
+        timings: dict[str, float] = {}
+        real = to_model_range(np.stack([self.clip_cache.load(c) for c in group])).to(self.device)
+        recon, tokens_per_video = reconstruct_video(tokenizer, real, num_tokens=variant.budget,
+                                                    clip_batch=self.suite.evaluate.clip_batch, on_tokens=on_tokens, timings=timings)
+        for clip, video in zip(group, recon):
+            if not torch.isfinite(video).all():
+                raise NonFiniteError(f"{entry.id}{variant.label_suffix}: non-finite reconstruction of clip {clip.clip_id} "
+                                     f"({clip.record.path.name}, frame {clip.start})")
+        recon_dir = record_path.parent
+        for clip, video in zip(group, to_uint8(recon)):
+            save_numpy_atomic(recon_dir / f"{clip.clip_id}.npy", video)
+        counts: list[list[int]] = []
+        if codes:
+            values, numbers = torch.cat(codes).unique(return_counts=True)
+            counts = [values.tolist(), numbers.tolist()]
+        write_json_atomic(record_path, {"clips": names, "tokens_per_video": int(tokens_per_video), "codes": counts,
+                                        "encode_s": timings.get("encode_s", 0.0), "decode_s": timings.get("decode_s", 0.0),
+                                        "info": infos})
 
     # ------------------------------------------------------------------ evaluate
 
     def build_metrics(self) -> dict[str, Any]:
+        """The suite's metrics, local to this process (the main process evaluates alone; no state sync)."""
         metrics = {}
         for name in self.suite.evaluate.metrics:
-            metric = METRICS.create(name, **self.suite.evaluate.metric_kwargs.get(name, {}))
+            metric = METRICS.create(name, sync_on_compute=False, **self.suite.evaluate.metric_kwargs.get(name, {}))
             if hasattr(metric, "use_real_cache"):
                 key = {"dataset": self.dataset.fingerprint(), "seed": self.suite.seed, "clips": len(self.eval_clips)}
                 metric.use_real_cache(key, self.dataset.cache_dir / "fvd")
             metrics[name] = metric.to(self.device)
         return metrics
 
+    @property
+    def evaluation_fingerprint(self) -> str:
+        """Hash of what an evaluation result depends on besides the reconstructions: the metric names,
+        their settings and protocol texts, and the evaluation clips. A change (e.g. the SSIM fix) makes
+        existing ``metrics.json`` files stale."""
+        if self._evaluation_fingerprint is None:
+            protocols = {name: METRICS.create(name, **self.suite.evaluate.metric_kwargs.get(name, {})).protocol()
+                         for name in self.suite.evaluate.metrics}
+            self._evaluation_fingerprint = fingerprint({
+                "metrics": self.suite.evaluate.metrics, "kwargs": self.suite.evaluate.metric_kwargs,
+                "protocols": protocols, "clips": [c.clip_id for c in self.eval_clips]})
+        return self._evaluation_fingerprint
+
+    def evaluation_current(self, variant: Variant) -> bool:
+        """Whether ``metrics.json`` exists and was computed under today's :attr:`evaluation_fingerprint`."""
+        path = variant.folder / "metrics.json"
+        if not path.is_file():
+            return False
+        current = json.loads(path.read_text()).get("evaluation_fingerprint") == self.evaluation_fingerprint
+        if not current:
+            log.info("evaluate: %s was computed under another metric protocol; recomputing", path)
+        return current
+
     @torch.no_grad()
     def evaluate(self, entry: TokenizerEntry, tokenizer: VideoTokenizer, variant: Variant) -> None:
-        """Score the reconstructions against the real clips; write ``metrics.json`` and ``per_video.csv``."""
-        out = variant.folder / "metrics.json"
-        if out.is_file():
-            log.info("evaluate: reusing %s", out)
-            return
+        """Score the reconstructions against the real clips; write ``metrics.json`` and ``per_video.csv``.
+
+        Raises:
+            NonFiniteError: a metric value (summary or per video) is NaN or infinite; nothing is written.
+        """
         log.info("evaluate: %s", variant.folder)
         metrics = self.build_metrics()
         rows: list[dict[str, Any]] = []
-        batch = self.suite.evaluate.batch_size
         recon_dir = variant.folder / "recon"
-        for first in range(0, len(self.eval_clips), batch):
-            group = self.eval_clips[first : first + batch]
+        for group in self.eval_batches():
             real = to_model_range(np.stack([self.clip_cache.load(c) for c in group])).to(self.device)
             fake = to_model_range(np.stack([np.load(recon_dir / f"{c.clip_id}.npy") for c in group])).to(self.device)
             group_rows = [{"clip": c.clip_id, "video": str(c.record.path.name), "start": c.start, "label": c.record.label} for c in group]
@@ -314,6 +413,8 @@ class SuiteRunner:
                 metric.update(real, fake)
                 if metric.per_video:
                     for row, value in zip(group_rows, metric.last_values.tolist()):
+                        if not math.isfinite(value):
+                            raise NonFiniteError(f"{entry.id}{variant.label_suffix}: {name} of clip {row['clip']} is {value}")
                         row[name] = value
             rows.extend(group_rows)
         summary: dict[str, Any] = {}
@@ -323,9 +424,10 @@ class SuiteRunner:
             protocol.update(metric.protocol())
             if hasattr(metric, "save_real_cache"):
                 metric.save_real_cache()
+        check_finite(summary, f"{entry.id}{variant.label_suffix}: evaluation metrics")
         pd.DataFrame(rows).to_csv(variant.folder / "per_video.csv.tmp", index=False)
         (variant.folder / "per_video.csv.tmp").replace(variant.folder / "per_video.csv")
-        write_json_atomic(out, self.result_record(entry, tokenizer, variant, summary, protocol))
+        write_json_atomic(variant.folder / "metrics.json", self.result_record(entry, tokenizer, variant, summary, protocol))
         if not self.suite.evaluate.keep_reconstructions:
             for path in recon_dir.glob("*.npy"):
                 path.unlink()
@@ -345,6 +447,9 @@ class SuiteRunner:
             "compression_ratio": data.frames * data.resolution * data.resolution / tokens if tokens else None,
             "parameters": count_parameters(tokenizer),
             "metrics": summary,
+            "metrics_sha256": values_sha256(summary),
+            "evaluation_fingerprint": self.evaluation_fingerprint,
+            "environment": environment_card(self.device, self.deterministic),
             "protocol": {
                 "dataset": data.dataset, "fold": data.fold if data.dataset == "ucf101" else None, "frames": data.frames,
                 "frame_stride": data.frame_stride, "resolution": data.resolution, "num_videos": len(self.eval_clips),
@@ -353,7 +458,8 @@ class SuiteRunner:
             },
             "costs": {
                 "train_steps": train["steps"], "train_step_time_s": train["train_step_time_s"], "train_batch_size": train["batch_size"],
-                "peak_memory_mb": train["peak_memory_mb"], "memory_kind": train["memory_kind"],
+                "peak_memory_mb": train.get("peak_memory_mb"), "memory_kind": train.get("memory_kind"),
+                "reconstruct_peak_memory_mb": recon.get("peak_memory_mb"),
                 "encode_videos_per_s": recon.get("encode_videos_per_s"), "decode_videos_per_s": recon.get("decode_videos_per_s"),
             },
             "codebook": {k: v for k, v in recon.items() if k.startswith("codebook")} or None,
@@ -363,7 +469,11 @@ class SuiteRunner:
     # ------------------------------------------------------------------ generate
 
     def generate(self, entry: TokenizerEntry, tokenizer: VideoTokenizer) -> None:
-        """Train a generator on the tokenizer's tokens and score samples with gFVD (when the suite enables it)."""
+        """Train a generator on the tokenizer's tokens and score samples with gFVD (when the suite enables it).
+
+        The stage's seed is ``derive_seed(suite seed, id, "generation")``; real clips for gFVD come from
+        ``derive_seed(suite seed, "generation", "real")``, the same for every tokenizer.
+        """
         cfg = generation_config(self.suite, entry)
         if cfg is None or not getattr(cfg, "enabled", True):
             return
@@ -371,17 +481,36 @@ class SuiteRunner:
         from harness.generation.stage import run_generation_stage
 
         def train_clips(n: int, seed: int):
-            # an index range of its own, disjoint from the tokenizer's training indices of any realistic run
-            return self.train_clips.batch([(1 << 40) + seed * 1_000_003 + i for i in range(n)])
+            # sample indices drawn from the batch seed: disjoint from the tokenizers' training indices 0, 1, 2, ...
+            return self.train_clips.batch([derive_seed(seed, "clip", i) for i in range(n)])
 
         run_generation_stage(tokenizer, train_clips, cfg, self.results / entry.id, self.device,
-                             num_classes=len(self.dataset.classes))
+                             num_classes=len(self.dataset.classes), seed=derive_seed(self.suite.seed, entry.id, "generation"),
+                             real_seed=derive_seed(self.suite.seed, "generation", "real"), label=entry.id,
+                             deterministic=self.deterministic)
 
 
-def _codebook_counter(tokenizer: VideoTokenizer):
-    size = tokenizer.codebook_size()
-    if size is None:
-        return None
+def _leaves(value: Tensor | dict[str, Tensor]) -> list[Tensor]:
+    return list(value.values()) if isinstance(value, dict) else [value]
+
+
+def _all_finite(latents: Tensor | dict[str, Tensor] | None) -> bool:
+    if latents is None:
+        return True
+    return all(torch.isfinite(v).all() for v in _leaves(latents) if isinstance(v, Tensor) and v.is_floating_point())
+
+
+def _batch_done(recon_dir: Path, k: int, group: list[Clip]) -> bool:
+    return (recon_dir / f"batch_{k:05d}.json").is_file() and all((recon_dir / f"{c.clip_id}.npy").is_file() for c in group)
+
+
+def _codebook_summary(size: int, records: list[dict[str, Any]]) -> dict[str, float]:
+    """Codebook usage and perplexity from the batch records' ``[codes, counts]`` (:mod:`metrics.codebook`)."""
     from metrics.codebook import CodebookUsage
 
-    return CodebookUsage(size)
+    usage = CodebookUsage(size, sync_on_compute=False)
+    for record in records:
+        if record["codes"]:
+            codes, counts = record["codes"]
+            usage.counts.index_add_(0, torch.tensor(codes), torch.tensor(counts, dtype=torch.float64))
+    return usage.compute()

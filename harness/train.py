@@ -8,16 +8,20 @@ The suite's ``batch_size`` is the global batch: each process runs
 gradient accumulation.
 
 Training data is a pure function of ``(seed, sample index)``
-(:class:`harness.data.sampling.TrainClips`), and a checkpoint holds the
-model, optimizers and step, so a stopped run resumes exactly where its last
-checkpoint was written. With ``stage0_cache_clips`` a tokenizer's frozen
-front end (``frozen_stage0``) runs once per cached clip, and batches are drawn
-from that fixed pool (seeded by step).
+(:class:`harness.data.sampling.TrainClips`); every micro-batch seeds the
+global generators from its own path of the seeding scheme
+(:mod:`harness.seeding`: tokenizer seed, ``"train"``, step, position in the
+global batch), and a checkpoint holds the model, optimizers, step and every
+process's RNG states, so a run killed at any moment resumes to the numbers of
+the uninterrupted run. A non-finite loss stops training with
+:class:`harness.errors.NonFiniteError` before the optimizer step, so the last
+checkpoint on disk is the last good one. With ``stage0_cache_clips`` a
+tokenizer's frozen front end (``frozen_stage0``) runs once per cached clip, and
+batches are drawn from that fixed pool (seeded by step).
 """
 from __future__ import annotations
 
 import logging
-import resource
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -26,7 +30,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, gather_object
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -35,6 +39,8 @@ from harness.clips import split_into_clips
 from harness.config import TrainConfig, stage0_cache_problem
 from harness.data.cache import torch_save_atomic
 from harness.data.sampling import TrainClipDataset, TrainClips
+from harness.errors import NonFiniteError
+from harness.seeding import derive_seed, rng_state, seed_everything, seeded, set_rng_state
 
 log = logging.getLogger("harness.train")
 
@@ -71,18 +77,20 @@ class TrainingObjective(nn.Module):
 
 
 def stage0_cache(objective: TrainingObjective, clips: TrainClips, count: int, path: Path, accelerator: Accelerator,
-                 batch_size: int) -> Tensor:
+                 batch_size: int, seed: int) -> Tensor:
     """Stage-0 features ``float32 [count, ...]`` (CPU) of training clips ``0 .. count - 1``, computed once and kept in ``path``.
 
-    The main process encodes the clips (``batch_size`` at a time) and writes the
-    file atomically; a resumed run, and every other process, loads it.
+    The main process encodes the clips (``batch_size`` at a time, the batch from clip ``i`` under
+    ``derive_seed(seed, "stage0_cache", i)``) and writes the file atomically; a resumed run, and every
+    other process, loads it.
     """
     if accelerator.is_main_process and not path.is_file():
         tokenizer = objective.tokenizer
         parts = []
         for first in range(0, count, batch_size):
             video, _ = clips.batch(list(range(first, min(first + batch_size, count))))
-            parts.append(tokenizer.stage0_features(objective.native_clips(video.to(accelerator.device))).cpu())
+            with seeded(derive_seed(seed, "stage0_cache", first)):
+                parts.append(tokenizer.stage0_features(objective.native_clips(video.to(accelerator.device))).cpu())
         torch_save_atomic(path, torch.cat(parts))
     accelerator.wait_for_everyone()
     return torch.load(path, map_location="cpu", weights_only=True)
@@ -90,21 +98,23 @@ def stage0_cache(objective: TrainingObjective, clips: TrainClips, count: int, pa
 
 def stage0_batch(cache: Tensor, seed: int, step: int, batch_size: int, first: int, size: int) -> Tensor:
     """Rows ``first .. first + size`` of step ``step``'s global batch: ``batch_size`` distinct cached clips,
-    drawn with a generator seeded by ``(seed, step)`` so that resumed and multi-process runs draw the same.
+    drawn with a generator seeded by ``derive_seed(seed, "stage0_batch", step)`` so that resumed and
+    multi-process runs draw the same.
 
     ``cache`` is ``[N, ...]`` with ``N >= batch_size``; the result is ``[size, ...]``, same dtype.
     """
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    generator = torch.Generator().manual_seed(derive_seed(seed, "stage0_batch", step))
     order = torch.randperm(len(cache), generator=generator)[:batch_size]
     return cache[order[first : first + size]]
 
 
 @dataclass
 class TrainResult:
+    """What :func:`train_tokenizer` reports: steps done, the step resumed from, mean step time (s) and last losses."""
+
     steps: int
     resumed_from: int
     step_time_s: float | None
-    peak_memory_mb: float
     last_losses: dict[str, float]
 
 
@@ -126,15 +136,9 @@ def split_parameters(tokenizer: VideoTokenizer) -> tuple[list[nn.Parameter], lis
     return main, adversary
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak CUDA memory allocated, or peak resident set size of the process on CPU (MiB)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def train_tokenizer(tokenizer: VideoTokenizer, clips: TrainClips, cfg: TrainConfig, checkpoint: Path, seed: int,
-                    accelerator: Accelerator | None = None, show_progress: bool = True) -> TrainResult:
+                    accelerator: Accelerator | None = None, show_progress: bool = True,
+                    label: str = "tokenizer") -> TrainResult:
     """Train ``tokenizer`` for ``cfg.steps`` optimizer steps, resuming from ``checkpoint`` if it exists.
 
     Args:
@@ -142,13 +146,17 @@ def train_tokenizer(tokenizer: VideoTokenizer, clips: TrainClips, cfg: TrainConf
         clips: the seeded training clip source.
         cfg: the schedule and optimizer settings.
         checkpoint: where checkpoints are written (atomically) and resumed from.
-        seed: seeds model-side randomness (per process: ``seed + rank``).
+        seed: the tokenizer's seed (``derive_seed(suite seed, tokenizer id)``, :mod:`harness.seeding`);
+            micro-batch ``m`` of step ``s`` runs with the global generators seeded by
+            ``derive_seed(seed, "train", s, m)``.
         accelerator: an existing Accelerator (tests); built from ``cfg`` otherwise.
+        label: the tokenizer's id, named in errors.
 
     Raises:
         ValueError: when the global batch is not divisible into micro-batches, or when
             ``cfg.stage0_cache_clips`` is set for a tokenizer without a frozen stage 0
             or is smaller than ``cfg.batch_size``.
+        NonFiniteError: a loss is NaN or infinite (on any process); the checkpoint on disk is the last good one.
     """
     if accelerator is None:
         # each tokenizer of a suite may ask for its own mixed precision; the process group stays
@@ -166,11 +174,13 @@ def train_tokenizer(tokenizer: VideoTokenizer, clips: TrainClips, cfg: TrainConf
     accumulation = cfg.batch_size // (micro * world)
 
     start_step = 0
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False) if checkpoint.is_file() else None
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True) if checkpoint.is_file() else None
     if state is not None:
         tokenizer.load_state_dict(state["model"])
         start_step = int(state["step"])
-    set_seed(seed + 1000 * start_step + accelerator.process_index)
+        states = state.get("rng") or []
+        if len(states) == world:
+            set_rng_state(states[accelerator.process_index])
 
     main_params, disc_params = split_parameters(tokenizer)
     optimizer = torch.optim.AdamW(main_params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
@@ -194,7 +204,7 @@ def train_tokenizer(tokenizer: VideoTokenizer, clips: TrainClips, cfg: TrainConf
         if problem:
             raise ValueError(f"train.stage0_cache_clips: {problem}")
         cached = stage0_cache(accelerator.unwrap_model(objective), clips, cfg.stage0_cache_clips,
-                              checkpoint.with_name("stage0_cache.pt"), accelerator, micro)
+                              checkpoint.with_name("stage0_cache.pt"), accelerator, micro, seed)
     loader = None
     if clips.cfg.num_workers and cached is None:
         dataset = TrainClipDataset(clips, length=(cfg.steps + 1) * per_step)
@@ -209,8 +219,10 @@ def train_tokenizer(tokenizer: VideoTokenizer, clips: TrainClips, cfg: TrainConf
     for step in range(start_step, cfg.steps):
         began = time.perf_counter()
         losses = {}
+        finite = True
         for micro_index in range(accumulation):
             offset = accelerator.process_index * micro * accumulation + micro_index * micro
+            seed_everything(derive_seed(seed, "train", step, offset))
             if cached is not None:
                 video = stage0_batch(cached, seed, step, per_step, offset, micro)
             elif loader is not None:
@@ -224,11 +236,16 @@ def train_tokenizer(tokenizer: VideoTokenizer, clips: TrainClips, cfg: TrainConf
             with context:
                 out = objective(video, step, stage0=cached is not None)
                 total = out["loss"] + out.get("disc_loss", 0.0)
-                if not torch.isfinite(total):
-                    raise FloatingPointError(f"non-finite loss at step {step}: {({k: float(v) for k, v in out.items()})}")
+                finite &= bool(torch.isfinite(total))
                 accelerator.backward(total / accumulation)
             for name, value in out.items():
                 losses[name] = losses.get(name, 0.0) + float(torch.as_tensor(value).detach()) / accumulation
+        if not all_finite(accelerator, finite):
+            bar.close()
+            kept = (f"the last good checkpoint {checkpoint} (step {_checkpoint_step(checkpoint)}) is kept"
+                    if checkpoint.is_file() else "no checkpoint was written yet")
+            raise NonFiniteError(f"{label}: non-finite training loss at step {step} "
+                                 f"({', '.join(f'{k}={v:.4g}' for k, v in losses.items())}); {kept}")
         if cfg.grad_clip:
             accelerator.clip_grad_norm_(main_params, cfg.grad_clip)
         optimizer.step()
@@ -246,13 +263,27 @@ def train_tokenizer(tokenizer: VideoTokenizer, clips: TrainClips, cfg: TrainConf
     accelerator.wait_for_everyone()
     steady = times[1:] if len(times) > 1 else times
     return TrainResult(steps=cfg.steps, resumed_from=start_step,
-                       step_time_s=sum(steady) / len(steady) if steady else None,
-                       peak_memory_mb=peak_memory_mb(accelerator.device), last_losses=losses)
+                       step_time_s=sum(steady) / len(steady) if steady else None, last_losses=losses)
+
+
+def all_finite(accelerator: Accelerator, finite: bool) -> bool:
+    """Whether every process's losses were finite (one tiny all-reduce when there are several processes)."""
+    if accelerator.num_processes == 1:
+        return finite
+    flag = torch.tensor([1.0 if finite else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item() == accelerator.num_processes)
+
+
+def _checkpoint_step(path: Path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
 
 
 def save_checkpoint(accelerator: Accelerator, objective: nn.Module, optimizer, disc_optimizer, step: int, path: Path) -> None:
-    """Write model, optimizer states and step atomically (main process only)."""
-    accelerator.wait_for_everyone()
+    """Write model, optimizer states, step and every process's RNG states atomically (main process writes).
+
+    The file holds tensors and plain types only (``torch.load(weights_only=True)`` reads it).
+    """
+    states = gather_object([rng_state()]) if accelerator.num_processes > 1 else [rng_state()]
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(objective).tokenizer
         torch_save_atomic(path, {
@@ -260,6 +291,7 @@ def save_checkpoint(accelerator: Accelerator, objective: nn.Module, optimizer, d
             "optimizer": optimizer.state_dict(),
             "disc_optimizer": disc_optimizer.state_dict() if disc_optimizer is not None else None,
             "step": step,
+            "rng": states,
         })
     accelerator.wait_for_everyone()
 

@@ -40,6 +40,11 @@ class VideoMetric(Metric):
         if self.per_video:
             self.add_state("values", default=[], dist_reduce_fx="cat")
 
+    def synchronized(self) -> bool:
+        """Whether ``compute`` reduces states across processes: a process group exists and the metric was not
+        made local with ``sync_on_compute=False`` (what a stage that runs on one rank passes)."""
+        return self.sync_on_compute and bool(self.distributed_available_fn())
+
     def video_values(self, real: Tensor, fake: Tensor) -> Tensor:
         """Per-video values ``float64 [B]`` of a batch (per-video metrics)."""
         raise NotImplementedError

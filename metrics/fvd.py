@@ -415,9 +415,7 @@ class FVD(VideoMetric):
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def _rank(self) -> int:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(self.process_group)
-        return 0
+        return torch.distributed.get_rank(self.process_group) if self.synchronized() else 0
 
     def _apply_cached_real(self) -> None:
         assert self._cached_real is not None
@@ -465,7 +463,7 @@ class FVD(VideoMetric):
         if self._cached_real is not None:
             return path
         stats = {k: getattr(self, k).detach().clone() for k in ("real_sum", "real_outer", "real_n")}
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if self.synchronized():
             for value in stats.values():
                 torch.distributed.all_reduce(value, group=self.process_group)
         if float(stats["real_n"].sum()) == 0:

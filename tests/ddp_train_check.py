@@ -40,6 +40,6 @@ if accelerator.is_main_process:
     report = {"world_size": dist.get_world_size(), "backend": dist.get_backend(),
               "max_param_difference": float((gathered[0] - gathered[1]).abs().max()),
               "changed_from_init": bool((flat - initial).abs().max() > 0),
-              "stage0_cache_rows": len(torch.load(out / "stage0_cache.pt")) if (out / "stage0_cache.pt").is_file() else None}
+              "stage0_cache_rows": len(torch.load(out / "stage0_cache.pt", weights_only=True)) if (out / "stage0_cache.pt").is_file() else None}
     (out / "ddp_report.json").write_text(json.dumps(report))
 accelerator.wait_for_everyone()

@@ -173,7 +173,7 @@ def test_rerun_reuses_every_stage_and_killed_training_resumes(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (run_dir / "train.json").exists()
-    killed_at = torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"]
+    killed_at = torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"]
     assert 1 <= killed_at < 8
 
     second = run_cli("run", str(path), "-q")

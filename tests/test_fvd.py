@@ -211,7 +211,7 @@ def _ddp_worker(folder: Path) -> None:
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    data = torch.load(folder / "features.pt")
+    data = torch.load(folder / "features.pt", weights_only=True)
     shard = slice(0, 5) if rank == 0 else slice(5, None)
     metric = FVD16()
     metric.use_real_cache({"test": "ddp"}, folder / "cache")

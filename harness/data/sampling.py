@@ -106,6 +106,13 @@ class TrainClips:
             raise ValueError("the dataset has no training videos")
         self._decoded = lru_cache(maxsize=None)(self._decode_range) if self.cfg.memory_cache else None
 
+    def preload(self) -> None:
+        """With ``memory_cache``, decode every training range now (so that a stage's memory figure does not
+        include the decoding of full-resolution frames); a no-op otherwise."""
+        if self._decoded is not None:
+            for index in range(len(self.records)):
+                self._decoded(index)
+
     def _decode_range(self, index: int) -> np.ndarray:
         record = self.records[index]
         return decode_frames(record.path, record.start, record.stop - record.start, 1, self.cfg.resolution)

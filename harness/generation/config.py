@@ -58,7 +58,6 @@ class GenerationConfig(BaseModel):
         gif_fps: frame rate of those GIFs.
         checkpoint_every: steps between checkpoints (and always at the end).
         log_every: steps between loss log lines.
-        seed: seed of every random draw of the stage.
         cpu_threads: on a CPU device, torch intra-op threads for the stage
             (restored afterwards); ``None`` leaves the setting alone. Tiny
             generators run several times faster with 1 thread on a shared machine.
@@ -103,7 +102,6 @@ class GenerationConfig(BaseModel):
     gif_fps: int = Field(8, ge=1)
     checkpoint_every: int = Field(10_000, ge=1)
     log_every: int = Field(100, ge=1)
-    seed: int = 0
     cpu_threads: Optional[int] = Field(None, ge=1)
 
     @model_validator(mode="after")

@@ -2,9 +2,12 @@
 
 Protocol (issue 7; CoordTok supplementary A.2 and B.2; StyleGAN-V):
 
+Every random draw derives from the stage's ``seed`` (and the shared ``real_seed``)
+through :func:`harness.seeding.derive_seed` (module table there).
+
 1. **Tokens.** ``cfg.num_train_clips`` training clips are drawn once through
    ``train_clips`` (in batches of ``cfg.encode_batch_size``, batch ``k`` with
-   seed ``cfg.seed * 100_000 + k``), encoded with
+   seed ``derive_seed(seed, "encode", k)``), encoded with
    :func:`harness.clips.encode_video` and packed per video
    (:mod:`harness.generation.tokens`); the result is cached in
    ``generation/tokens.pt`` and reused by every step and on resume.
@@ -15,32 +18,36 @@ Protocol (issue 7; CoordTok supplementary A.2 and B.2; StyleGAN-V):
    autoregressive transformer (discrete; :mod:`harness.generation.ar`),
    AdamW (lr 1e-4, betas (0.9, 0.999), no weight decay), EMA 0.9999 (timm
    ``ModelEmaV3``), ``cfg.steps`` steps of batch ``cfg.batch_size`` drawn with
-   replacement from the cache (batch indices seeded by step, so a resumed run
-   sees the same batches). Checkpoint ``generation/checkpoint.pt`` every
-   ``cfg.checkpoint_every`` steps and at the end (atomic).
+   replacement from the cache (batch indices, noise and label dropout seeded by
+   ``derive_seed(seed, "step", step)``, so a resumed run sees the same draws).
+   Checkpoint ``generation/checkpoint.pt`` (model, EMA, optimizer, step, RNG
+   states) every ``cfg.checkpoint_every`` steps and at the end (atomic). A
+   non-finite loss stops the stage (:class:`harness.errors.NonFiniteError`).
 4. **Sampling** with the EMA weights: SiT through the Euler-Maruyama SDE (250
    steps, ``w_t = sigma_t``, last step 0.04) or the ODE; the AR model by
-   ancestral sampling. Unconditional runs use class 0; conditional runs draw
+   ancestral sampling, batch ``k`` seeded by ``derive_seed(seed, "sample", k)``.
+   Unconditional runs use class 0; conditional runs draw
    classes uniformly and apply classifier-free guidance ``cfg.cfg_scale``.
-   Samples are de-normalized, decoded by the tokenizer and clamped; the first
+   Samples are de-normalized, decoded by the tokenizer and clamped (non-finite
+   samples stop the stage); the first
    ``cfg.num_gif_samples`` are written to ``generation/samples/*.gif``.
 5. **gFVD** (StyleGAN-V): every metric of ``cfg.fvd_protocols`` gets
    ``cfg.num_real`` real training clips (batch ``k`` with seed
-   ``cfg.seed * 100_000 + 50_000 + k``; statistics cached under
+   ``derive_seed(real_seed, k)``, the same for every tokenizer; statistics cached under
    ``cfg.real_cache_dir``) and the ``cfg.num_samples`` generated videos.
    Fewer than 256 samples per set are marked not comparable.
 
-The result is written atomically to ``generation/metrics.json``; when that
-file exists the stage returns it without any work (stage resume).
+The metrics run on this process only (``sync_on_compute=False``: the stage
+runs on the main process of a multi-process run). The result, with the
+environment card and the sha256 of its values, is written atomically to
+``generation/metrics.json``; when that file exists the stage returns it
+without any work (stage resume). Every file it reads back loads with
+``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import resource
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -51,50 +58,26 @@ from torch import Tensor, nn
 
 from harness.api import VideoTokenizer
 from harness.clips import encode_video
+from harness.data.cache import torch_save_atomic, write_bytes_atomic, write_json_atomic
+from harness.errors import NonFiniteError
 from harness.generation.config import GenerationConfig
 from harness.generation.normalize import LatentNormalizer
 from harness.generation.tokens import TokenLayout, decode, pack
 from harness.generation.transport import sample_ode, sample_sde, training_loss
 from harness.generation.tree import Latents, batch_size, tree_cat, tree_index, tree_map
+from harness.memory import StageMemory
 from harness.registry import GENERATORS, METRICS
+from harness.results import check_finite, values_sha256
+from harness.seeding import derive_seed, environment_card, rng_state, seed_everything, seeded, set_rng_state
 
 TrainClips = Callable[[int, int], tuple[Tensor, Tensor]]
 
 #: samples per set below which FVD is not comparable (issue threads in eval_anchors A.5 item 8)
 MIN_COMPARABLE_N = 256
-_TRAIN_SEED, _REAL_SEED = 0, 50_000
-
-
-def _atomic_write_bytes(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _save_torch(obj: Any, path: Path) -> None:
-    _atomic_write_bytes(path, lambda tmp: torch.save(obj, tmp))
-
-
-def _save_json(obj: Any, path: Path) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=str)
-
-    _atomic_write_bytes(path, write)
 
 
 def _batches(total: int, size: int) -> list[int]:
     return [min(size, total - s) for s in range(0, total, size)]
-
-
-def _batch_seed(cfg: GenerationConfig, offset: int, k: int) -> int:
-    return cfg.seed * 100_000 + offset + k
 
 
 # --------------------------------------------------------------------------- tokens
@@ -102,8 +85,9 @@ def _batch_seed(cfg: GenerationConfig, offset: int, k: int) -> int:
 
 @torch.no_grad()
 def encode_training_set(tokenizer: VideoTokenizer, train_clips: TrainClips, cfg: GenerationConfig,
-                        device: torch.device, conditional: bool, num_classes: int) -> dict[str, Any]:
-    """Encode ``cfg.num_train_clips`` training clips once; packed per video, on the CPU.
+                        device: torch.device, conditional: bool, num_classes: int, seed: int = 0) -> dict[str, Any]:
+    """Encode ``cfg.num_train_clips`` training clips once (batch ``k`` drawn and encoded under
+    ``derive_seed(seed, "encode", k)``); packed per video, on the CPU.
 
     Returns:
         ``{"data": latents [N, ...] or int64 [N, L], "labels": int64 [N], "layout": dict,
@@ -114,9 +98,11 @@ def encode_training_set(tokenizer: VideoTokenizer, train_clips: TrainClips, cfg:
     """
     parts, labels, layout, shape = [], [], None, None
     for k, n in enumerate(_batches(cfg.num_train_clips, cfg.encode_batch_size)):
-        videos, y = train_clips(n, _batch_seed(cfg, _TRAIN_SEED, k))
+        batch_seed = derive_seed(seed, "encode", k)
+        videos, y = train_clips(n, batch_seed)
         shape = tuple(videos.shape[2:])
-        groups = encode_video(tokenizer, videos.to(device), num_tokens=cfg.num_tokens)
+        with seeded(batch_seed):
+            groups = encode_video(tokenizer, videos.to(device), num_tokens=cfg.num_tokens)
         packed, layout = pack(groups, videos.shape[0], tokenizer, videos.shape[2])
         parts.append(tree_map(lambda v: v.detach().cpu(), packed))
         y = torch.as_tensor(y, dtype=torch.long).cpu()
@@ -173,68 +159,70 @@ def sample_tokens(model: nn.Module, y: Tensor, cfg: GenerationConfig, example: L
     return sample_ode(velocity, z, steps=cfg.sampling_steps, method=cfg.ode_method, atol=cfg.ode_atol, rtol=cfg.ode_rtol)
 
 
-def _peak_memory(device: torch.device) -> tuple[float | None, str]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (2**20 if sys.platform == "darwin" else 2**10), "cpu_process_max_rss"
-
-
 def train_generator(model: nn.Module, ema: ModelEmaV3, data: Latents, labels: Tensor, continuous: bool,
                     cfg: GenerationConfig, device: torch.device, ckpt_path: Path, extra: dict[str, Any],
-                    log: Callable[[str], None] = print) -> dict[str, Any]:
+                    log: Callable[[str], None] = print, seed: int = 0, label: str = "generator") -> dict[str, Any]:
     """Train ``model`` (and ``ema``) for ``cfg.steps`` steps, resuming from ``ckpt_path``.
+
+    Step ``s`` draws its batch indices, noise and label dropout from ``derive_seed(seed, "step", s)``;
+    the checkpoint also holds the RNG states, restored on resume.
 
     Returns:
         ``{"losses": [float per step], "step_times": [...], "peak_memory_mb", "memory_kind"}``.
+
+    Raises:
+        NonFiniteError: a non-finite loss (named with ``label`` and the step); the last checkpoint is kept.
     """
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     state = {"step": 0, "losses": [], "step_times": []}
     if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["opt"])
+        set_rng_state(ckpt["rng"])
         state = {k: ckpt[k] for k in state}
         log(f"generation: resumed at step {state['step']}")
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     n = batch_size(data)
 
     def save() -> None:
-        _save_torch({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), **state, **extra},
-                    ckpt_path)
+        torch_save_atomic(ckpt_path, {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                                      "rng": rng_state(), **state, **extra})
 
     model.train()
-    while state["step"] < cfg.steps:
-        step = state["step"]
-        start = time.perf_counter()
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        idx = torch.randint(n, (cfg.batch_size,), generator=g)
-        x = tree_map(lambda v: v[idx].to(device), data)
-        y = labels[idx].to(device)
-        noise_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
-        loss = generator_loss(model, x, y, continuous, noise_gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        ema.update(model, step=step + 1)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        state["step_times"].append(time.perf_counter() - start)
-        state["losses"].append(float(loss.detach()))
-        state["step"] = step + 1
-        if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
-            recent = state["losses"][-cfg.log_every:]
-            log(f"generation: step {state['step']}/{cfg.steps} loss {sum(recent) / len(recent):.4f}")
-        if state["step"] % cfg.checkpoint_every == 0 or state["step"] == cfg.steps:
-            save()
+    with StageMemory(device) as memory:
+        while state["step"] < cfg.steps:
+            step = state["step"]
+            start = time.perf_counter()
+            step_seed = derive_seed(seed, "step", step)
+            seed_everything(step_seed)
+            idx = torch.randint(n, (cfg.batch_size,), generator=torch.Generator().manual_seed(step_seed))
+            x = tree_map(lambda v: v[idx].to(device), data)
+            y = labels[idx].to(device)
+            noise_gen = torch.Generator(device=device).manual_seed(derive_seed(step_seed, "noise"))
+            loss = generator_loss(model, x, y, continuous, noise_gen)
+            if not torch.isfinite(loss):
+                kept = f"the last checkpoint {ckpt_path} is kept" if ckpt_path.is_file() else "no checkpoint was written yet"
+                raise NonFiniteError(f"{label}: non-finite generator loss at step {step} ({float(loss)}); {kept}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            ema.update(model, step=step + 1)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            state["step_times"].append(time.perf_counter() - start)
+            state["losses"].append(float(loss.detach()))
+            state["step"] = step + 1
+            if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
+                recent = state["losses"][-cfg.log_every:]
+                log(f"generation: step {state['step']}/{cfg.steps} loss {sum(recent) / len(recent):.4f}")
+            if state["step"] % cfg.checkpoint_every == 0 or state["step"] == cfg.steps:
+                save()
     if not ckpt_path.is_file():  # steps == 0
         save()
-    peak, kind = _peak_memory(device)
-    return {**state, "peak_memory_mb": peak, "memory_kind": kind}
+    return {**state, "peak_memory_mb": memory.peak_mb, "memory_kind": memory.kind}
 
 
 # --------------------------------------------------------------------------- gFVD
@@ -246,23 +234,23 @@ def _write_gif(video: Tensor, path: Path, fps: int) -> None:
     from harness.data.decode import to_uint8
 
     frames = to_uint8(video)  # [T, H, W, 3]
-    _atomic_write_bytes(path, lambda tmp: imageio.mimsave(tmp, list(frames), format="GIF", duration=1000 / fps, loop=0))
+    write_bytes_atomic(path, imageio.mimwrite("<bytes>", list(frames), format="GIF", duration=1000 / fps, loop=0))
 
 
 def _real_statistics(metrics: dict[str, Any], train_clips: TrainClips, cfg: GenerationConfig, run_dir: Path,
-                     device: torch.device, log: Callable[[str], None]) -> None:
+                     device: torch.device, log: Callable[[str], None], real_seed: int) -> None:
     cache_dir = Path(cfg.real_cache_dir) if cfg.real_cache_dir else Path(run_dir).parent / ".fvd_real_cache"
     sizes = _batches(cfg.num_real, cfg.sample_batch_size)
-    first, _ = train_clips(sizes[0], _batch_seed(cfg, _REAL_SEED, 0))
+    first, _ = train_clips(sizes[0], derive_seed(real_seed, 0))
     digest = hashlib.sha256(first.float().cpu().numpy().tobytes()).hexdigest()
-    key = {"num_real": cfg.num_real, "batch": cfg.sample_batch_size, "seed": cfg.seed, "shape": list(first.shape[1:]),
-           "first_batch_sha256": digest, "rule": "train_clips batches, seed*100000+50000+k"}
+    key = {"num_real": cfg.num_real, "batch": cfg.sample_batch_size, "seed": real_seed, "shape": list(first.shape[1:]),
+           "first_batch_sha256": digest, "rule": "train_clips batches, derive_seed(real_seed, k)"}
     todo = {name: m for name, m in metrics.items() if not m.use_real_cache(key, cache_dir)}
     if metrics and not todo:
         log(f"generation: real FVD statistics from the cache {cache_dir}")
         return
     for k, n in enumerate(sizes):
-        videos = first if k == 0 else train_clips(n, _batch_seed(cfg, _REAL_SEED, k))[0]
+        videos = first if k == 0 else train_clips(n, derive_seed(real_seed, k))[0]
         for m in todo.values():
             m.update_real(videos.to(device))
     for m in todo.values():
@@ -273,7 +261,8 @@ def _real_statistics(metrics: dict[str, Any], train_clips: TrainClips, cfg: Gene
 
 
 def run_generation_stage(tokenizer: VideoTokenizer, train_clips: TrainClips, cfg: GenerationConfig, run_dir: Path,
-                         device: torch.device, num_classes: int = 1) -> dict:
+                         device: torch.device, num_classes: int = 1, seed: int = 0, real_seed: int | None = None,
+                         label: str = "generator", deterministic: bool = False) -> dict:
     """Train a generator on ``tokenizer``'s tokens, sample videos and score them with gFVD.
 
     Args:
@@ -284,6 +273,11 @@ def run_generation_stage(tokenizer: VideoTokenizer, train_clips: TrainClips, cfg
         run_dir: the tokenizer's run folder; everything goes to ``run_dir/generation/``.
         device: where the generator trains and samples.
         num_classes: classes of the dataset (used when ``cfg.conditional``; 1 otherwise).
+        seed: the stage's seed (the runner passes ``derive_seed(suite seed, tokenizer id, "generation")``).
+        real_seed: seed of the real clips for gFVD (shared by every tokenizer of a suite);
+            default ``derive_seed(seed, "real")``.
+        label: the tokenizer's id, named in errors.
+        deterministic: recorded in the environment card (the runner switches the algorithms).
 
     Returns:
         ``{"gfvd_16f": float, "gfvd_16f_n": int, "gfvd_16f_n_real": int, ... (one set per protocol),
@@ -293,22 +287,23 @@ def run_generation_stage(tokenizer: VideoTokenizer, train_clips: TrainClips, cfg
 
     Raises:
         ValueError: bad configuration for this tokenizer (e.g. an unknown FVD protocol).
+        NonFiniteError: a non-finite generator loss, generated video or gFVD value.
     """
     metrics_path = Path(run_dir) / "generation" / "metrics.json"
     if metrics_path.is_file():
-        with open(metrics_path) as f:
-            return json.load(f)
+        return json.loads(metrics_path.read_text())
     threads = torch.get_num_threads()
     if cfg.cpu_threads and torch.device(device).type == "cpu":
         torch.set_num_threads(cfg.cpu_threads)
     try:
-        return _run(tokenizer, train_clips, cfg, Path(run_dir), torch.device(device), num_classes)
+        return _run(tokenizer, train_clips, cfg, Path(run_dir), torch.device(device), num_classes, seed,
+                    derive_seed(seed, "real") if real_seed is None else real_seed, label, deterministic)
     finally:
         torch.set_num_threads(threads)
 
 
 def _run(tokenizer: VideoTokenizer, train_clips: TrainClips, cfg: GenerationConfig, run_dir: Path,
-         device: torch.device, num_classes: int) -> dict:
+         device: torch.device, num_classes: int, seed: int, real_seed: int, label: str, deterministic: bool) -> dict:
     out = run_dir / "generation"
     metrics_path = out / "metrics.json"
     out.mkdir(parents=True, exist_ok=True)
@@ -323,17 +318,16 @@ def _run(tokenizer: VideoTokenizer, train_clips: TrainClips, cfg: GenerationConf
             raise ValueError(f"generation.fvd_protocols: unknown metric {name!r}")
     was_training = tokenizer.training
     tokenizer.eval()
-    torch.manual_seed(cfg.seed)
 
     # 1. tokens (encoded once, cached)
     tokens_path = out / "tokens.pt"
     if tokens_path.is_file():
-        cache = torch.load(tokens_path, map_location="cpu", weights_only=False)
+        cache = torch.load(tokens_path, map_location="cpu", weights_only=True)
     else:
         start = time.perf_counter()
-        cache = encode_training_set(tokenizer, train_clips, cfg, device, conditional, num_classes)
+        cache = encode_training_set(tokenizer, train_clips, cfg, device, conditional, num_classes, seed)
         cache["encode_time_s"] = time.perf_counter() - start
-        _save_torch(cache, tokens_path)
+        torch_save_atomic(tokens_path, cache)
     layout = TokenLayout.from_dict(cache["layout"])
     data, labels = cache["data"], cache["labels"]
 
@@ -343,39 +337,40 @@ def _run(tokenizer: VideoTokenizer, train_clips: TrainClips, cfg: GenerationConf
         m = min(cfg.num_norm_clips, batch_size(data))
         normalizer = LatentNormalizer.fit([tree_index(data, slice(0, m))])
         data = normalizer.normalize(data)
-        _save_json({"num_clips": m, **normalizer.summary()}, out / "normalization.json")
+        write_json_atomic(out / "normalization.json", {"num_clips": m, **normalizer.summary()})
 
     # 3. generator
     name = cfg.generator if cfg.generator != "auto" else ("sit" if layout.continuous else "ar")
     if (name == "sit") != layout.continuous:
         raise ValueError(f"generator {name!r} does not fit {'continuous' if layout.continuous else 'discrete'} tokens")
-    torch.manual_seed(cfg.seed)
-    model = build_generator(name, data, layout, cfg, classes, tokenizer).to(device)
+    with seeded(derive_seed(seed, "init")):
+        model = build_generator(name, data, layout, cfg, classes, tokenizer).to(device)
     ema = ModelEmaV3(model, decay=cfg.ema, use_warmup=cfg.ema_warmup)
     extra = {"normalizer": normalizer.state_dict() if normalizer else None, "layout": cache["layout"]}
-    train = train_generator(model, ema, data, labels, layout.continuous, cfg, device, out / "checkpoint.pt", extra, log)
+    train = train_generator(model, ema, data, labels, layout.continuous, cfg, device, out / "checkpoint.pt", extra, log,
+                            seed=seed, label=label)
     ema_model = ema.module.eval()
 
     # 4. samples and 5. gFVD
-    metrics = {n: METRICS.create(n) for n in cfg.fvd_protocols}
-    for m in metrics.values():
-        m.to(device)
-    _real_statistics(metrics, train_clips, cfg, run_dir, device, log)
+    metrics = {n: METRICS.create(n, sync_on_compute=False).to(device) for n in cfg.fvd_protocols}
+    _real_statistics(metrics, train_clips, cfg, run_dir, device, log, real_seed)
     samples_dir = out / "samples"
     example = tree_index(data, 0)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     written, sample_time = 0, 0.0
-    for n in _batches(cfg.num_samples, cfg.sample_batch_size):
+    for k, n in enumerate(_batches(cfg.num_samples, cfg.sample_batch_size)):
+        batch_seed = derive_seed(seed, "sample", k)
+        gen = torch.Generator(device=device).manual_seed(batch_seed)
         y = torch.randint(classes, (n,), generator=gen, device=device) if conditional \
             else torch.zeros(n, dtype=torch.long, device=device)
         start = time.perf_counter()
-        tokens = sample_tokens(ema_model, y, cfg, example, layout.continuous, gen)
-        if normalizer is not None:
-            tokens = normalizer.denormalize(tokens)
-        sample_time += time.perf_counter() - start
-        videos = decode(tokenizer, tokens, layout)
+        with seeded(batch_seed):
+            tokens = sample_tokens(ema_model, y, cfg, example, layout.continuous, gen)
+            if normalizer is not None:
+                tokens = normalizer.denormalize(tokens)
+            sample_time += time.perf_counter() - start
+            videos = decode(tokenizer, tokens, layout)
         if not torch.isfinite(videos).all():
-            raise FloatingPointError("generated videos are not finite (diverged generator?)")
+            raise NonFiniteError(f"{label}: generated videos of sample batch {k} are not finite (diverged generator?)")
         for i in range(min(n, cfg.num_gif_samples - written)):
             suffix = f"_class{int(y[i])}" if conditional else ""
             _write_gif(videos[i], samples_dir / f"sample_{written:03d}{suffix}.gif", cfg.gif_fps)
@@ -424,7 +419,10 @@ def _run(tokenizer: VideoTokenizer, train_clips: TrainClips, cfg: GenerationConf
         "sample_time_s_per_video": sample_time / max(1, cfg.num_samples),
         "conditional": conditional, "num_classes": classes, "ema": cfg.ema,
     }
-    _save_json(result, metrics_path)
+    check_finite(result, f"{label}: generation metrics")
+    result["environment"] = environment_card(device, deterministic)
+    result["gfvd_values_sha256"] = values_sha256(result)
+    write_json_atomic(metrics_path, result)
     if was_training:
         tokenizer.train()
     return result

@@ -76,6 +76,16 @@ def protocol_card(records: list[dict[str, Any]], suite: dict[str, Any] | None = 
     seeds = _distinct([p.get("seed") for p in protocols])
     card["seeds"] = f"suite seed {seeds} (clip choice, training); bootstrap seed 0"
     card["code version"] = _distinct([p.get("code_version") for p in protocols])
+    environments = [r["environment"] for r in records if r.get("environment")]
+    if environments:
+        card["environment"] = _distinct([", ".join(f"{k} {v}" for k, v in sorted(e.items())) for e in environments])
+    kinds = [(r.get("costs") or {}).get("memory_kind") for r in records]
+    if any(kinds):
+        card["train peak memory"] = _distinct([k for k in kinds if k])
+    hashes = [f"{r['row']}: {r['metrics_sha256'][:16]}" + (f" / gFVD {r['generation']['gfvd_values_sha256'][:16]}"
+              if (r.get("generation") or {}).get("gfvd_values_sha256") else "") for r in records if r.get("metrics_sha256")]
+    if hashes:
+        card["values sha256"] = _distinct(hashes)
     return card
 
 
