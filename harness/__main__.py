@@ -53,18 +53,18 @@ def _paper_parameter_counts() -> list[tuple[str, str, int]]:
 def _leaderboard(args: argparse.Namespace) -> int:
     from harness import report
 
-    results = Path(args.results)
-    records = report.load_records(results)
-    if not records:
-        raise FileNotFoundError(f"no metrics.json under {results}: run a suite first")
+    data = report.ReportData.load(Path(args.results))  # the records are read once
+    if not data.records:
+        raise FileNotFoundError(f"no metrics.json under {args.results}: run a suite first")
     metrics = [m for item in args.metric or [] for m in item.split(",") if m]
     if args.format == "markdown" and not metrics and not args.sort:
-        path = report.write_leaderboard(results)
+        path = report.write_leaderboard(data)
         print(path.read_text())
         return 0
     try:
-        rows = report.sort_rows(report.leaderboard_rows(records), args.sort)
-        print(report.render_leaderboard(rows, metrics or None, args.format), end="" if args.format != "markdown" else "\n")
+        rows = report.sort_rows(report.leaderboard_rows(data), args.sort, specs=data.ranked)
+        print(report.render_leaderboard(rows, metrics or None, args.format, specs=data.ranked),
+              end="" if args.format != "markdown" else "\n")
     except (KeyError, ValueError) as err:
         print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
@@ -74,12 +74,10 @@ def _leaderboard(args: argparse.Namespace) -> int:
 def _plot(args: argparse.Namespace) -> int:
     from harness import report
 
-    results = Path(args.results)
-    print(report.write_plot(results))
-    path, _ = report.write_analysis(results)
-    if path is not None:
-        print(path)
-    for path in report.write_cost_plots(results):
+    paths = report.write_plots(Path(args.results))
+    if not paths:
+        raise FileNotFoundError(f"nothing to plot under {args.results}: run a suite first")
+    for path in paths:
         print(path)
     return 0
 
@@ -114,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     board = sub.add_parser("leaderboard", help="print the leaderboard of every run under a results folder (recursively)")
     board.add_argument("results", help="a suite's results folder, or a folder of several suites and runs")
     board.add_argument("--metric", action="append", metavar="NAMES",
-                       help="metrics to show, comma-separated or repeated (psnr, ssim, lpips, fvd_16f, gfvd_...; default all)")
-    board.add_argument("--sort", metavar="METRIC", help="sort best first by this metric (default: suite, tokens per video)")
+                       help="metric columns to show, comma-separated or repeated (psnr, fvd_16f, gfvd_16f, a plugin metric...; default all)")
+    board.add_argument("--sort", metavar="METRIC", help="sort best first by this metric, in its own direction (default: suite, tokens per video)")
     board.add_argument("--format", choices=["markdown", "csv", "json"], default="markdown",
                        help="markdown shows value ± 95%% CI half-width; csv/json give the numbers (default markdown; "
                             "the default call also writes <results>/leaderboard.md)")

@@ -27,8 +27,8 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from harness.data.cache import write_json_atomic
 from harness.data.decode import decode_frames, to_model_range
+from harness.io import write_json_atomic
 from harness.registry import METRICS
 
 #: file suffixes treated as videos

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -43,6 +44,12 @@ class DataConfig(Strict):
     memory_cache: bool = True
     num_workers: int = Field(0, ge=0)
     cache_dir: str | None = None
+
+    @field_validator("root")
+    @classmethod
+    def _expand_user(cls, value: str | None) -> str | None:
+        """``~`` in ``data.root`` is the user's home, for every dataset (the one place it is expanded)."""
+        return os.path.expanduser(value) if value else value
 
 
 class TrainConfig(Strict):

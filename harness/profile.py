@@ -36,17 +36,22 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import logging
 import math
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from harness.io import write_csv_atomic, write_png_atomic, write_text_atomic
+
+logger = logging.getLogger("harness.profile")
 
 Entry = tuple[str, str, dict[str, Any]]
 
@@ -85,7 +90,7 @@ class ProfileSuite(BaseModel):
         return value
 
 
-def load_suite(path: str | Path) -> ProfileSuite:
+def load_profile_suite(path: str | Path) -> ProfileSuite:
     """Read and validate a cost suite; raises ``ValueError`` naming unknown or bad keys."""
     with open(path) as f:
         raw = yaml.safe_load(f)
@@ -119,7 +124,7 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def build_tokenizer(name: str, kwargs: dict[str, Any], frames: int, resolution: int):
+def build_profiled_tokenizer(name: str, kwargs: dict[str, Any], frames: int, resolution: int):
     """Instantiate ``name`` with ``kwargs``, adding ``frames``/``resolution`` when its constructor takes them."""
     from harness.registry import TOKENIZERS
 
@@ -154,7 +159,7 @@ def measure_step(name: str, kwargs: dict[str, Any], frames: int, resolution: int
     else:
         reset = _reset_peak_rss()
         base = _status_kb("VmRSS") if reset else _status_kb("VmHWM")
-    model = build_tokenizer(name, kwargs, frames, resolution).to(dev).train()
+    model = build_profiled_tokenizer(name, kwargs, frames, resolution).to(dev).train()
     video = torch.rand(batch, 3, frames, resolution, resolution, device=dev) * 2 - 1
     clip = getattr(model, "clip_frames", None)
     clips = 1
@@ -211,7 +216,7 @@ def _run_subprocess(spec: dict[str, Any]) -> dict[str, Any]:
 
 def profile_costs(tokenizers: Sequence[Entry], lengths: Sequence[int] = (16, 32, 64, 128), resolution: int = 128,
                   batch: int = 1, device: str | None = None, step: int = 0, seed: int = 0,
-                  log=print) -> pd.DataFrame:
+                  log: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Training FLOPs and peak memory of every ``(label, name, kwargs)`` tokenizer at every length.
 
     Tokenizer names that are not registered are skipped with a message (so a
@@ -225,6 +230,7 @@ def profile_costs(tokenizers: Sequence[Entry], lengths: Sequence[int] = (16, 32,
     """
     from harness.registry import TOKENIZERS
 
+    log = log or logger.info
     device = _resolve_device(device)
     rows = []
     for label, name, kwargs in tokenizers:
@@ -265,7 +271,7 @@ def growth_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_report(df: pd.DataFrame, output_dir: str | Path, title: str = "Training cost vs video length") -> dict[str, Path]:
+def write_cost_report(df: pd.DataFrame, output_dir: str | Path, title: str = "Training cost vs video length") -> dict[str, Path]:
     """Write ``cost_vs_length.{csv,md,png}`` to ``output_dir``; returns the paths by kind."""
     import matplotlib
 
@@ -274,13 +280,12 @@ def write_report(df: pd.DataFrame, output_dir: str | Path, title: str = "Trainin
     import seaborn as sns
 
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "cost_vs_length.csv", "md": out / "cost_vs_length.md", "png": out / "cost_vs_length.png"}
-    df.to_csv(paths["csv"], index=False)
+    write_csv_atomic(paths["csv"], df)
     table = df[["label", "frames", "clips", "tokens", "params", "train_gflops", "peak_memory_mb"]].round(1)
     text = [f"# {title}", "", table.to_markdown(index=False), "", "## Growth from the shortest to the longest video", "",
             growth_table(df).to_markdown(index=False) if len(df) else "(no rows)", ""]
-    paths["md"].write_text("\n".join(text))
+    write_text_atomic(paths["md"], "\n".join(text))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     if len(df):
         for ax, column, name in ((axes[0], "train_gflops", "GFLOPs per training step"),
@@ -294,16 +299,18 @@ def write_report(df: pd.DataFrame, output_dir: str | Path, title: str = "Trainin
             ax.legend(fontsize=7, title=None)
     fig.suptitle(f"{title} (batch {int(df.batch.iloc[0]) if len(df) else 1}, {df.device.iloc[0] if len(df) else ''})")
     fig.tight_layout()
-    fig.savefig(paths["png"], dpi=120)
+    write_png_atomic(paths["png"], lambda handle: fig.savefig(handle, format="png", dpi=120))
     plt.close(fig)
     return paths
 
 
-def run_suite(suite: ProfileSuite, output_dir: str | Path | None = None, log=print) -> pd.DataFrame:
+def run_suite(suite: ProfileSuite, output_dir: str | Path | None = None,
+              log: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Profile every tokenizer of ``suite`` and write the report; returns the table."""
+    log = log or logger.info
     entries = [(t.label, t.name, t.kwargs) for t in suite.tokenizers]
     df = profile_costs(entries, suite.lengths, suite.resolution, suite.batch, suite.device, suite.step, suite.seed, log)
-    paths = write_report(df, output_dir or suite.output_dir)
+    paths = write_cost_report(df, output_dir or suite.output_dir)
     log(f"wrote {', '.join(str(p) for p in paths.values())}")
     return df
 
@@ -325,6 +332,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m harness.profile SUITE.yaml [--output-dir DIR]``."""
     parser = _arguments(argparse.ArgumentParser(prog="python -m harness.profile", description=__doc__.split("\n\n")[0]))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # progress lines (``harness profile`` configures its own)
     return _main(parser.parse_args(argv), parser)
 
 
@@ -336,7 +344,7 @@ def _main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not args.suite:
         parser.error("a suite file is required")
     try:
-        suite = load_suite(args.suite)
+        suite = load_profile_suite(args.suite)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import threading
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
 
 # Modules whose import registers the built-ins of each registry.
@@ -130,3 +131,76 @@ register_generator = GENERATORS.register
 def create_tokenizer(name: str, **kwargs: Any):
     """Build a tokenizer by registered name or ``module:Class``."""
     return TOKENIZERS.create(name, **kwargs)
+
+
+# ----------------------------------------------------------------------------- metric metadata
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """What reports need to know about a metric column, read from the metric class (its class attributes).
+
+    ``key`` is the column: the metric's ``name`` (the key of its value in
+    ``metrics.json``), or ``"g" + name`` for the same set-level metric measured
+    on generated samples (``generation/metrics.json``, ``generation=True``).
+    """
+
+    key: str
+    name: str
+    title: str
+    higher_is_better: bool | None
+    unit: str
+    digits: int
+    per_video: bool
+    min_comparable_n: int | None
+    generation: bool = False
+
+    @property
+    def ranked(self) -> bool:
+        """Whether the metric has a direction (leaderboards rank by it); analysis features have none."""
+        return self.higher_is_better is not None
+
+    @property
+    def arrow(self) -> str:
+        return {True: "↑", False: "↓"}.get(self.higher_is_better, "")
+
+    @property
+    def header(self) -> str:
+        """Table header: title and direction arrow (``PSNR ↑``)."""
+        return f"{self.title} {self.arrow}".strip()
+
+    @property
+    def axis_label(self) -> str:
+        """Plot axis label: title, unit and arrow (``PSNR (dB) ↑``)."""
+        unit = f" ({self.unit})" if self.unit else ""
+        return f"{self.title}{unit} {self.arrow}".strip()
+
+    def comparable(self, n: float | None) -> bool:
+        """Whether a set-level value from ``n`` samples is comparable (always, without a threshold)."""
+        return self.min_comparable_n is None or n is None or n >= self.min_comparable_n
+
+    def for_generation(self) -> "MetricSpec":
+        """The spec of the generation-side column ``g<name>``."""
+        return replace(self, key=f"g{self.name}", generation=True, title=self.generation_title)
+
+    generation_title: str = ""
+
+
+def metric_spec(reference: str, name: str | None = None) -> MetricSpec:
+    """The :class:`MetricSpec` of a metric named by registered name, entry point or ``module:Class``.
+
+    Args:
+        reference: how the suite named the metric (``psnr``, ``my_plugin_metric``, ``pkg.mod:Class``).
+        name: the metric's value key when the class's ``name`` attribute is not it.
+
+    Raises:
+        KeyError, ImportError, AttributeError: the metric cannot be found.
+    """
+    cls = METRICS.get(reference)
+    key = name or getattr(cls, "name", None) or reference
+    title = getattr(cls, "title", None) or key
+    generation_title = getattr(cls, "generation_title", None) or f"g{title}"
+    return MetricSpec(key=key, name=key, title=title, higher_is_better=getattr(cls, "higher_is_better", None),
+                      unit=getattr(cls, "unit", "") or "", digits=int(getattr(cls, "digits", 4)),
+                      per_video=bool(getattr(cls, "per_video", True)), min_comparable_n=getattr(cls, "min_comparable_n", None),
+                      generation_title=generation_title)

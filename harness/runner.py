@@ -52,12 +52,13 @@ from torch import Tensor
 from harness.api import VideoTokenizer
 from harness.clips import reconstruct_video
 from harness.config import Suite, TokenizerEntry, generation_config, referenced_runs
-from harness.data.cache import save_numpy_atomic, write_json_atomic
 from harness.data.datasets import VideoDataset, build_dataset
 from harness.data.decode import to_model_range, to_uint8
 from harness.data.sampling import Clip, ClipCache, TrainClips, evaluation_clips
 from harness.errors import NonFiniteError
+from harness.io import save_numpy_atomic, write_csv_atomic, write_json_atomic
 from harness.memory import StageMemory
+from harness.records import METRICS_FILE, PER_VIDEO_FILE, Costs, Protocol, RunFolder, RunRecord
 from harness.registry import METRICS, TOKENIZERS
 from harness.results import check_finite, values_sha256
 from harness.seeding import configure_determinism, derive_seed, environment_card, resolve_deterministic, seeded
@@ -415,7 +416,7 @@ class SuiteRunner:
                     for row, value in zip(group_rows, metric.last_values.tolist()):
                         if not math.isfinite(value):
                             raise NonFiniteError(f"{entry.id}{variant.label_suffix}: {name} of clip {row['clip']} is {value}")
-                        row[name] = value
+                        row[metric.name] = value  # the column is the metric's value key (its `name`)
             rows.extend(group_rows)
         summary: dict[str, Any] = {}
         protocol: dict[str, Any] = {}
@@ -425,46 +426,46 @@ class SuiteRunner:
             if hasattr(metric, "save_real_cache"):
                 metric.save_real_cache()
         check_finite(summary, f"{entry.id}{variant.label_suffix}: evaluation metrics")
-        pd.DataFrame(rows).to_csv(variant.folder / "per_video.csv.tmp", index=False)
-        (variant.folder / "per_video.csv.tmp").replace(variant.folder / "per_video.csv")
-        write_json_atomic(variant.folder / "metrics.json", self.result_record(entry, tokenizer, variant, summary, protocol))
+        write_csv_atomic(variant.folder / PER_VIDEO_FILE, pd.DataFrame(rows))
+        write_json_atomic(variant.folder / METRICS_FILE, self.result_record(entry, tokenizer, variant, summary, protocol))
         if not self.suite.evaluate.keep_reconstructions:
             for path in recon_dir.glob("*.npy"):
                 path.unlink()
 
     def result_record(self, entry: TokenizerEntry, tokenizer: VideoTokenizer, variant: Variant,
                       summary: dict[str, Any], protocol: dict[str, Any]) -> dict[str, Any]:
+        """The row's :class:`harness.records.RunRecord` as written to ``metrics.json``."""
         data = self.suite.data
-        recon = json.loads((variant.folder / "reconstruct.json").read_text())
-        train = json.loads((self.results / entry.id / "train.json").read_text())
+        folder = RunFolder(variant.folder, self.results / entry.id)
+        recon = json.loads(folder.reconstruct.read_text())
+        train = json.loads(folder.train.read_text())
         tokens = recon["tokens_per_video"]
-        return {
-            "row": entry.id + variant.label_suffix,
-            "tokenizer_id": entry.id,
-            "tokenizer": entry.name,
-            "budget": variant.budget,
-            "tokens_per_video": tokens,
-            "compression_ratio": data.frames * data.resolution * data.resolution / tokens if tokens else None,
-            "parameters": count_parameters(tokenizer),
-            "metrics": summary,
-            "metrics_sha256": values_sha256(summary),
-            "evaluation_fingerprint": self.evaluation_fingerprint,
-            "environment": environment_card(self.device, self.deterministic),
-            "protocol": {
-                "dataset": data.dataset, "fold": data.fold if data.dataset == "ucf101" else None, "frames": data.frames,
-                "frame_stride": data.frame_stride, "resolution": data.resolution, "num_videos": len(self.eval_clips),
-                "eval_clips_per_video": data.eval_clips_per_video, "seed": self.suite.seed, "split": "official test list" if data.dataset == "ucf101" else "held-out tail frames of each video",
-                "clip_frames": tokenizer.clip_frames, "code_version": code_version(), "metrics": protocol,
-            },
-            "costs": {
-                "train_steps": train["steps"], "train_step_time_s": train["train_step_time_s"], "train_batch_size": train["batch_size"],
-                "peak_memory_mb": train.get("peak_memory_mb"), "memory_kind": train.get("memory_kind"),
-                "reconstruct_peak_memory_mb": recon.get("peak_memory_mb"),
-                "encode_videos_per_s": recon.get("encode_videos_per_s"), "decode_videos_per_s": recon.get("decode_videos_per_s"),
-            },
-            "codebook": {k: v for k, v in recon.items() if k.startswith("codebook")} or None,
-            "token_info": recon.get("token_info"),
-        }
+        dataset = self.dataset.protocol()  # dataset, fold, split: the dataset describes its own protocol
+        refs = [{"name": getattr(METRICS.get(ref), "name", ref), "metric": ref} for ref in self.suite.evaluate.metrics]
+        record = RunRecord(
+            row=entry.id + variant.label_suffix, tokenizer_id=entry.id, tokenizer=entry.name, budget=variant.budget,
+            tokens_per_video=tokens,
+            compression_ratio=data.frames * data.resolution * data.resolution / tokens if tokens else None,
+            parameters=count_parameters(tokenizer), metrics=summary, metrics_sha256=values_sha256(summary),
+            evaluation_fingerprint=self.evaluation_fingerprint,
+            environment=environment_card(self.device, self.deterministic),
+            protocol=Protocol(
+                dataset=dataset.get("dataset", data.dataset), fold=dataset.get("fold"), frames=data.frames,
+                frame_stride=data.frame_stride, resolution=data.resolution, num_videos=len(self.eval_clips),
+                eval_clips_per_video=data.eval_clips_per_video, seed=self.suite.seed, split=dataset.get("split"),
+                clip_frames=tokenizer.clip_frames, code_version=code_version(), metrics=protocol,
+                extra={k: v for k, v in dataset.items() if k not in ("dataset", "fold", "split")}),
+            costs=Costs(
+                train_steps=train["steps"], train_step_time_s=train["train_step_time_s"], train_batch_size=train["batch_size"],
+                peak_memory_mb=train.get("peak_memory_mb"), memory_kind=train.get("memory_kind"),
+                reconstruct_peak_memory_mb=recon.get("peak_memory_mb"),
+                encode_videos_per_s=recon.get("encode_videos_per_s"), decode_videos_per_s=recon.get("decode_videos_per_s")),
+            codebook={k: v for k, v in recon.items() if k.startswith("codebook")} or None,
+            token_info=recon.get("token_info"),
+            metric_refs=refs,
+            per_video=PER_VIDEO_FILE,
+        )
+        return record.to_json()
 
     # ------------------------------------------------------------------ generate
 

@@ -37,9 +37,9 @@ from tqdm.auto import tqdm
 from harness.api import VideoTokenizer
 from harness.clips import split_into_clips
 from harness.config import TrainConfig, stage0_cache_problem
-from harness.data.cache import torch_save_atomic
 from harness.data.sampling import TrainClipDataset, TrainClips
 from harness.errors import NonFiniteError
+from harness.io import torch_save_atomic
 from harness.seeding import derive_seed, rng_state, seed_everything, seeded, set_rng_state
 
 log = logging.getLogger("harness.train")

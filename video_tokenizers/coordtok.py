@@ -45,10 +45,8 @@ from torch import Tensor, nn
 
 from harness.api import Tokens, VideoTokenizer, check_video
 from harness.registry import register_tokenizer
-from video_tokenizers.layers import CrossSelfBlock, TransformerBlock
+from video_tokenizers.layers import PLANES, CrossSelfBlock, TransformerBlock
 from video_tokenizers.losses import LazyLPIPS
-
-PLANES = ("xy", "xt", "yt")
 
 
 # --------------------------------------------------------------------------------------------

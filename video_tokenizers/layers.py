@@ -17,6 +17,9 @@ from einops import rearrange
 from timm.layers import Mlp
 from torch import Tensor, nn
 
+#: the planes of a triplane latent (CoordTok, PVDM): one spatial (xy) and two space-time (xt, yt)
+PLANES = ("xy", "xt", "yt")
+
 
 def group_norm(channels: int) -> nn.GroupNorm:
     """GroupNorm with up to 32 groups that divide ``channels``."""

@@ -43,10 +43,8 @@ from torch import Tensor, nn
 
 from harness.api import Tokens, VideoTokenizer, check_video
 from harness.registry import register_tokenizer
-from video_tokenizers.layers import SelfAttention, TransformerBlock
+from video_tokenizers.layers import PLANES, SelfAttention, TransformerBlock
 from video_tokenizers.losses import AutoencoderLoss, LossConfig
-
-PLANES = ("xy", "xt", "yt")
 
 
 def sincos_1d(positions: Tensor, dim: int) -> Tensor:

@@ -20,11 +20,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from harness.data.cache import cache_root, write_json_atomic
 from harness.data.decode import count_frames
 from harness.data.samples import sample_video_paths
+from harness.io import cache_root, write_json_atomic
 from harness.registry import register_dataset
 
 if TYPE_CHECKING:
@@ -90,6 +90,10 @@ class VideoDataset:
         """Frames a clip covers in the source video: ``(frames - 1) * stride + 1``."""
         return (self.cfg.frames - 1) * self.cfg.frame_stride + 1
 
+    def protocol(self) -> dict[str, Any]:
+        """How this dataset splits evaluation from training, recorded with every result: ``{dataset, fold, split}``."""
+        return {"dataset": self.cfg.dataset, "fold": None, "split": None}
+
     def fingerprint(self) -> str:
         """A hash of the evaluation set (files, ranges, clip protocol) for cache keys."""
         text = json.dumps([self.cfg.dataset, self.cfg.fold, self.cfg.resolution, self.cfg.frames, self.cfg.frame_stride,
@@ -100,6 +104,9 @@ class VideoDataset:
 
 class TimeSplitDataset(VideoDataset):
     """Videos without split files: evaluation frames are the tail of each video, training the head."""
+
+    def protocol(self) -> dict[str, Any]:
+        return {"dataset": self.cfg.dataset, "fold": None, "split": "held-out tail frames of each video"}
 
     def _split_in_time(self, paths: list[Path]) -> None:
         counts = frame_counts(paths, self.cache_dir)
@@ -186,6 +193,9 @@ class UCF101(VideoDataset):
         self.train = self._records(root, train, class_index)
         self.eval = self._records(root, test, class_index)
 
+    def protocol(self) -> dict[str, Any]:
+        return {"dataset": self.cfg.dataset, "fold": self.cfg.fold, "split": "official test list"}
+
     def _records(self, root: Path, names: list[str], class_index: dict[str, int]) -> list[VideoRecord]:
         paths = []
         for name in names:
@@ -207,7 +217,7 @@ class UCF101(VideoDataset):
     def check_root(cls, cfg: "DataConfig", source: str) -> None:
         if not cfg.root:
             raise DataError(f"{source}: data.root is not set for dataset 'ucf101': {UCF101_HELP}")
-        root = Path(os.path.expanduser(cfg.root))
+        root = Path(cfg.root)
         if not root.is_dir():
             raise DataError(f"UCF-101 folder not found: {root} (data.root in {source}); {UCF101_HELP}")
         needed = [root / "ucfTrainTestlist" / f for f in ("classInd.txt", f"trainlist0{cfg.fold}.txt", f"testlist0{cfg.fold}.txt")]

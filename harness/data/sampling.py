@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.data.cache import save_numpy_atomic
 from harness.data.datasets import VideoDataset, VideoRecord
 from harness.data.decode import decode_frames
+from harness.io import save_numpy_atomic
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
-from harness.generation.tree import Latents
+from harness.api import Latents
 
 
 class LatentNormalizer:

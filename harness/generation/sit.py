@@ -28,7 +28,8 @@ from einops import rearrange
 from timm.layers import Attention, Mlp
 from torch import Tensor, nn
 
-from harness.generation.tree import Latents, tree_cat, tree_map, tree_split
+from harness.api import Latents
+from harness.generation.tree import tree_cat, tree_map, tree_split
 from harness.registry import register_generator
 from video_tokenizers.layers import TimestepEmbedder
 
@@ -101,7 +102,7 @@ class SiTBlock(nn.Module):
         return x + gate_mlp[:, None] * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
 
 
-class FinalLayer(nn.Module):
+class SiTFinalLayer(nn.Module):
     """adaLN-modulated LayerNorm and a linear map to ``out_dim`` values per token (zero init)."""
 
     def __init__(self, dim: int, out_dim: int) -> None:
@@ -171,7 +172,7 @@ class TriplaneAdapter(nn.Module):
         self.type_embed = nn.Parameter(torch.zeros(1, len(self.names), dim))
         nn.init.normal_(self.type_embed, std=0.02)
         self.lengths = [gh * gw for gh, gw in self.grids.values()]
-        self.final = nn.ModuleDict({k: FinalLayer(dim, patch * patch * self.shapes[k][0]) for k in self.names})
+        self.final = nn.ModuleDict({k: SiTFinalLayer(dim, patch * patch * self.shapes[k][0]) for k in self.names})
 
     @property
     def num_patches(self) -> int:
@@ -234,7 +235,7 @@ class GridAdapter(nn.Module):
         self.grid = (t // patch_t, h // patch, w // patch)
         self.embed = nn.Conv3d(c, dim, kernel_size=(patch_t, patch, patch), stride=(patch_t, patch, patch))
         self.register_buffer("pos", sincos_pos_embed(self.grid, dim)[None], persistent=False)
-        self.final = FinalLayer(dim, patch_t * patch * patch * c)
+        self.final = SiTFinalLayer(dim, patch_t * patch * patch * c)
 
     @property
     def num_patches(self) -> int:

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -56,24 +57,26 @@ import torch
 from timm.utils import ModelEmaV3
 from torch import Tensor, nn
 
-from harness.api import VideoTokenizer
+from harness.api import Latents, VideoTokenizer
 from harness.clips import encode_video
-from harness.data.cache import torch_save_atomic, write_bytes_atomic, write_json_atomic
 from harness.errors import NonFiniteError
 from harness.generation.config import GenerationConfig
 from harness.generation.normalize import LatentNormalizer
 from harness.generation.tokens import TokenLayout, decode, pack
 from harness.generation.transport import sample_ode, sample_sde, training_loss
-from harness.generation.tree import Latents, batch_size, tree_cat, tree_index, tree_map
+from harness.generation.tree import batch_size, tree_cat, tree_index, tree_map
+from harness.io import torch_save_atomic, write_gif_atomic, write_json_atomic
 from harness.memory import StageMemory
 from harness.registry import GENERATORS, METRICS
 from harness.results import check_finite, values_sha256
 from harness.seeding import derive_seed, environment_card, rng_state, seed_everything, seeded, set_rng_state
+from metrics.base import MIN_COMPARABLE_N  # the one "not comparable below N" threshold
 
-TrainClips = Callable[[int, int], tuple[Tensor, Tensor]]
+log = logging.getLogger("harness.generation")
 
-#: samples per set below which FVD is not comparable (issue threads in eval_anchors A.5 item 8)
-MIN_COMPARABLE_N = 256
+# ``source(n, seed) -> (videos float32 [n, 3, T, H, W] in [-1, 1], labels int64 [n])``, deterministic in ``seed``
+# (the runner passes a :class:`harness.data.sampling.TrainClips`)
+ClipSource = Callable[[int, int], tuple[Tensor, Tensor]]
 
 
 def _batches(total: int, size: int) -> list[int]:
@@ -84,7 +87,7 @@ def _batches(total: int, size: int) -> list[int]:
 
 
 @torch.no_grad()
-def encode_training_set(tokenizer: VideoTokenizer, train_clips: TrainClips, cfg: GenerationConfig,
+def encode_training_set(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConfig,
                         device: torch.device, conditional: bool, num_classes: int, seed: int = 0) -> dict[str, Any]:
     """Encode ``cfg.num_train_clips`` training clips once (batch ``k`` drawn and encoded under
     ``derive_seed(seed, "encode", k)``); packed per video, on the CPU.
@@ -161,7 +164,7 @@ def sample_tokens(model: nn.Module, y: Tensor, cfg: GenerationConfig, example: L
 
 def train_generator(model: nn.Module, ema: ModelEmaV3, data: Latents, labels: Tensor, continuous: bool,
                     cfg: GenerationConfig, device: torch.device, ckpt_path: Path, extra: dict[str, Any],
-                    log: Callable[[str], None] = print, seed: int = 0, label: str = "generator") -> dict[str, Any]:
+                    seed: int = 0, label: str = "generator") -> dict[str, Any]:
     """Train ``model`` (and ``ema``) for ``cfg.steps`` steps, resuming from ``ckpt_path``.
 
     Step ``s`` draws its batch indices, noise and label dropout from ``derive_seed(seed, "step", s)``;
@@ -182,7 +185,7 @@ def train_generator(model: nn.Module, ema: ModelEmaV3, data: Latents, labels: Te
         opt.load_state_dict(ckpt["opt"])
         set_rng_state(ckpt["rng"])
         state = {k: ckpt[k] for k in state}
-        log(f"generation: resumed at step {state['step']}")
+        log.info("generation: resumed at step %d", state["step"])
     n = batch_size(data)
 
     def save() -> None:
@@ -217,7 +220,7 @@ def train_generator(model: nn.Module, ema: ModelEmaV3, data: Latents, labels: Te
             state["step"] = step + 1
             if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
                 recent = state["losses"][-cfg.log_every:]
-                log(f"generation: step {state['step']}/{cfg.steps} loss {sum(recent) / len(recent):.4f}")
+                log.info("generation: step %d/%d loss %.4f", state["step"], cfg.steps, sum(recent) / len(recent))
             if state["step"] % cfg.checkpoint_every == 0 or state["step"] == cfg.steps:
                 save()
     if not ckpt_path.is_file():  # steps == 0
@@ -229,16 +232,13 @@ def train_generator(model: nn.Module, ema: ModelEmaV3, data: Latents, labels: Te
 
 
 def _write_gif(video: Tensor, path: Path, fps: int) -> None:
-    import imageio.v2 as imageio
-
     from harness.data.decode import to_uint8
 
-    frames = to_uint8(video)  # [T, H, W, 3]
-    write_bytes_atomic(path, imageio.mimwrite("<bytes>", list(frames), format="GIF", duration=1000 / fps, loop=0))
+    write_gif_atomic(path, to_uint8(video), fps)  # [T, H, W, 3]
 
 
-def _real_statistics(metrics: dict[str, Any], train_clips: TrainClips, cfg: GenerationConfig, run_dir: Path,
-                     device: torch.device, log: Callable[[str], None], real_seed: int) -> None:
+def _real_statistics(metrics: dict[str, Any], train_clips: ClipSource, cfg: GenerationConfig, run_dir: Path,
+                     device: torch.device, real_seed: int) -> None:
     cache_dir = Path(cfg.real_cache_dir) if cfg.real_cache_dir else Path(run_dir).parent / ".fvd_real_cache"
     sizes = _batches(cfg.num_real, cfg.sample_batch_size)
     first, _ = train_clips(sizes[0], derive_seed(real_seed, 0))
@@ -247,7 +247,7 @@ def _real_statistics(metrics: dict[str, Any], train_clips: TrainClips, cfg: Gene
            "first_batch_sha256": digest, "rule": "train_clips batches, derive_seed(real_seed, k)"}
     todo = {name: m for name, m in metrics.items() if not m.use_real_cache(key, cache_dir)}
     if metrics and not todo:
-        log(f"generation: real FVD statistics from the cache {cache_dir}")
+        log.info("generation: real FVD statistics from the cache %s", cache_dir)
         return
     for k, n in enumerate(sizes):
         videos = first if k == 0 else train_clips(n, derive_seed(real_seed, k))[0]
@@ -260,7 +260,7 @@ def _real_statistics(metrics: dict[str, Any], train_clips: TrainClips, cfg: Gene
 # --------------------------------------------------------------------------- the stage
 
 
-def run_generation_stage(tokenizer: VideoTokenizer, train_clips: TrainClips, cfg: GenerationConfig, run_dir: Path,
+def run_generation_stage(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConfig, run_dir: Path,
                          device: torch.device, num_classes: int = 1, seed: int = 0, real_seed: int | None = None,
                          label: str = "generator", deterministic: bool = False) -> dict:
     """Train a generator on ``tokenizer``'s tokens, sample videos and score them with gFVD.
@@ -302,12 +302,11 @@ def run_generation_stage(tokenizer: VideoTokenizer, train_clips: TrainClips, cfg
         torch.set_num_threads(threads)
 
 
-def _run(tokenizer: VideoTokenizer, train_clips: TrainClips, cfg: GenerationConfig, run_dir: Path,
+def _run(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConfig, run_dir: Path,
          device: torch.device, num_classes: int, seed: int, real_seed: int, label: str, deterministic: bool) -> dict:
     out = run_dir / "generation"
     metrics_path = out / "metrics.json"
     out.mkdir(parents=True, exist_ok=True)
-    log = print
     if device.type == "cuda":  # CoordTok-SiT trains in fp32 with TF32 matmuls (research notes 1.7)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -347,13 +346,13 @@ def _run(tokenizer: VideoTokenizer, train_clips: TrainClips, cfg: GenerationConf
         model = build_generator(name, data, layout, cfg, classes, tokenizer).to(device)
     ema = ModelEmaV3(model, decay=cfg.ema, use_warmup=cfg.ema_warmup)
     extra = {"normalizer": normalizer.state_dict() if normalizer else None, "layout": cache["layout"]}
-    train = train_generator(model, ema, data, labels, layout.continuous, cfg, device, out / "checkpoint.pt", extra, log,
+    train = train_generator(model, ema, data, labels, layout.continuous, cfg, device, out / "checkpoint.pt", extra,
                             seed=seed, label=label)
     ema_model = ema.module.eval()
 
     # 4. samples and 5. gFVD
     metrics = {n: METRICS.create(n, sync_on_compute=False).to(device) for n in cfg.fvd_protocols}
-    _real_statistics(metrics, train_clips, cfg, run_dir, device, log, real_seed)
+    _real_statistics(metrics, train_clips, cfg, run_dir, device, real_seed)
     samples_dir = out / "samples"
     example = tree_index(data, 0)
     written, sample_time = 0, 0.0

@@ -31,10 +31,10 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from harness.api import Tokens, VideoTokenizer
+from harness.api import Latents, Tokens, VideoTokenizer
 from harness.clips import merge_clips
 from harness.generation.ar import from_sequence, to_sequence
-from harness.generation.tree import Latents
+
 
 
 @dataclass

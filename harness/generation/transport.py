@@ -27,7 +27,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from harness.generation.tree import Latents, batch_size, tree_leaves, tree_map
+from harness.api import Latents
+from harness.generation.tree import batch_size, tree_leaves, tree_map
 
 VelocityFn = Callable[[Latents, Tensor], Latents]
 

@@ -8,7 +8,6 @@ the source video when the cache is gone), the reconstruction from
 """
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.data.cache import write_bytes_atomic
+from harness.io import gif_bytes as _gif_bytes
+from harness.io import write_bytes_atomic
+from harness.records import EVAL_CLIPS_FILE
+from harness.reports.data import ReportData
 
 #: GIFs are upscaled (nearest neighbour) so each half is at least this many pixels tall
 MIN_DISPLAY_PX = 128
@@ -91,54 +93,49 @@ def side_by_side(real: np.ndarray, recon: np.ndarray, gap: int = 4) -> np.ndarra
 
 
 def gif_bytes(frames: np.ndarray, fps: int = GIF_FPS) -> bytes:
-    """Encode ``uint8 [T, H, W, 3]`` as a looping animated GIF (imageio/Pillow)."""
-    import imageio.v2 as imageio
-
-    buffer = io.BytesIO()
-    imageio.mimsave(buffer, list(frames), format="GIF", duration=1000 / fps, loop=0)
-    return buffer.getvalue()
+    """Encode ``uint8 [T, H, W, 3]`` as a looping animated GIF (:func:`harness.io.gif_bytes`)."""
+    return _gif_bytes(frames, fps)
 
 
-def write_gallery(results: Path, records: list[dict[str, Any]], out_dir: Path | None = None) -> tuple[list[GalleryItem], list[str]]:
+def write_gallery(data: ReportData, out_dir: Path | None = None) -> tuple[list[GalleryItem], list[str]]:
     """Write ``<results>/gallery/<row>_<rank>.gif`` for every row; returns ``(items, notes)``.
 
     ``notes`` say why a row has no GIFs (no ``eval_clips.json``, no per-video
     PSNR, reconstructions not kept).
     """
-    results = Path(results)
+    results = data.results
     out_dir = out_dir or results / "gallery"
-    index_path = results / "eval_clips.json"
+    index_path = results / EVAL_CLIPS_FILE
     notes: list[str] = []
     if not index_path.is_file():
         return [], [f"no eval_clips.json in {results}: gallery skipped"]
     clips = {entry["clip"]: entry for entry in json.loads(index_path.read_text())}
     items: list[GalleryItem] = []
     real_cache: dict[str, np.ndarray] = {}
-    for record in records:
-        folder = Path(record["_folder"])
-        table_path = folder / "per_video.csv"
-        if not table_path.is_file():
-            notes.append(f"{record['row']}: no per_video.csv")
+    for record in data.records:
+        folder = record.run_folder
+        table = data.per_video(record)
+        if table is None:
+            notes.append(f"{record.row}: no per_video.csv")
             continue
-        table = pd.read_csv(table_path)
         if "psnr" not in table:
-            notes.append(f"{record['row']}: no per-video PSNR (add psnr to evaluate.metrics)")
+            notes.append(f"{record.row}: no per-video PSNR (add psnr to evaluate.metrics)")
             continue
         for rank, (clip, psnr) in pick_clips(table).items():
-            recon_path = folder / "recon" / f"{clip}.npy"
+            recon_path = folder.recon / f"{clip}.npy"
             if not recon_path.is_file():
-                notes.append(f"{record['row']}: reconstruction {clip} not kept (evaluate.keep_reconstructions: false)")
+                notes.append(f"{record.row}: reconstruction {clip} not kept (evaluate.keep_reconstructions: false)")
                 break
             if clip not in clips:
-                notes.append(f"{record['row']}: clip {clip} not in eval_clips.json")
+                notes.append(f"{record.row}: clip {clip} not in eval_clips.json")
                 continue
-            path = out_dir / f"{record['row'].replace('@', '_at_')}_{rank}.gif"
+            path = out_dir / f"{record.row.replace('@', '_at_')}_{rank}.gif"
             try:
                 if clip not in real_cache:
                     real_cache[clip] = load_real_clip(clips[clip])
                 write_bytes_atomic(path, gif_bytes(side_by_side(real_cache[clip], np.load(recon_path))))
             except (OSError, ValueError, RuntimeError) as err:
-                notes.append(f"{record['row']}: no GIF of {clip}: {type(err).__name__}: {err}")
+                notes.append(f"{record.row}: no GIF of {clip}: {type(err).__name__}: {err}")
                 continue
-            items.append(GalleryItem(record["row"], rank, clip, psnr, path))
+            items.append(GalleryItem(record.row, rank, clip, psnr, path))
     return items, notes

@@ -1,21 +1,61 @@
-"""PNG plots of a suite: B.3 analysis, quality vs tokens with the Pareto front, cost vs video length.
+"""The plots of a report, each one function registered in :data:`PLOTS`.
 
-All plots use matplotlib's Agg backend (no display needed) and are written
-atomically (temporary file, then rename).
+A plot function takes the report's :class:`harness.reports.data.ReportData`
+(records loaded once, intervals computed once) and returns a list of
+:class:`Figure` (PNG path, section title, caption, optionally a table the
+report shows under it), or an empty list when it has nothing to draw. Adding a
+plot is one function here decorated with :func:`register_plot`; the report,
+``python -m harness plot`` and ``report.html`` pick it up.
+
+Axis labels, directions and the Pareto side come from each metric's
+metadata (:class:`harness.registry.MetricSpec`). All plots use matplotlib's
+Agg backend (no display needed) and are written atomically (:mod:`harness.io`).
 """
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
-from harness.reports.stats import analysis_correlations, lower_is_better, pareto_front
+from harness.io import write_png_atomic, write_text_atomic
+from harness.registry import MetricSpec
+from harness.reports.data import ReportData
+from harness.reports.stats import analysis_correlations, analysis_table, pareto_front
+
+log = logging.getLogger("harness.report")
 
 FEATURE_TITLES = {"dynamics_0_100": "dynamics magnitude (standardized 0-100)", "frequency": "frequency magnitude (mean Sobel)"}
-METRIC_TITLES = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "lpips": "LPIPS ↓", "lpips_vgg": "LPIPS-VGG ↓",
-                 "fvd_16f": "rFVD 16f ↓", "fvd_128f": "rFVD 128f ↓", "fvd_16f_chunks": "rFVD 16f chunks ↓"}
+
+
+@dataclass
+class Figure:
+    """One drawn plot: its PNG, the report section title and caption, and an optional table shown below it."""
+
+    path: Path
+    title: str
+    caption: str = ""
+    table: pd.DataFrame | None = None
+    table_title: str = ""
+    files: tuple[Path, ...] = ()
+
+
+PlotFunction = Callable[[ReportData], list[Figure]]
+#: every plot of a report, in report order
+PLOTS: list[tuple[str, PlotFunction]] = []
+
+
+def register_plot(name: str) -> Callable[[PlotFunction], PlotFunction]:
+    """Decorator: add a plot function to :data:`PLOTS` under ``name`` (report order = registration order)."""
+
+    def decorator(fn: PlotFunction) -> PlotFunction:
+        PLOTS.append((name, fn))
+        return fn
+
+    return decorator
 
 
 def _pyplot():
@@ -29,11 +69,14 @@ def _pyplot():
 
 def _save(fig, path: Path) -> Path:
     plt = _pyplot()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    write_png_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
-    tmp.replace(path)
     return path
+
+
+#: public names of the helpers a new plot uses (README "Adding a plot")
+pyplot = _pyplot
+save_figure = _save
 
 
 def _colors(labels: list[str]) -> dict[str, Any]:
@@ -42,7 +85,8 @@ def _colors(labels: list[str]) -> dict[str, Any]:
     return {label: cmap(i % cmap.N) for i, label in enumerate(labels)}
 
 
-def write_analysis_plot(points: pd.DataFrame, path: Path, title: str = "") -> tuple[Path, pd.DataFrame]:
+def write_analysis_plot(points: pd.DataFrame, path: Path, title: str = "",
+                        labels: dict[str, str] | None = None) -> tuple[Path, pd.DataFrame]:
     """Per-video quality against dynamics (0-100) and frequency magnitude (CoordTok supp. B.3, Fig. 7).
 
     One panel per (metric, feature), one colour per leaderboard row, a
@@ -85,7 +129,7 @@ def write_analysis_plot(points: pd.DataFrame, path: Path, title: str = "") -> tu
                     xs = np.linspace(group[feature].min(), group[feature].max(), 20)
                     ax.plot(xs, slope * xs + intercept, color=colors[row], linewidth=1.5)
             ax.set_xlabel(FEATURE_TITLES[feature])
-            ax.set_ylabel(METRIC_TITLES.get(metric, metric))
+            ax.set_ylabel((labels or {}).get(metric, metric))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="best")
     fig.suptitle(title or "per-video quality vs dynamics and frequency (CoordTok supp. B.3)")
@@ -93,10 +137,12 @@ def write_analysis_plot(points: pd.DataFrame, path: Path, title: str = "") -> tu
     return _save(fig, path), correlations
 
 
-def write_pareto_plot(points: pd.DataFrame, path: Path, title: str = "") -> tuple[Path, pd.DataFrame]:
+def write_pareto_plot(points: pd.DataFrame, path: Path, title: str = "",
+                      specs: dict[str, MetricSpec] | None = None) -> tuple[Path, pd.DataFrame]:
     """Quality vs tokens per video of every row (tokenizers and budgets) with the Pareto front per metric.
 
     Args:
+        specs: metric key -> its metadata (axis label, direction of the front); without one, larger is better.
         points: columns ``row, tokenizer, tokens, metric, value`` (one line per row and metric), optionally
             ``low, high`` (confidence interval, drawn as error bars).
         path: PNG file to write.
@@ -118,7 +164,8 @@ def write_pareto_plot(points: pd.DataFrame, path: Path, title: str = "") -> tupl
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.8), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         group = points[points["metric"] == metric]
-        front = group.index[pareto_front(group["tokens"], group["value"], lower_is_better(metric))]
+        spec = (specs or {}).get(metric)
+        front = group.index[pareto_front(group["tokens"], group["value"], spec is not None and spec.higher_is_better is False)]
         points.loc[front, "pareto"] = True
         for tokenizer in tokenizers:
             mine = group[group["tokenizer"] == tokenizer].sort_values("tokens")
@@ -136,7 +183,7 @@ def write_pareto_plot(points: pd.DataFrame, path: Path, title: str = "") -> tupl
         ax.scatter(on_front["tokens"], on_front["value"], s=120, facecolors="none", edgecolors="black", linewidths=1.2)
         ax.set_xscale("log")
         ax.set_xlabel("tokens per video")
-        ax.set_ylabel(METRIC_TITLES.get(metric, metric))
+        ax.set_ylabel(spec.axis_label if spec else metric)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     fig.suptitle(title or "reconstruction quality vs tokens per video (circled: Pareto front)")
@@ -192,3 +239,122 @@ def write_cost_plot(table: pd.DataFrame, path: Path, title: str = "") -> Path | 
     fig.suptitle(title or "training cost vs video length")
     fig.tight_layout()
     return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- the registered plots
+
+
+def quality_points(data: ReportData, intervals: bool = True) -> pd.DataFrame:
+    """Long table (row, tokenizer, tokens, metric, value, low, high) of every ranked reconstruction metric.
+
+    ``low``/``high`` are the 95% bootstrap interval over videos of per-video metrics (NaN otherwise).
+    """
+    points = []
+    specs = [s for s in data.ranked if not s.generation]
+    for record in data.records:
+        for spec in specs:
+            value = record.metrics.get(spec.key)
+            if value is None:
+                continue
+            ci = data.interval(record, spec.key) if intervals and spec.per_video else None
+            points.append({"row": record.row, "tokenizer": record.tokenizer_id, "tokens": record.tokens_per_video,
+                           "metric": spec.key, "value": value,
+                           "low": ci.low if ci else float("nan"), "high": ci.high if ci else float("nan")})
+    return pd.DataFrame(points, columns=["row", "tokenizer", "tokens", "metric", "value", "low", "high"])
+
+
+@register_plot("quality_vs_tokens")
+def quality_vs_tokens(data: ReportData) -> list[Figure]:
+    """Every ranked reconstruction metric against tokens per video, Pareto front marked."""
+    frame = quality_points(data)
+    if frame.empty:
+        return []
+    path, _ = write_pareto_plot(frame, data.results / "quality_vs_tokens.png",
+                                f"{data.results.name}: quality vs tokens per video (bars: 95% bootstrap CI; circled: Pareto front)",
+                                {s.key: s for s in data.columns})
+    return [Figure(path, "Quality vs tokens per video", "Every tokenizer and budget; circled points and the dashed staircase "
+                   "are the Pareto front (fewer tokens, better quality).")]
+
+
+def analysis_metrics(data: ReportData) -> list[MetricSpec]:
+    """Per-video ranked metrics plotted against the B.3 features (at most :data:`MAX_ANALYSIS_METRICS`)."""
+    return [s for s in data.ranked if s.per_video and not s.generation][:MAX_ANALYSIS_METRICS]
+
+
+#: rows of panels of the analysis plot
+MAX_ANALYSIS_METRICS = 3
+
+
+def correlation_frame(correlations: pd.DataFrame, titles: dict[str, str]) -> pd.DataFrame:
+    """One line per (row, metric): Spearman rho (3 decimals) against dynamics and frequency, and n."""
+    if correlations.empty:
+        return pd.DataFrame()
+    names = {"dynamics_0_100": "dynamics (0-100)", "frequency": "frequency"}
+    lines = []
+    for (row, metric), group in correlations.groupby(["row", "metric"], sort=False):
+        line = {"tokenizer": row, "metric": titles.get(metric, metric)}
+        for _, entry in group.iterrows():
+            rho = entry["rho"]
+            line[f"ρ vs {names[entry['feature']]}"] = f"{rho:+.3f}" if np.isfinite(rho) else "n/a"
+        line["videos"] = int(group["n"].max())
+        lines.append(line)
+    return pd.DataFrame(lines)
+
+
+@register_plot("analysis")
+def analysis(data: ReportData) -> list[Figure]:
+    """Per-video quality against dynamics and frequency (CoordTok supp. B.3), with Spearman's rho per row."""
+    specs = analysis_metrics(data)
+    tables = {r.row: data.per_video(r) for r in data.records}
+    points = analysis_table({row: t for row, t in tables.items() if t is not None}, [s.key for s in specs])
+    if points.empty or not (points["dynamics_0_100"].notna().any() or points["frequency"].notna().any()):
+        data.notes.append("analysis plot skipped: add `dynamics` and `frequency` to evaluate.metrics")
+        return []
+    path, correlations = write_analysis_plot(points, data.results / "analysis.png",
+                                             f"{data.results.name}: per-video quality vs dynamics and frequency (CoordTok supp. B.3)",
+                                             {s.key: s.axis_label for s in specs})
+    csv = write_text_atomic(data.results / "analysis_correlations.csv", correlations.to_csv(index=False))
+    return [Figure(path, "Analysis: quality vs dynamics and frequency (CoordTok supp. B.3)",
+                   "Per-video quality against dynamics magnitude (log mean consecutive-frame RGB L2 distance, min-max "
+                   "standardized to 0-100 over the evaluation clips) and frequency magnitude (mean Sobel gradient "
+                   "magnitude); lines are least-squares trends, legends give Spearman's ρ.",
+                   table=correlation_frame(correlations, {s.key: s.title for s in specs}),
+                   table_title="Spearman correlations (per-video quality vs analysis features)", files=(csv,))]
+
+
+def cost_tables(results: Path) -> list[Path]:
+    """Cost-vs-length tables of a results folder: ``cost_vs_length*.csv`` there or in ``costs/`` (``harness profile``)."""
+    results = Path(results)
+    found = sorted(results.glob("cost_vs_length*.csv")) + sorted(results.glob("costs/*.csv"))
+    return list(dict.fromkeys(found))
+
+
+@register_plot("cost_vs_length")
+def cost_vs_length(data: ReportData) -> list[Figure]:
+    """A PNG for every cost table with a length column and FLOPs/memory columns.
+
+    The profile's own ``<table>.png`` is reused when it is at least as new as
+    its table; otherwise ``<results>/cost_vs_length*.png`` is drawn here.
+    """
+    results = data.results
+    tables = cost_tables(results)
+    if not tables:
+        data.notes.append("cost vs video length not measured for this folder (run `python -m harness profile` to add it)")
+    figures = []
+    for table_path in tables:
+        try:
+            table = pd.read_csv(table_path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            log.warning("report: cannot read cost table %s: %s", table_path, err)
+            continue
+        name = table_path.stem if table_path.stem.startswith("cost_vs_length") else f"cost_vs_length_{table_path.stem}"
+        own = table_path.with_suffix(".png")  # ``harness profile`` draws its own plot beside its table
+        if own.is_file() and own.stat().st_mtime >= table_path.stat().st_mtime:
+            path = own
+        else:
+            path = write_cost_plot(table, results / f"{name}.png", f"{results.name}: training cost vs video length ({table_path.name})")
+        if path is None:
+            log.warning("report: %s has no length column or FLOPs/memory columns; not plotted", table_path)
+            continue
+        figures.append(Figure(path, "Training cost vs video length", "FLOPs and peak memory of one training step (harness profile)."))
+    return figures

@@ -1,26 +1,17 @@
-"""Statistics of reports: bootstrap intervals, Spearman correlations, Pareto fronts, per-video tables."""
+"""Statistics of reports: bootstrap intervals, Spearman correlations, Pareto fronts, the B.3 per-video table.
+
+Pure functions of numbers and tables; which metric is better in which direction
+is the metric's metadata (:class:`harness.registry.MetricSpec`), passed in by the caller.
+"""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Iterable, NamedTuple
+from typing import Iterable, NamedTuple
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from metrics.analysis import standardize_0_100
-
-#: metrics where a smaller value is better (everything else: larger is better)
-LOWER_IS_BETTER_PREFIXES = ("lpips", "fvd", "rfvd", "gfvd")
-
-#: per-video metrics that get bootstrap intervals in leaderboards
-BOOTSTRAP_METRICS = ("psnr", "ssim", "lpips", "lpips_vgg")
-
-
-def lower_is_better(metric: str) -> bool:
-    """Whether smaller values of ``metric`` (e.g. ``lpips``, ``fvd_16f``, ``gfvd_16f``) are better."""
-    return metric.lower().startswith(LOWER_IS_BETTER_PREFIXES)
-
 
 class Interval(NamedTuple):
     """A statistic with its confidence interval; ``half_width = (high - low) / 2``."""
@@ -120,25 +111,6 @@ def pareto_front(tokens: Iterable[float], values: Iterable[float], lower_better:
 # ----------------------------------------------------------------------------- per-video tables
 
 
-def per_video_table(record: dict[str, Any]) -> pd.DataFrame | None:
-    """The row's ``per_video.csv`` (columns clip, video, start, label, one per per-video metric) or ``None``."""
-    path = Path(record["_folder"]) / "per_video.csv"
-    return pd.read_csv(path) if path.is_file() else None
-
-
-def quality_intervals(record: dict[str, Any], metrics: Iterable[str] = BOOTSTRAP_METRICS,
-                      **kwargs: Any) -> dict[str, Interval]:
-    """Bootstrap intervals of the row's per-video metrics (from ``per_video.csv``), keyed by metric."""
-    table = per_video_table(record)
-    if table is None:
-        return {}
-    out = {}
-    for metric in metrics:
-        if metric in table and table[metric].notna().any():
-            out[metric] = bootstrap_ci(table[metric].to_numpy(), **kwargs)
-    return out
-
-
 def standardized_dynamics(tables: Iterable[pd.DataFrame]) -> dict[str, float]:
     """Clip id -> dynamics magnitude min-max standardized to 0-100 over the suite's evaluation clips.
 
@@ -156,14 +128,17 @@ def standardized_dynamics(tables: Iterable[pd.DataFrame]) -> dict[str, float]:
     return dict(zip(clips, standardize_0_100(np.array([values[c] for c in clips])).tolist()))
 
 
-def analysis_table(records: list[dict[str, Any]], metrics: Iterable[str] = ("psnr", "lpips")) -> pd.DataFrame:
+def analysis_table(tables: dict[str, pd.DataFrame], metrics: Iterable[str]) -> pd.DataFrame:
     """Long table of per-video points for the B.3 analysis.
 
-    Columns: ``row, clip, metric, value, dynamics_0_100, frequency`` (dynamics
-    standardized over all clips of ``records``).
+    Args:
+        tables: row -> its per-video table (``per_video.csv``).
+        metrics: the per-video metric columns to plot.
+
+    Returns:
+        Columns ``row, clip, metric, value, dynamics_0_100, frequency`` (dynamics
+        standardized over all clips of ``tables``).
     """
-    tables = {r["row"]: per_video_table(r) for r in records}
-    tables = {row: t for row, t in tables.items() if t is not None}
     dynamics = standardized_dynamics(tables.values())
     points = []
     for row, table in tables.items():

@@ -1,0 +1,271 @@
+"""The run record (what ``metrics.json`` holds) and the run-folder layout, defined once.
+
+The runner writes a :class:`RunRecord` per evaluated row (:meth:`RunRecord.to_json`);
+every report reads them back with :func:`load_records`. The file names of a run
+folder are the constants and :class:`RunFolder` below; nothing else spells them.
+
+A suite's results folder::
+
+    results/<suite>/
+      suite.json, eval_clips.json, leaderboard.md, report.md, report.html, *.png
+      <tokenizer id>/                  a RunFolder
+        config.json                    resolved config and code version
+        checkpoint.pt                  model + optimizers + step + RNG states (resumable)
+        train.json                     training costs
+        reconstruct.json               tokens per video, encode/decode videos/s, codebook usage
+        recon/<clip>.npy               reconstructions, uint8 [T, H, W, 3]; recon/batch_<k>.json per batch
+        metrics.json                   the RunRecord of this row
+        per_video.csv                  one line per evaluation clip, one column per per-video metric
+        budgets/<k>/                   flexible tokenizers: a RunFolder per token budget (no checkpoint)
+        generation/metrics.json        gFVD and generator costs (GenerationResult), shared by the budgets
+
+``metrics.json`` files written before this module (no ``metric_refs`` and no
+``per_video`` key) are read the same way: the metric columns are then the
+summary keys that name a registered metric, and the per-video table is
+``per_video.csv`` beside the record.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+# ----------------------------------------------------------------------------- layout
+
+SUITE_FILE = "suite.json"
+EVAL_CLIPS_FILE = "eval_clips.json"
+CONFIG_FILE = "config.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+TRAIN_FILE = "train.json"
+RECONSTRUCT_FILE = "reconstruct.json"
+RECON_DIR = "recon"
+METRICS_FILE = "metrics.json"
+PER_VIDEO_FILE = "per_video.csv"
+BUDGETS_DIR = "budgets"
+GENERATION_DIR = "generation"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The files of one tokenizer's run folder, or of one budget's folder beneath it (``run`` is the tokenizer's)."""
+
+    path: Path
+    run: Path | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run or self.path
+
+    def budget(self, k: int) -> "RunFolder":
+        return RunFolder(self.run_dir / BUDGETS_DIR / str(k), self.run_dir)
+
+    config = property(lambda self: self.run_dir / CONFIG_FILE)
+    checkpoint = property(lambda self: self.run_dir / CHECKPOINT_FILE)
+    train = property(lambda self: self.run_dir / TRAIN_FILE)
+    reconstruct = property(lambda self: self.path / RECONSTRUCT_FILE)
+    recon = property(lambda self: self.path / RECON_DIR)
+    metrics = property(lambda self: self.path / METRICS_FILE)
+    per_video = property(lambda self: self.path / PER_VIDEO_FILE)
+    generation = property(lambda self: self.run_dir / GENERATION_DIR)
+    generation_metrics = property(lambda self: self.run_dir / GENERATION_DIR / METRICS_FILE)
+
+
+# ----------------------------------------------------------------------------- record
+
+
+@dataclass
+class Protocol:
+    """The evaluation protocol of a row; ``dataset``/``fold``/``split`` come from the dataset's ``protocol()``."""
+
+    dataset: str | None = None
+    fold: int | None = None
+    frames: int | None = None
+    frame_stride: int | None = None
+    resolution: int | None = None
+    num_videos: int | None = None
+    eval_clips_per_video: int | None = None
+    seed: int | None = None
+    split: str | None = None
+    clip_frames: int | None = None
+    code_version: str | None = None
+    #: each metric's conventions (``metric.protocol()``): text or a dict of settings and weights' sha256
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Costs:
+    train_steps: int | None = None
+    train_step_time_s: float | None = None
+    train_batch_size: int | None = None
+    peak_memory_mb: float | None = None
+    memory_kind: str | None = None
+    reconstruct_peak_memory_mb: float | None = None
+    encode_videos_per_s: float | None = None
+    decode_videos_per_s: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GenerationResult:
+    """``generation/metrics.json``: ``g<metric>`` values with companions, protocol, generator costs, sha256."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def protocol(self) -> dict[str, Any]:
+        return self.values.get("gfvd_protocol") or {}
+
+    @property
+    def generator(self) -> dict[str, Any]:
+        return self.values.get("generator") or {}
+
+    @property
+    def values_sha256(self) -> str | None:
+        return self.values.get("gfvd_values_sha256")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+
+@dataclass
+class RunRecord:
+    """One evaluated row (a tokenizer, or a tokenizer at one token budget): the content of ``metrics.json``.
+
+    The read side adds ``folder`` (the row's folder), ``suite_dir`` (the folder
+    holding ``suite.json``), ``suite`` (a label unique over the folders read) and
+    ``generation`` (the tokenizer's generation results).
+    """
+
+    row: str
+    tokenizer_id: str
+    tokenizer: str
+    budget: int | None = None
+    tokens_per_video: int | None = None
+    compression_ratio: float | None = None
+    parameters: int | None = None
+    #: summary values: ``name`` per metric plus companions (``name_n``, ``fvd_16f_n_real``...)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics_sha256: str | None = None
+    evaluation_fingerprint: str | None = None
+    environment: dict[str, Any] | None = None
+    protocol: Protocol = field(default_factory=Protocol)
+    costs: Costs = field(default_factory=Costs)
+    codebook: dict[str, Any] | None = None
+    token_info: dict[str, Any] | None = None
+    #: the suite's metrics in its order: ``{"name": value key, "metric": how the suite named it}`` (registered
+    #: name, entry point or ``module:Class``); a list, since ``metrics.json`` is written with sorted keys
+    metric_refs: list[dict[str, str]] | None = None
+    #: per-video table, relative to the row's folder
+    per_video: str | None = PER_VIDEO_FILE
+    extra: dict[str, Any] = field(default_factory=dict)
+    # read side only (never written)
+    folder: Path | None = None
+    suite_dir: Path | None = None
+    suite: str | None = None
+    generation: GenerationResult | None = None
+
+    _READ_ONLY = ("folder", "suite_dir", "suite", "generation")
+
+    # ------------------------------------------------------------------ json
+
+    def to_json(self) -> dict[str, Any]:
+        """The dict written to ``metrics.json`` (the keys files have always had, then ``metric_refs`` and ``per_video``)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name in self._READ_ONLY or f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, (Protocol, Costs)):
+                value = _flatten(value)
+            out[f.name] = value
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], folder: Path | None = None) -> "RunRecord":
+        """Read a ``metrics.json`` dict (any version); unknown keys are kept in ``extra``."""
+        known = {f.name for f in fields(cls)} - set(cls._READ_ONLY) - {"extra"}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs["protocol"] = _typed(Protocol, data.get("protocol") or {})
+        kwargs["costs"] = _typed(Costs, data.get("costs") or {})
+        if "per_video" not in data:  # written before the key existed: the table beside the record
+            kwargs["per_video"] = PER_VIDEO_FILE
+        return cls(**kwargs, extra={k: v for k, v in data.items() if k not in known}, folder=folder)
+
+    # ------------------------------------------------------------------ read side
+
+    @property
+    def metric_names(self) -> dict[str, str] | None:
+        """Value key -> metric reference, in the suite's order (``None`` for records written before the key)."""
+        if self.metric_refs is None:
+            return None
+        return {ref["name"]: ref["metric"] for ref in self.metric_refs}
+
+    @property
+    def per_video_path(self) -> Path | None:
+        """The per-video table's path, or ``None`` when the record names none or has no folder."""
+        if self.folder is None or not self.per_video:
+            return None
+        return Path(self.folder) / self.per_video
+
+    @property
+    def run_folder(self) -> RunFolder:
+        folder = Path(self.folder)
+        return RunFolder(folder, folder.parents[1]) if self.budget is not None else RunFolder(folder)
+
+
+def _flatten(value: Protocol | Costs) -> dict[str, Any]:
+    out = {k: v for k, v in asdict(value).items() if k != "extra"}
+    out.update(value.extra)
+    return out
+
+
+def _typed(cls, data: dict[str, Any]):
+    known = {f.name for f in fields(cls)} - {"extra"}
+    return cls(**{k: v for k, v in data.items() if k in known}, extra={k: v for k, v in data.items() if k not in known})
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _suite_dir(folder: Path, root: Path) -> Path:
+    """The nearest folder at or above ``folder`` (not above ``root``'s parent) holding ``suite.json``."""
+    for parent in [folder, *folder.parents]:
+        if (parent / SUITE_FILE).is_file():
+            return parent
+        if parent == root.parent:
+            break
+    return root
+
+
+def load_records(results: Path) -> list[RunRecord]:
+    """Every row's ``metrics.json`` under ``results`` (recursively, sorted by path), with its generation results.
+
+    Files that are not run records (a generation ``metrics.json``, other JSON) are skipped.
+    """
+    results = Path(results)
+    records: list[RunRecord] = []
+    for path in sorted(results.rglob(METRICS_FILE)):
+        if path.parent.name == GENERATION_DIR:
+            continue
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or "row" not in data or "metrics" not in data:
+            continue
+        record = RunRecord.from_json(data, folder=path.parent)
+        record.suite_dir = _suite_dir(path.parent, results)
+        generation = record.run_folder.generation_metrics
+        if generation.is_file():
+            record.generation = GenerationResult(json.loads(generation.read_text()))
+        records.append(record)
+    names: dict[str, set[Path]] = {}
+    for record in records:
+        names.setdefault(record.suite_dir.name, set()).add(record.suite_dir)
+    for record in records:
+        folder = record.suite_dir
+        if len(names[folder.name]) == 1 or folder == results:
+            record.suite = folder.name
+        else:
+            record.suite = str(folder.relative_to(results)) if folder.is_relative_to(results) else str(folder)
+    return records

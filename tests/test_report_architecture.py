@@ -1,0 +1,263 @@
+"""Metric metadata through the registry, the typed run record and the report pipeline (issue 14, items 1-3).
+
+* a metric defined outside the package (``examples/plugin/mae_metric.py``, copied to a temporary folder)
+  and named by ``module:Class`` in a suite is in leaderboard.md, the CSV leaderboard and report.md with
+  intervals, and ``--sort`` orders rows by its own direction;
+* no module of ``harness/`` imports a module that imports it back (walked with ``ast``);
+* a report loads the records once and bootstraps once per (row, per-video metric);
+* ``metrics.json`` files written before ``metric_refs``/``per_video`` existed give the same leaderboard.
+"""
+from __future__ import annotations
+
+import ast
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "plugin" / "mae_metric.py"
+METRIC = "mae_metric:MeanAbsoluteError"
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def plugin_run(tmp_path_factory) -> tuple[Path, dict]:
+    """A tiny suite of two tokenizers scored with psnr and the plugin metric, run through the CLI."""
+    tmp = tmp_path_factory.mktemp("metric_plugin")
+    plugins = tmp / "plugins"
+    plugins.mkdir()
+    shutil.copy(EXAMPLE, plugins / "mae_metric.py")  # outside the package: importable only through PYTHONPATH
+    suite = {
+        "name": "tiny_metric", "seed": 0, "output_dir": str(tmp / "results"),
+        "data": {"dataset": "samples", "resolution": 32, "frames": 16},
+        "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 2},
+        "evaluate": {"metrics": ["psnr", METRIC], "batch_size": 3},
+        "tokenizers": [{"id": "grid3d_a", "name": "grid3d", "kwargs": {"size": "tiny", "channels": 8}},
+                       {"id": "grid3d_b", "name": "grid3d", "kwargs": {"size": "tiny", "channels": 4}}],
+    }
+    (tmp / "suite.yaml").write_text(yaml.safe_dump(suite))
+    env = {"PYTHONPATH": os.pathsep.join([str(plugins), os.environ.get("PYTHONPATH", "")])}
+    out = run_cli("run", str(tmp / "suite.yaml"), "-q", env=env)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return tmp / "results", env
+
+
+def test_every_registered_metric_describes_itself():
+    from harness.registry import METRICS, metric_spec
+
+    for name in METRICS.names():
+        cls, spec = METRICS.get(name), metric_spec(name)
+        assert "title" in vars(cls) or any("title" in vars(base) for base in cls.__mro__[1:-1] if base.__name__ != "VideoMetric"), name
+        assert spec.key == name and spec.title and isinstance(spec.digits, int), name
+        if not spec.per_video:
+            assert spec.min_comparable_n and spec.higher_is_better is not None, name
+    assert metric_spec("psnr").higher_is_better is True and metric_spec("lpips").higher_is_better is False
+    assert metric_spec("dynamics").higher_is_better is None  # an analysis feature: not ranked
+    assert metric_spec("fvd_16f").for_generation().header == "gFVD 16f ↓"
+
+
+def test_one_not_comparable_threshold():
+    """``MIN_COMPARABLE_N`` is assigned once (metrics/base.py); everything else imports it."""
+    from harness.generation import stage
+    from metrics import base, fvd
+
+    assigned = []
+    for path in [*(REPO / "harness").rglob("*.py"), *(REPO / "metrics").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                assigned += [str(path.relative_to(REPO)) for t in targets if isinstance(t, ast.Name) and "MIN_COMPARABLE_N" in t.id]
+    assert assigned == ["metrics/base.py"]
+    assert stage.MIN_COMPARABLE_N is base.MIN_COMPARABLE_N and fvd.FVD.min_comparable_n == base.MIN_COMPARABLE_N
+
+
+def test_readme_metric_example_is_the_file_the_test_runs():
+    readme = (REPO / "README.md").read_text()
+    source = EXAMPLE.read_text()
+    start = source.index("class MeanAbsoluteError")
+    assert textwrap.dedent(source[start:]).strip() in readme
+    assert f"name: {METRIC}" in readme or f"- {METRIC}" in readme
+
+
+def test_plugin_metric_in_leaderboard_csv_and_report_sorted_by_its_direction(plugin_run):
+    results, env = plugin_run
+    values = {row: json.loads((results / row / "metrics.json").read_text())["metrics"]["mae"] for row in ("grid3d_a", "grid3d_b")}
+    assert values["grid3d_a"] != values["grid3d_b"]
+    board = (results / "leaderboard.md").read_text()
+    report = (results / "report.md").read_text()
+    for text in (board, report):
+        assert "MAE ↓" in text
+        for row, value in values.items():
+            line = next(line for line in text.splitlines() if line.startswith(f"| {row} ") and "±" in line)
+            assert f"{value:.4f} ± " in line  # the plugin's digits, with a bootstrap interval
+    out = run_cli("leaderboard", str(results), "--format", "csv", "--sort", "mae", env=env)
+    assert out.returncode == 0, out.stderr
+    table = pd.read_csv(io.StringIO(out.stdout))
+    assert {"mae", "mae_ci_low", "mae_ci_high", "mae_ci_half_width"} <= set(table.columns)
+    assert (table["mae_ci_low"] <= table["mae"]).all() and (table["mae"] <= table["mae_ci_high"]).all()
+    assert table["row"].tolist() == sorted(values, key=values.get)  # lower is better: ascending
+    psnr = run_cli("leaderboard", str(results), "--format", "json", "--sort", "psnr", env=env)
+    rows = json.loads(psnr.stdout)
+    assert [r["psnr"] for r in rows] == sorted((r["psnr"] for r in rows), reverse=True)  # higher is better: descending
+    md = run_cli("leaderboard", str(results), "--metric", "mae", "--sort", "mae", env=env)
+    assert md.returncode == 0, md.stderr
+    order = [row for line in md.stdout.splitlines() for row in values if line.startswith(f"| {row} ")]
+    assert order == sorted(values, key=values.get)
+
+
+def test_report_loads_records_once_and_bootstraps_once_per_row_and_metric(plugin_run, monkeypatch):
+    results, env = plugin_run
+    sys.path.insert(0, env["PYTHONPATH"].split(os.pathsep)[0])  # the plugin class, for its metadata
+    try:
+        from harness import records
+        from harness.report import write_reports
+        from harness.reports import stats
+
+        calls = {"load": 0, "bootstrap": []}
+        load, bootstrap = records.load_records, stats.bootstrap_ci
+
+        def counting_load(*args, **kwargs):
+            calls["load"] += 1
+            return load(*args, **kwargs)
+
+        def counting_bootstrap(values, *args, **kwargs):
+            calls["bootstrap"].append(len(values))
+            return bootstrap(values, *args, **kwargs)
+
+        monkeypatch.setattr(records, "load_records", counting_load)
+        monkeypatch.setattr(stats, "bootstrap_ci", counting_bootstrap)
+        paths = write_reports(results)
+    finally:
+        sys.path.pop(0)
+    assert results / "report.html" in paths and results / "quality_vs_tokens.png" in paths
+    assert calls["load"] == 1
+    assert len(calls["bootstrap"]) == 2 * 2  # two rows x (psnr, mae); the leaderboard, report and plot share them
+
+
+def test_old_metrics_json_without_refs_reads_the_same(plugin_run, tmp_path):
+    """A ``metrics.json`` as written before ``metric_refs``/``per_video``: built-in columns come out identical."""
+    results, _ = plugin_run
+    from harness.records import load_records
+    from harness.reports.data import ReportData
+    from harness.reports.leaderboard import leaderboard_rows
+
+    old = tmp_path / "old"
+    shutil.copytree(results, old, ignore=shutil.ignore_patterns("*.npy", "*.pt", "*.gif", "*.png"))
+    for path in old.glob("*/metrics.json"):
+        data = json.loads(path.read_text())
+        data.pop("metric_refs"), data.pop("per_video")
+        data["metrics"] = {k: v for k, v in data["metrics"].items() if not k.startswith("mae")}
+        path.write_text(json.dumps(data))
+    new_rows = leaderboard_rows(ReportData.of(load_records(results)))
+    old_rows = leaderboard_rows(ReportData.of(load_records(old)))
+    strip = lambda row: {k: v for k, v in row.items() if not k.startswith("mae") and k != "suite"}  # noqa: E731
+    assert [strip(r) for r in old_rows] == [strip(r) for r in new_rows]
+    assert old_rows[0]["psnr_ci_half_width"] > 0
+
+
+def test_readme_plot_example_is_one_function_that_reaches_the_report(plugin_run, tmp_path, monkeypatch):
+    results, env = plugin_run
+    from harness.report import write_reports
+    from harness.reports import plots
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Adding a plot"):]
+    code = section[section.index("```python\n") + len("```python\n"):section.index("```\n\n")]
+    monkeypatch.setattr(plots, "PLOTS", list(plots.PLOTS))  # the example registers into a copy
+    exec(compile(code, "README.md", "exec"), vars(plots))  # one function, in the plots module
+    folder = tmp_path / "copy"
+    shutil.copytree(results, folder, ignore=shutil.ignore_patterns("*.pt", "*.gif", "*.png"))
+    sys.path.insert(0, env["PYTHONPATH"].split(os.pathsep)[0])
+    try:
+        paths = write_reports(folder)
+    finally:
+        sys.path.pop(0)
+    assert folder / "psnr_vs_params.png" in paths
+    assert "## PSNR vs parameters" in (folder / "report.md").read_text()
+    assert (folder / "report.html").read_text().count("src='data:image/png;base64,") == 2  # quality vs tokens + this
+
+
+# --------------------------------------------------------------------------- imports
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(package: str = "harness") -> dict[str, set[str]]:
+    """Module -> harness modules it imports anywhere in its file (top level or inside functions)."""
+    files = {_module_name(p): p for p in (REPO / package).rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        is_package = path.name == "__init__.py"
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = name.split(".") if is_package else name.split(".")[:-1]
+                    anchor = anchor[: len(anchor) - node.level + 1]
+                    base = ".".join(anchor + ([base] if base else []))
+                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in files else base for alias in node.names]
+            for target in targets:
+                while target and target not in files:
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    deps.add(target)
+        graph[name] = deps
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                return stack[stack.index(dep):] + [dep]
+            if dep not in state:
+                found = visit(dep)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_import_graph_walker_finds_a_planted_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+    graph = import_graph()
+    assert "harness.reports.document" in graph["harness.report"]  # the walker sees real imports
+
+
+def test_no_module_of_harness_imports_a_module_that_imports_it_back():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, " -> ".join(cycle)
