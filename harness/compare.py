@@ -1,6 +1,6 @@
 """``python -m harness compare REAL_DIR RECON_DIR``: metrics between two folders of videos matched by name.
 
-The TokenBench use case (eval_anchors.md B.1): reconstructions were made
+The TokenBench use case (docs/research/eval_anchors.md B.1): reconstructions were made
 elsewhere, and this scores them with the harness's own metrics and protocols
 (rFVD with the original I3D, PSNR/SSIM per frame, LPIPS with the original
 weights). Files are matched by name without extension (``a.mp4`` in REAL_DIR

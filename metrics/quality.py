@@ -1,6 +1,6 @@
 """PSNR and SSIM per frame, averaged per video, then over videos.
 
-Protocol (CoordTok supplementary B.1, MAGVIT setup; eval_anchors.md fact 5):
+Protocol (CoordTok supplementary B.1, MAGVIT setup; docs/research/eval_anchors.md fact 5):
 frames are mapped from ``[-1, 1]`` to ``[0, 1]`` and clamped, each frame is
 scored on its own with data range 1, and a video's value is the mean over its
 frames. The summary is the mean over videos.

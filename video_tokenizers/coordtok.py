@@ -3,7 +3,7 @@
 Jang, Yu, Shin, Abbeel, Seo, "Efficient Long Video Tokenization via
 Coordinate-based Patch Reconstruction" (arXiv 2411.14762, CVPR 2025); the
 architecture follows supplementary A.1 and Table 5, the facts read from the
-official code are in ``../shared/research/tokenizers.md`` section 1.
+official code are in ``docs/research/tokenizers.md`` section 1.
 
 A whole video (128 frames at 128x128 in the paper) is encoded into a factorized
 triplane ``z = (z^xy, z^xt, z^yt)``:

@@ -1,7 +1,7 @@
 """``videoflextok``: coarse-to-fine, variable-length video tokens with a rectified-flow decoder.
 
 VideoFlexTok (Atanov, Allardice, Bachmann et al., arXiv 2604.12887; research
-notes ``../shared/research/tokenizers.md`` sections 2 and 3) tokenizes a video
+notes ``docs/research/tokenizers.md`` sections 2 and 3) tokenizes a video
 in three stages:
 
 * **stage 0**, a frozen continuous causal VAE (VidTok KL 4x8x8, 16 channels in

@@ -67,6 +67,7 @@ from harness.generation.transport import sample_ode, sample_sde, training_loss
 from harness.generation.tree import batch_size, tree_cat, tree_index, tree_map
 from harness.io import torch_save_atomic, write_gif_atomic, write_json_atomic
 from harness.memory import StageMemory
+from harness.records import RunFolder
 from harness.registry import GENERATORS, METRICS
 from harness.results import check_finite, values_sha256
 from harness.seeding import derive_seed, environment_card, rng_state, seed_everything, seeded, set_rng_state
@@ -289,7 +290,7 @@ def run_generation_stage(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg
         ValueError: bad configuration for this tokenizer (e.g. an unknown FVD protocol).
         NonFiniteError: a non-finite generator loss, generated video or gFVD value.
     """
-    metrics_path = Path(run_dir) / "generation" / "metrics.json"
+    metrics_path = RunFolder(Path(run_dir)).generation_metrics
     if metrics_path.is_file():
         return json.loads(metrics_path.read_text())
     threads = torch.get_num_threads()
@@ -304,8 +305,8 @@ def run_generation_stage(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg
 
 def _run(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConfig, run_dir: Path,
          device: torch.device, num_classes: int, seed: int, real_seed: int, label: str, deterministic: bool) -> dict:
-    out = run_dir / "generation"
-    metrics_path = out / "metrics.json"
+    out = RunFolder(run_dir).generation
+    metrics_path = RunFolder(run_dir).generation_metrics
     out.mkdir(parents=True, exist_ok=True)
     if device.type == "cuda":  # CoordTok-SiT trains in fp32 with TF32 matmuls (research notes 1.7)
         torch.backends.cuda.matmul.allow_tf32 = True
