@@ -43,7 +43,7 @@ def write_suite(folder: Path) -> Path:
         "evaluate": {"metrics": ["psnr", "ssim", "lpips", "fvd_16f"], "batch_size": 1},
         "generation": {"enabled": True, "model": "tiny", "patch": 2, "steps": 6, "batch_size": 2, "lr": 1e-3,
                        "ema": 0.9, "num_train_clips": 4, "num_norm_clips": 4, "encode_batch_size": 2,
-                       "sampling_steps": 20, "num_samples": 4, "num_real": 4, "sample_batch_size": 2,
+                       "sampling_steps": 10, "num_samples": 4, "num_real": 4, "sample_batch_size": 2,
                        "num_gif_samples": 1, "checkpoint_every": 2, "log_every": 4,
                        "real_cache_dir": str(folder / "fvd_real")},
         "tokenizers": [{"id": TOKENIZER, "name": "grid3d", "kwargs": {"size": "tiny", "channels": 8}}],
@@ -107,40 +107,33 @@ def test_same_suite_twice_gives_identical_numbers(reference, tmp_path):
     assert "gfvd_16f" in reference["values"]["generation"]
 
 
-def test_killed_during_training_resumes_to_the_same_numbers(reference, tmp_path):
-    checkpoint = lambda run: (run / "checkpoint.pt").is_file() and not (run / "train.json").is_file()
-    run_killed_when(tmp_path, checkpoint, "checkpoint during training")
+def test_killed_at_every_stage_resumes_to_the_same_numbers(reference, tmp_path):
+    """SIGKILL during training, then during reconstruction, evaluation and generation of the reruns; each
+    rerun resumes what was left, and the run that finishes gives the uninterrupted run's numbers exactly."""
     run_dir = tmp_path / "results" / TOKENIZER
+    training = lambda run: (run / "checkpoint.pt").is_file() and not (run / "train.json").is_file()
+    run_killed_when(tmp_path, training, "checkpoint during training")
     killed_at = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert 2 <= killed_at["step"] < 8 and not (run_dir / "train.json").exists()
     assert len(killed_at["rng"]) == 1 and set(killed_at["rng"][0]) == {"torch", "cuda", "numpy", "python"}
+
+    reconstructing = lambda run: (run / "recon" / "batch_00000.json").is_file()
+    run_killed_when(tmp_path, reconstructing, "first reconstructed batch")
+    assert not (run_dir / "reconstruct.json").exists()  # killed inside the reconstruction stage
+    assert json.loads((run_dir / "train.json").read_text())["resumed_from"] >= killed_at["step"]
+
+    evaluating = lambda run: (run / "reconstruct.json").is_file()
+    run_killed_when(tmp_path, evaluating, "evaluation")
+    assert not (run_dir / "metrics.json").exists()
+
+    generating = lambda run: (run / "generation" / "checkpoint.pt").is_file()
+    run_killed_when(tmp_path, generating, "generator checkpoint")
+    assert not (run_dir / "generation" / "metrics.json").exists()
+
     assert values(run_suite(tmp_path)) == reference["values"]
-    resumed = json.loads((run_dir / "train.json").read_text())
-    assert resumed["resumed_from"] >= killed_at["step"]
     # the resumed checkpoint holds tensors and plain types only
     final = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert final["step"] == 8 and "optimizer" in final and "model" in final
-
-
-def test_killed_during_reconstruction_resumes_to_the_same_numbers(reference, tmp_path):
-    first_batch = lambda run: (run / "recon" / "batch_00000.json").is_file() and not (run / "recon" / "batch_00002.json").is_file()
-    run_killed_when(tmp_path, first_batch, "first reconstructed batch")
-    assert not (tmp_path / "results" / TOKENIZER / "metrics.json").exists()
-    assert values(run_suite(tmp_path)) == reference["values"]
-
-
-def test_killed_during_evaluation_resumes_to_the_same_numbers(reference, tmp_path):
-    evaluating = lambda run: (run / "reconstruct.json").is_file()
-    run_killed_when(tmp_path, evaluating, "evaluation")
-    assert not (tmp_path / "results" / TOKENIZER / "metrics.json").exists()
-    assert values(run_suite(tmp_path)) == reference["values"]
-
-
-def test_killed_during_generation_resumes_to_the_same_numbers(reference, tmp_path):
-    generating = lambda run: (run / "generation" / "checkpoint.pt").is_file()
-    run_killed_when(tmp_path, generating, "generator checkpoint")
-    assert not (tmp_path / "results" / TOKENIZER / "generation" / "metrics.json").exists()
-    assert values(run_suite(tmp_path)) == reference["values"]
 
 
 # --------------------------------------------------------------------------- two processes
