@@ -56,6 +56,7 @@ from harness.data.datasets import VideoDataset, build_dataset
 from harness.data.decode import to_model_range, to_uint8
 from harness.data.sampling import Clip, ClipCache, TrainClips, evaluation_clips
 from harness.errors import NonFiniteError
+from harness.generation.tree import tree_leaves
 from harness.io import save_numpy_atomic, write_csv_atomic, write_json_atomic
 from harness.memory import StageMemory
 from harness.records import EVAL_CLIPS_FILE, PER_VIDEO_FILE, SUITE_FILE, Costs, Protocol, RunFolder, RunRecord
@@ -341,7 +342,7 @@ class SuiteRunner:
             if not _all_finite(tokens.latents):
                 raise NonFiniteError(f"{entry.id}{variant.label_suffix}: non-finite latents while encoding clip(s) {', '.join(names)}")
             if tokens.indices is not None:
-                codes.extend(v.detach().flatten().long().cpu() for v in _leaves(tokens.indices))
+                codes.extend(v.detach().flatten().long().cpu() for v in tree_leaves(tokens.indices))
             infos.update({k: v for k, v in tokens.info.items() if isinstance(v, (int, float, str, bool))})
 
         timings: dict[str, float] = {}
@@ -495,14 +496,10 @@ class SuiteRunner:
                              deterministic=self.deterministic)
 
 
-def _leaves(value: Tensor | dict[str, Tensor]) -> list[Tensor]:
-    return list(value.values()) if isinstance(value, dict) else [value]
-
-
 def _all_finite(latents: Tensor | dict[str, Tensor] | None) -> bool:
     if latents is None:
         return True
-    return all(torch.isfinite(v).all() for v in _leaves(latents) if isinstance(v, Tensor) and v.is_floating_point())
+    return all(torch.isfinite(v).all() for v in tree_leaves(latents) if isinstance(v, Tensor) and v.is_floating_point())
 
 
 def _batch_done(recon_dir: Path, k: int, group: list[Clip]) -> bool:
