@@ -24,7 +24,7 @@ def _run(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from harness.registry import DATASETS, GENERATORS, METRICS, TOKENIZERS
+    from harness.registry import DATASETS, GENERATORS, METRICS, PRESETS, TOKENIZERS
 
     for title, registry in (("tokenizers", TOKENIZERS), ("metrics", METRICS), ("datasets", DATASETS), ("generators", GENERATORS)):
         try:
@@ -36,6 +36,13 @@ def _list(args: argparse.Namespace) -> int:
                 for name, obj in items]
         print(f"\n{title}:")
         print(tabulate(rows, headers=["name", "class", "summary"]))
+    try:
+        presets = [preset for _, preset in PRESETS]
+    except ImportError as err:
+        print(f"presets: unavailable ({err})")
+    else:
+        print("\npresets (harness.registry.create_preset):")
+        print(tabulate([(p.name, p.family, p.summary) for p in presets], headers=["name", "family", "settings"]))
     if args.params:
         print("\nparameters of the paper configurations (built on the meta device):")
         print(tabulate(_paper_parameter_counts(), headers=["tokenizer", "size", "parameters"], intfmt=","))
@@ -105,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_run)
 
-    lst = sub.add_parser("list", help="registered tokenizers, metrics, datasets and generators")
+    lst = sub.add_parser("list", help="registered tokenizers, metrics, datasets, generators and model presets")
     lst.add_argument("--params", action="store_true", help="also print parameter counts of the paper configurations")
     lst.set_defaults(func=_list)
 

@@ -1,5 +1,10 @@
 """Registries in the spirit of timm: ``register`` a class by name, ``create`` it by name.
 
+Named configurations of the registered models (``coordtok_L_1280``, ``sit_XL_2``) live in
+:data:`PRESETS`, the way timm registers ``vit_base_patch16_224``: a preset is a family (a
+registered tokenizer or generator) plus keyword arguments, registered next to the family's size
+table with :func:`register_preset` and built with :func:`create_preset`.
+
 Three ways to name something:
 
 * a built-in, registered with the decorator (``@TOKENIZERS.register("grid3d")``);
@@ -14,7 +19,7 @@ import importlib
 import importlib.metadata
 import threading
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 # Modules whose import registers the built-ins of each registry.
 _BUILTIN_MODULES = {
@@ -22,6 +27,7 @@ _BUILTIN_MODULES = {
     "metrics": ("metrics",),
     "datasets": ("harness.data.datasets",),
     "generators": ("harness.generation",),
+    "presets": ("video_tokenizers", "harness.generation"),
 }
 
 
@@ -131,6 +137,129 @@ register_generator = GENERATORS.register
 def create_tokenizer(name: str, **kwargs: Any):
     """Build a tokenizer by registered name or ``module:Class``."""
     return TOKENIZERS.create(name, **kwargs)
+
+
+# ----------------------------------------------------------------------------- sizes and presets
+
+
+class SizeConfig(Mapping[str, Any]):
+    """The keyword arguments of one named size of a model family, immutable.
+
+    Every family's size table (``COORDTOK_SIZES``, ``SIT_SIZES``, ...) maps a
+    size name to one of these; it reads as a mapping (``Model(**config)``,
+    ``config["width"]``) and by attribute (``config.width``).
+    """
+
+    __slots__ = ("_kwargs",)
+
+    def __init__(self, **kwargs: Any) -> None:
+        object.__setattr__(self, "_kwargs", dict(kwargs))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._kwargs[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._kwargs)
+
+    def __len__(self) -> int:
+        return len(self._kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self._kwargs[name]
+        except KeyError:
+            raise AttributeError(f"size config has no {name!r}; it has {', '.join(self._kwargs)}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a SizeConfig is immutable")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _size_config, (self._kwargs,)
+
+    def __repr__(self) -> str:
+        return f"SizeConfig({self.summary()})"
+
+    def summary(self) -> str:
+        """``key=value`` pairs, comma-separated (the ``settings`` column of ``python -m harness list``)."""
+        return ", ".join(f"{k}={v}" for k, v in self._kwargs.items())
+
+
+def _size_config(kwargs: dict[str, Any]) -> SizeConfig:
+    return SizeConfig(**kwargs)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named configuration of a registered model: ``family`` built with ``kwargs``.
+
+    Args:
+        name: the preset name (``coordtok_L_1280``).
+        family: the registered name of the tokenizer or generator (``coordtok``).
+        kind: ``"tokenizers"`` or ``"generators"``, the registry of ``family``.
+        kwargs: constructor keyword arguments (a size name and, e.g., a patch size or token budget).
+        summary: key settings for listings (depth, width, ...).
+        source: where the configuration comes from (paper table, released config).
+    """
+
+    name: str
+    family: str
+    kind: str
+    kwargs: Mapping[str, Any]
+    summary: str = ""
+    source: str = ""
+
+    def create(self, **extra: Any) -> Any:
+        """Build the model; ``extra`` adds arguments the preset cannot fix (SiT's ``example``) or overrides."""
+        registry = {"tokenizers": TOKENIZERS, "generators": GENERATORS}[self.kind]
+        return registry.create(self.family, **{**self.kwargs, **extra})
+
+
+class _PresetRegistry(Registry):
+    """:class:`Registry` of :class:`Preset` objects (a preset is data: no ``registry_name`` attribute is set)."""
+
+    def register(self, name: str) -> Callable[[Any], Any]:
+        def decorator(preset: Preset) -> Preset:
+            with self._lock:
+                existing = self._items.get(name)
+                if existing is not None and existing != preset:
+                    raise ValueError(f"preset {name!r} is already registered as {existing!r}")
+                self._items[name] = preset
+            return preset
+
+        return decorator
+
+
+PRESETS = _PresetRegistry("presets")
+
+
+def register_preset(name: str, family: str, kwargs: Mapping[str, Any], kind: str = "tokenizers",
+                    summary: str = "", source: str = "") -> Preset:
+    """Register ``name`` as ``family`` built with ``kwargs`` (see :class:`Preset`).
+
+    Raises:
+        ValueError: unknown ``kind``, or ``name`` already registered differently.
+    """
+    if kind not in ("tokenizers", "generators"):
+        raise ValueError(f"preset kind must be 'tokenizers' or 'generators', got {kind!r}")
+    return PRESETS.register(name)(Preset(name, family, kind, dict(kwargs), summary, source))
+
+
+def register_size_presets(family: str, sizes: Mapping[str, SizeConfig], kind: str = "tokenizers", source: str = "",
+                          **kwargs: Any) -> None:
+    """Register ``<family>_<size>`` for every size of a family's size table (``kwargs`` are added to each)."""
+    for size, config in sizes.items():
+        register_preset(f"{family}_{size}", family, {"size": size, **kwargs}, kind, config.summary(), source)
+
+
+def create_preset(name: str, **extra: Any) -> Any:
+    """Build the model of the preset ``name`` (``extra`` as in :meth:`Preset.create`).
+
+    Raises:
+        KeyError: unknown preset (the message lists the known ones).
+    """
+    return PRESETS.get(name).create(**extra)
 
 
 # ----------------------------------------------------------------------------- metric metadata

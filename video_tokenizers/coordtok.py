@@ -36,7 +36,6 @@ latents are channel-first: ``xy [B, C, R_xy, R_xy]``, ``xt``/``yt``
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +43,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from harness.api import Tokens, VideoTokenizer, check_video
-from harness.registry import register_tokenizer
+from harness.registry import SizeConfig, register_preset, register_size_presets, register_tokenizer
 from video_tokenizers.layers import PLANES, CrossSelfBlock, TransformerBlock
 from video_tokenizers.losses import LazyLPIPS
 
@@ -231,29 +230,6 @@ class CoordinateDecoder(nn.Module):
 # --------------------------------------------------------------------------------------------
 # The tokenizer
 # --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class CoordTokSize:
-    """Layers and width of one size (supplementary Table 5)."""
-
-    encoder_layers: int   # transformer encoder (self-attention)
-    cross_layers: int     # cross-self encoder
-    decoder_layers: int   # transformer decoder
-    width: int
-    heads: int
-
-
-#: Table 5 of the supplementary (S, B, L) plus ``tiny`` for CPU tests and suites.
-COORDTOK_SIZES = {
-    "tiny": CoordTokSize(2, 2, 2, 64, 4),
-    "S": CoordTokSize(8, 8, 8, 512, 8),
-    "B": CoordTokSize(8, 12, 12, 768, 12),
-    "L": CoordTokSize(8, 24, 24, 1024, 16),
-}
-
-#: triplane budgets of the paper: tokens -> (R_xy, R_t, C) (abstract, Table 8; research notes 1.3)
-COORDTOK_BUDGETS = {1280: (16, 32, 8), 3072: (32, 32, 8)}
-
 
 @register_tokenizer("coordtok")
 class CoordTok(VideoTokenizer):
@@ -544,3 +520,32 @@ def coordtok_param_counts(sizes: tuple[str, ...] = ("S", "B", "L"), **kwargs) ->
             model = CoordTok(size=size, **kwargs)
         counts[size] = sum(p.numel() for p in model.parameters())
     return counts
+
+
+# --------------------------------------------------------------------------------------------
+# Sizes and presets
+# --------------------------------------------------------------------------------------------
+
+#: layers and width of each size: Table 5 of the supplementary (S, B, L) plus ``tiny`` for CPU tests and suites
+COORDTOK_SIZES: dict[str, SizeConfig] = {
+    "tiny": SizeConfig(encoder_layers=2, cross_layers=2, decoder_layers=2, width=64, heads=4),
+    "S": SizeConfig(encoder_layers=8, cross_layers=8, decoder_layers=8, width=512, heads=8),
+    "B": SizeConfig(encoder_layers=8, cross_layers=12, decoder_layers=12, width=768, heads=12),
+    "L": SizeConfig(encoder_layers=8, cross_layers=24, decoder_layers=24, width=1024, heads=16),
+}
+
+#: triplane budgets of the paper: tokens -> (R_xy, R_t, C) (abstract, Table 8; research notes 1.3)
+COORDTOK_BUDGETS = {1280: (16, 32, 8), 3072: (32, 32, 8)}
+
+
+def _register_presets() -> None:
+    """``coordtok_<size>`` (the default 1280-token triplane) and ``coordtok_L_<tokens>`` for the paper's budgets."""
+    register_size_presets("coordtok", COORDTOK_SIZES, source="CoordTok supp. Table 5")
+    for tokens, (xy, t, c) in COORDTOK_BUDGETS.items():
+        register_preset(f"coordtok_L_{tokens}", "coordtok",
+                        dict(size="L", latent_resolution_xy=xy, latent_resolution_t=t, latent_channels=c),
+                        summary=f"{COORDTOK_SIZES['L'].summary()}, triplane R_xy={xy} R_t={t} C={c} ({tokens} tokens)",
+                        source="CoordTok abstract, Table 8, Fig. 5 (notes 1.3)")
+
+
+_register_presets()

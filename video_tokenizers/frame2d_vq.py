@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from harness.registry import register_tokenizer
 from harness.api import VideoTokenizer
+from harness.registry import SizeConfig, register_size_presets, register_tokenizer
 from video_tokenizers.grid3d_vq import VQAutoencoderMixin
 from video_tokenizers.layers import group_norm
 
@@ -97,25 +97,12 @@ class Decoder2d(nn.Module):
         return self.body(x)
 
 
-#: size presets: (channels, channel_mult, num_res_blocks, code dim, codebook size)
-FRAME2D_VQ_PRESETS: dict[str, dict[str, Any]] = {
-    # MaskGIT VQGAN (f16): filters 128, channel_mult (1, 1, 2, 2, 4), 2 res blocks, 256-d codes, 1024 codes
-    "maskgit": dict(channels=128, channel_mult=(1, 1, 2, 2, 4), num_res_blocks=2, latent_channels=256,
-                    codebook_size=1024),
-    # MAGVIT's 2D-VQ UCF baseline (vqgan2d_ucf101_config.py): f8, 16x16 per 128x128 frame (not Table 7's layout)
-    "magvit2d": dict(channels=128, channel_mult=(1, 1, 2, 4), num_res_blocks=2, latent_channels=256,
-                     codebook_size=1024),
-    # CPU: f16 with 16 filters, 8-dim codes, 256 codes
-    "tiny": dict(channels=16, channel_mult=(1, 1, 2, 2, 4), num_res_blocks=1, latent_channels=8, codebook_size=256),
-}
-
-
 @register_tokenizer("frame2d_vq")
 class Frame2dVQ(VQAutoencoderMixin, VideoTokenizer):
     """Per-frame 2D VQGAN (MaskGIT-AE): ``[B, 3, T, H, W] -> int64 [B, T, H/f, W/f]`` codes, ``f = 2^(levels-1)``.
 
     Args:
-        size: a key of :data:`FRAME2D_VQ_PRESETS` giving the defaults of the next five
+        size: a key of :data:`FRAME2D_VQ_SIZES` giving the defaults of the next five
             arguments (``"maskgit"``: the paper scale; ``"tiny"``: CPU), or ``None``.
         channels, channel_mult, num_res_blocks: convolutional stacks.
         latent_channels: code dimension; codebook_size: number of codes.
@@ -137,7 +124,7 @@ class Frame2dVQ(VQAutoencoderMixin, VideoTokenizer):
                  threshold_ema_dead_code: float = 2.0, rotation_trick: bool = False, recipe: str = "maskgit",
                  loss: Mapping[str, Any] | None = None, clip_frames: int | None = 16) -> None:
         super().__init__()
-        preset = FRAME2D_VQ_PRESETS[size] if size else FRAME2D_VQ_PRESETS["maskgit"]
+        preset = FRAME2D_VQ_SIZES[size or "maskgit"]
         self.channels = channels or preset["channels"]
         self.channel_mult = tuple(channel_mult or preset["channel_mult"])
         self.num_res_blocks = num_res_blocks or preset["num_res_blocks"]
@@ -170,3 +157,22 @@ class Frame2dVQ(VQAutoencoderMixin, VideoTokenizer):
 
     def last_layer(self) -> Tensor:
         return self.decoder.body[-1].weight
+
+
+# --------------------------------------------------------------------------------------------------
+# Sizes and presets
+# --------------------------------------------------------------------------------------------------
+
+#: sizes: channels, channel_mult, num_res_blocks, code dim (latent_channels), codebook size
+FRAME2D_VQ_SIZES: dict[str, SizeConfig] = {
+    # MaskGIT VQGAN (f16): filters 128, channel_mult (1, 1, 2, 2, 4), 2 res blocks, 256-d codes, 1024 codes
+    "maskgit": SizeConfig(channels=128, channel_mult=(1, 1, 2, 2, 4), num_res_blocks=2, latent_channels=256,
+                          codebook_size=1024),
+    # MAGVIT's 2D-VQ UCF baseline (vqgan2d_ucf101_config.py): f8, 16x16 per 128x128 frame (not Table 7's layout)
+    "magvit2d": SizeConfig(channels=128, channel_mult=(1, 1, 2, 4), num_res_blocks=2, latent_channels=256,
+                           codebook_size=1024),
+    # CPU: f16 with 16 filters, 8-dim codes, 256 codes
+    "tiny": SizeConfig(channels=16, channel_mult=(1, 1, 2, 2, 4), num_res_blocks=1, latent_channels=8, codebook_size=256),
+}
+
+register_size_presets("frame2d_vq", FRAME2D_VQ_SIZES, source="MaskGIT VQGAN / MAGVIT vqgan2d_ucf101_config.py")

@@ -17,23 +17,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from harness.api import Tokens, VideoTokenizer, check_video
-from harness.registry import register_tokenizer
+from harness.registry import SizeConfig, register_size_presets, register_tokenizer
 from video_tokenizers.layers import Decoder3d, DiagonalGaussian, Encoder3d
-
-#: size presets: (channels, channel_mult, num_res_blocks); time is halved on the first two downsamplings
-GRID3D_SIZES = {
-    "tiny": (16, (1, 2, 2, 4), 1),
-    "small": (64, (1, 2, 2, 4), 1),
-    "base": (64, (1, 2, 2, 4), 2),  # MAGVIT-B 3D-VQ: filters 64, channel multipliers (1, 2, 2, 4)
-    "large": (128, (1, 2, 2, 4), 2),  # MAGVIT-L: filters 128
-}
 
 
 class Grid3dAutoencoder(VideoTokenizer):
     """Shared body of the 3D grid tokenizers: encoder, decoder and the grid geometry.
 
     Args:
-        size: a key of :data:`GRID3D_SIZES`, or ``None`` to use the explicit arguments.
+        size: a key of :data:`GRID3D_SIZES` giving the defaults of the next three arguments
+            (``None``: those of ``"small"``).
         channels, channel_mult, num_res_blocks: the convolutional stacks.
         time_down: per downsampling, whether it halves time (default: the first two).
         latent_channels: channels of the latent grid (one token per position).
@@ -45,10 +38,10 @@ class Grid3dAutoencoder(VideoTokenizer):
                  num_res_blocks: int | None = None, time_down: Sequence[bool] | None = None, latent_channels: int = 8,
                  moments: int = 1, clip_frames: int | None = 16, causal: bool = False) -> None:
         super().__init__()
-        preset = GRID3D_SIZES[size] if size else (64, (1, 2, 2, 4), 1)
-        self.channels = channels or preset[0]
-        self.channel_mult = tuple(channel_mult or preset[1])
-        self.num_res_blocks = num_res_blocks or preset[2]
+        preset = GRID3D_SIZES[size or "small"]
+        self.channels = channels or preset.channels
+        self.channel_mult = tuple(channel_mult or preset.channel_mult)
+        self.num_res_blocks = num_res_blocks or preset.num_res_blocks
         levels = len(self.channel_mult) - 1
         self.time_down = tuple(time_down) if time_down is not None else tuple(i < 2 for i in range(levels))
         self.time_factor = 2 ** sum(self.time_down)
@@ -116,3 +109,19 @@ class Grid3dVAE(Grid3dAutoencoder):
         l2 = F.mse_loss(recon, video)
         kl = posterior.kl()
         return {"loss": l2 + self.kl_weight * kl, "l2": l2.detach(), "kl": kl.detach()}
+
+
+# --------------------------------------------------------------------------------------------------
+# Sizes and presets
+# --------------------------------------------------------------------------------------------------
+
+#: sizes of the convolutional stacks (shared by ``grid3d`` and ``grid3d_vq``); time is halved on the
+#: first two downsamplings
+GRID3D_SIZES: dict[str, SizeConfig] = {
+    "tiny": SizeConfig(channels=16, channel_mult=(1, 2, 2, 4), num_res_blocks=1),
+    "small": SizeConfig(channels=64, channel_mult=(1, 2, 2, 4), num_res_blocks=1),
+    "base": SizeConfig(channels=64, channel_mult=(1, 2, 2, 4), num_res_blocks=2),  # MAGVIT-B 3D-VQ: filters 64, (1, 2, 2, 4)
+    "large": SizeConfig(channels=128, channel_mult=(1, 2, 2, 4), num_res_blocks=2),  # MAGVIT-L: filters 128
+}
+
+register_size_presets("grid3d", GRID3D_SIZES, source="MAGVIT 3D-VQ stacks (CoordTok supp. C.1)")

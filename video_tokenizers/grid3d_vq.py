@@ -27,7 +27,7 @@ from torch import Tensor
 from vector_quantize_pytorch import VectorQuantize
 
 from harness.api import Tokens, check_video
-from harness.registry import register_tokenizer
+from harness.registry import SizeConfig, register_preset, register_tokenizer
 from video_tokenizers.grid3d import Grid3dAutoencoder
 from video_tokenizers.losses import AutoencoderLoss, LossConfig
 
@@ -120,18 +120,6 @@ class VQAutoencoderMixin:
         return out
 
 
-#: paper-scale and CPU presets: Grid3dAutoencoder size, latent (code) dim, codebook size, loss recipe
-GRID3D_VQ_PRESETS: dict[str, dict[str, Any]] = {
-    # MAGVIT-AE-L (google-research/magvit vqgan3d_ucf101_config.py): filters 128, 2 res blocks, dim 256, 1024 codes
-    "magvit_l": dict(size="large", latent_channels=256, codebook_size=1024, recipe="magvit"),
-    "magvit_b": dict(size="base", latent_channels=256, codebook_size=1024, recipe="magvit"),
-    # TATS-AE (songweige/TATS README): --embedding_dim 256 --n_codes 16384 --downsample 4 8 8
-    "tats": dict(size="base", latent_channels=256, codebook_size=16384, recipe="tats"),
-    # CPU: 16 filters, 8-dim codes, 256 codes, L2 + LPIPS (no GAN: too few steps for one to help)
-    "tiny": dict(size="tiny", latent_channels=8, codebook_size=256, recipe="magvit", loss={"gan": None}),
-}
-
-
 @register_tokenizer("grid3d_vq")
 class Grid3dVQ(VQAutoencoderMixin, Grid3dAutoencoder):
     """3D VQGAN grid tokenizer: ``[B, 3, 16, H, W] -> int64 [B, 4, H/8, W/8]`` codes.
@@ -177,3 +165,29 @@ class Grid3dVQ(VQAutoencoderMixin, Grid3dAutoencoder):
 
     def last_layer(self) -> Tensor:
         return self.decoder.body[-1].conv.weight
+
+
+# --------------------------------------------------------------------------------------------------
+# Sizes and presets
+# --------------------------------------------------------------------------------------------------
+
+#: paper-scale and CPU configurations: Grid3dAutoencoder size, latent (code) dim, codebook size, loss recipe
+GRID3D_VQ_PRESETS: dict[str, SizeConfig] = {
+    # MAGVIT-AE-L (google-research/magvit vqgan3d_ucf101_config.py): filters 128, 2 res blocks, dim 256, 1024 codes
+    "magvit_l": SizeConfig(size="large", latent_channels=256, codebook_size=1024, recipe="magvit"),
+    "magvit_b": SizeConfig(size="base", latent_channels=256, codebook_size=1024, recipe="magvit"),
+    # TATS-AE (songweige/TATS README): --embedding_dim 256 --n_codes 16384 --downsample 4 8 8
+    "tats": SizeConfig(size="base", latent_channels=256, codebook_size=16384, recipe="tats"),
+    # CPU: 16 filters, 8-dim codes, 256 codes, L2 + LPIPS (no GAN: too few steps for one to help)
+    "tiny": SizeConfig(size="tiny", latent_channels=8, codebook_size=256, recipe="magvit", loss={"gan": None}),
+}
+
+
+def _register_presets() -> None:
+    """``grid3d_vq_<name>`` for the configurations of :data:`GRID3D_VQ_PRESETS`."""
+    for name, config in GRID3D_VQ_PRESETS.items():
+        register_preset(f"grid3d_vq_{name}", "grid3d_vq", config, summary=config.summary(),
+                        source="MAGVIT vqgan3d_ucf101_config.py / TATS README")
+
+
+_register_presets()

@@ -1,14 +1,19 @@
-"""Building blocks shared by the tokenizer families.
+"""Building blocks shared by the tokenizer families and the generators.
 
-Convolutional stacks for the grid tokenizers (3D VAE / VQ, MAGVIT and TATS
-style: GroupNorm + Swish residual blocks, strided downsampling, nearest
-upsampling) with an optional causal time axis (first frame on its own, as in
-VidTok's causal VAE used by VideoFlexTok), and attention blocks for the
-transformer tokenizers (self-attention from ``timm``; cross-attention here).
+* Convolutional stacks for the grid tokenizers (3D VAE / VQ, MAGVIT and TATS
+  style: GroupNorm + Swish residual blocks, strided downsampling, nearest
+  upsampling) with an optional causal time axis (first frame on its own, as in
+  VidTok's causal VAE used by VideoFlexTok).
+* Attention blocks for the transformer tokenizers: self- and cross-attention
+  (PyTorch SDPA), pre-LN blocks, and the adaLN-zero block and final layer of
+  DiT (used by SiT and by VideoFlexTok's flow decoder).
+* Fixed embeddings: sin-cos positions on 1D/2D/3D grids and the sinusoidal
+  timestep embedding.
 """
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Sequence
 
 import torch
@@ -195,39 +200,77 @@ class CrossAttention(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with an optional boolean mask (``True`` = may attend).
+    """Multi-head self-attention ``[B, N, D] -> [B, N, D]`` (PyTorch SDPA), optionally causal with a KV cache.
 
-    ``mask`` is ``[N, N]`` (one query x key pattern for all), ``[B, N, N]`` (per
-    video), or any 4D shape broadcastable to ``[B, heads, N, N]`` such as a key
-    mask ``[B, 1, 1, N]``.
+    Args (forward):
+        x: tokens ``[B, N, D]``.
+        mask: optional boolean mask (``True`` = may attend): ``[N, N]`` (one
+            query x key pattern for all), ``[B, N, N]`` (per video), or any 4D
+            shape broadcastable to ``[B, heads, N, N]`` such as a key mask
+            ``[B, 1, 1, N]``. Not with ``causal``.
+        cache: with ``causal``, a dict filled in place with the keys and values
+            seen so far (GPT-style incremental decoding); ``x`` then holds only
+            the new positions, which attend to everything cached before them.
+
+    Raises:
+        ValueError: ``dim`` not divisible by ``num_heads``; a mask on a causal layer.
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, causal: bool = False) -> None:
         super().__init__()
-        self.num_heads = num_heads
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads, self.causal = num_heads, causal
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None, cache: dict[str, Tensor] | None = None) -> Tensor:
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
-        if mask is not None and mask.ndim == 3:
-            mask = mask[:, None]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if self.causal:
+            if mask is not None:
+                raise ValueError("a causal SelfAttention takes no mask")
+            out = self._causal(q, k, v, cache)
+        else:
+            if mask is not None and mask.ndim == 3:
+                mask = mask[:, None]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(rearrange(out, "b h n d -> b n (h d)"))
+
+    @staticmethod
+    def _causal(q: Tensor, k: Tensor, v: Tensor, cache: dict[str, Tensor] | None) -> Tensor:
+        if cache is not None:
+            if "k" in cache:
+                k = torch.cat([cache["k"], k], dim=2)
+                v = torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        # with a cache, new queries are the last positions: a causal mask aligned to the end
+        if q.shape[2] == k.shape[2]:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if q.shape[2] == 1:
+            return F.scaled_dot_product_attention(q, k, v)
+        offset = k.shape[2] - q.shape[2]
+        mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril(offset)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 class TransformerBlock(nn.Module):
-    """Pre-LN transformer block: self-attention then MLP (GELU, ratio 4), LayerNorm eps 1e-6."""
+    """Pre-LN transformer block: self-attention then MLP (ratio ``mlp_ratio``), each residual.
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True) -> None:
+    Defaults: LayerNorm eps 1e-6 and exact GELU (ViT / timm, the tokenizers'
+    blocks). GPT-2 (the AR generator): ``norm_eps=1e-5, gelu="tanh",
+    causal=True``. ``forward(x, mask=None, cache=None)`` as :class:`SelfAttention`.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True, norm_eps: float = 1e-6,
+                 gelu: str = "none", causal: bool = False) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = SelfAttention(dim, num_heads, qkv_bias)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = SelfAttention(dim, num_heads, qkv_bias, causal)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=partial(nn.GELU, approximate=gelu))
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        x = x + self.attn(self.norm1(x), mask)
+    def forward(self, x: Tensor, mask: Tensor | None = None, cache: dict[str, Tensor] | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), mask, cache)
         return x + self.mlp(self.norm2(x))
 
 
@@ -260,7 +303,191 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: Tensor) -> Tensor:
-        half = self.freq_dim // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        freqs = sincos_frequencies(self.freq_dim // 2, torch.float32, exp_log=True, device=t.device)
         args = self.scale * t.float()[..., None] * freqs
         return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
+
+
+# --------------------------------------------------------------------------------------------------
+# adaLN-zero conditioning (DiT)
+# --------------------------------------------------------------------------------------------------
+
+#: Names of the adaLN layers, in creation order, of the two code bases the models follow:
+#: ``(block modulations, final-layer children)``. They are state_dict keys, and their order is the
+#: parameter order of saved optimizer states, so each model keeps its own layout.
+ADALN_LAYOUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # facebookresearch/DiT models.py (DiTBlock.adaLN_modulation; FinalLayer: linear, then adaLN_modulation): SiT
+    "dit": (("adaLN_modulation",), ("linear", "adaLN_modulation")),
+    # FlexTok FlexBlockAdaLN: separate modulations of patches and registers; final layer: ada, then linear
+    "flextok": (("ada_patches", "ada_registers"), ("ada", "linear")),
+}
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """adaLN modulation ``x * (1 + scale) + shift`` (DiT); ``shift`` and ``scale`` broadcast to ``x`` ``[B, N, D]``."""
+    return x * (1 + scale) + shift
+
+
+def _adaln_modulation(dim: int, chunks: int) -> nn.Sequential:
+    """SiLU -> Linear(dim, chunks * dim), the adaLN regression of the modulation vectors from the condition."""
+    return nn.Sequential(nn.SiLU(), nn.Linear(dim, chunks * dim))
+
+
+def _modulation(layers: Sequence[nn.Module], cond: Tensor, lengths: Sequence[int] | None) -> Tensor:
+    """Per-token modulation ``[B, 1 | N, chunks * D]`` from ``cond`` (see :class:`AdaLNZeroBlock`)."""
+    if lengths is None:
+        if len(layers) != 1:
+            raise ValueError(f"{len(layers)} modulation streams need the tokens per stream (lengths)")
+        return layers[0](cond)[:, None]
+    if len(lengths) != len(layers):
+        raise ValueError(f"lengths {tuple(lengths)} do not match the {len(layers)} modulation streams")
+    return torch.cat([layer(cond).repeat_interleave(n, dim=1) for layer, n in zip(layers, lengths)], dim=1)
+
+
+class AdaLNZeroBlock(nn.Module):
+    """Pre-LN transformer block with adaLN-zero conditioning (DiT, Peebles and Xie 2023, section 3.2).
+
+    LayerNorm (no affine, eps 1e-6) -> :func:`modulate` -> self-attention (SDPA,
+    qkv bias) -> gate, then the same around an MLP (tanh GELU, ``mlp_ratio``).
+    The six vectors (shift, scale, gate for each half) are regressed from the
+    condition by SiLU + Linear, zero-initialised so the block starts as the identity.
+
+    Args:
+        dim, num_heads, mlp_ratio: width, attention heads, MLP width over ``dim``.
+        layout: a key of :data:`ADALN_LAYOUTS`. ``"dit"`` (SiT): one modulation
+            ``adaLN_modulation`` for every token. ``"flextok"`` (VideoFlexTok's
+            decoder): ``ada_patches`` and ``ada_registers``, separate modulations
+            of patches and registers from the same condition (FlexTok: "AdaLN-zero
+            conditions patches and registers separately on the timestep").
+
+    Args (forward):
+        x: tokens ``[B, N, D]``.
+        cond: ``[B, D]``, one condition for all tokens (``lengths=None``, one
+            stream); or ``[B, t, D]``, one per timestep, with ``lengths``.
+        lengths: tokens per timestep of each stream, e.g. ``(P, R)``: ``x``
+            holds the ``t * P`` tokens of stream 0 (timestep-major), then the
+            ``t * R`` of stream 1.
+        mask: optional boolean attention mask (:class:`SelfAttention`).
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, layout: str = "dit") -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = SelfAttention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=partial(nn.GELU, approximate="tanh"))
+        self.streams = ADALN_LAYOUTS[layout][0]
+        for name in self.streams:
+            self.add_module(name, _adaln_modulation(dim, 6))
+        self.zero_init()
+
+    def zero_init(self) -> None:
+        """Zero the modulation layers (adaLN-zero: the block is the identity)."""
+        for name in self.streams:
+            nn.init.zeros_(getattr(self, name)[1].weight)
+            nn.init.zeros_(getattr(self, name)[1].bias)
+
+    def forward(self, x: Tensor, cond: Tensor, lengths: Sequence[int] | None = None, mask: Tensor | None = None) -> Tensor:
+        mod = _modulation([getattr(self, name) for name in self.streams], cond, lengths)
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)
+        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), mask)
+        return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+class AdaLNFinalLayer(nn.Module):
+    """adaLN-modulated LayerNorm (no affine, eps 1e-6) and a linear head to ``out_dim`` values per token (DiT ``FinalLayer``).
+
+    Modulation and head are zero-initialised (the model starts by predicting 0).
+    ``layout`` (:data:`ADALN_LAYOUTS`) names the children: ``"dit"`` ``linear`` then
+    ``adaLN_modulation``; ``"flextok"`` ``ada`` then ``linear``.
+
+    Args (forward):
+        x: ``[B, N, D]``; cond and lengths: as :class:`AdaLNZeroBlock` with one stream
+        (``lengths=(n,)`` repeats a ``[B, t, D]`` condition over ``n`` tokens per timestep).
+
+    Returns:
+        ``[B, N, out_dim]``.
+    """
+
+    def __init__(self, dim: int, out_dim: int, layout: str = "dit") -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        children = ADALN_LAYOUTS[layout][1]
+        for name in children:
+            self.add_module(name, nn.Linear(dim, out_dim) if name == "linear" else _adaln_modulation(dim, 2))
+        self.modulation_name = next(name for name in children if name != "linear")
+        self.zero_init()
+
+    def zero_init(self) -> None:
+        """Zero the modulation and the head."""
+        for layer in (getattr(self, self.modulation_name)[1], self.linear):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: Tensor, cond: Tensor, lengths: Sequence[int] | None = None) -> Tensor:
+        shift, scale = _modulation([getattr(self, self.modulation_name)], cond, lengths).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+# --------------------------------------------------------------------------------------------------
+# Fixed sin-cos embeddings
+# --------------------------------------------------------------------------------------------------
+
+#: How the reference implementations compute sin-cos embeddings: the precision of the angles,
+#: whether the frequency ladder is ``exp(-ln(10000) i / k)`` (else ``1 / 10000^(i / k)``), and the
+#: channel order (``"axis"``: ``[sin, cos]`` per axis, axes concatenated; ``"sincos"``: the sines of
+#: every axis, then the cosines). The results differ in the last bits, so each model keeps its own.
+SINCOS_CONVENTIONS: dict[str, tuple[torch.dtype, bool, str]] = {
+    # MAE / DiT get_2d_sincos_pos_embed (numpy, float64), generalised to n-D: SiT
+    "mae": (torch.float64, False, "axis"),
+    # Vaswani et al. 2017 as in the DiT timestep embedding (float32): PVDM
+    "transformer": (torch.float32, True, "axis"),
+    # timm build_sincos2d_pos_embed (float32, sines then cosines): VideoFlexTok's patch positions
+    "timm": (torch.float32, False, "sincos"),
+}
+
+
+def sincos_frequencies(count: int, dtype: torch.dtype, exp_log: bool, device: torch.device | str | None = None) -> Tensor:
+    """The frequency ladder ``10000^(-i / count)``, ``i = 0 .. count - 1``, ``[count]`` of ``dtype``.
+
+    Computed as ``exp(-ln(10000) * i / count)`` when ``exp_log`` (Transformer,
+    DiT timestep embedding), else as ``1 / 10000^(i / count)`` (MAE, timm).
+    """
+    i = torch.arange(count, device=device, dtype=dtype)
+    if exp_log:
+        return torch.exp(-math.log(10000.0) * i / count)
+    return 1.0 / 10000.0 ** (i / count)
+
+
+def sincos_pos_embed(grid: Sequence[int], dim: int, convention: str = "mae", axis_dims: Sequence[int] | None = None,
+                     device: torch.device | str | None = None) -> Tensor:
+    """Fixed sin-cos positions of an n-D grid, ``float32 [prod(grid), dim]``, row-major (last axis fastest).
+
+    Axis ``a`` gets ``axis_dims[a]`` channels: sine and cosine of its integer
+    coordinate times ``axis_dims[a] // 2`` frequencies (:func:`sincos_frequencies`),
+    zero-padded to ``axis_dims[a]``; the default splits ``dim`` evenly
+    (``dim // n`` rounded down to an even number). Channels left over are zero.
+    ``convention`` (:data:`SINCOS_CONVENTIONS`) picks precision, frequencies and
+    channel order of MAE / DiT (``"mae"``), the Transformer (``"transformer"``)
+    or timm (``"timm"``).
+
+    Raises:
+        ValueError: when ``dim`` leaves no channels for an axis.
+    """
+    dtype, exp_log, order = SINCOS_CONVENTIONS[convention]
+    if axis_dims is None:
+        axis_dims = [(dim // len(grid)) // 2 * 2] * len(grid)
+    if min(axis_dims) < 2:
+        raise ValueError(f"dim {dim} is too small for a {len(grid)}-D sin-cos embedding")
+    coords = torch.meshgrid(*[torch.arange(n, dtype=dtype, device=device) for n in grid], indexing="ij")
+    sines, cosines = [], []
+    for c, axis_dim in zip(coords, axis_dims):
+        angles = c.reshape(-1, 1) * sincos_frequencies(axis_dim // 2, dtype, exp_log, device)[None]
+        sines.append(torch.sin(angles))
+        cosines.append(torch.cos(angles))
+    if order == "sincos":
+        parts = sines + cosines
+    else:
+        parts = [F.pad(torch.cat([s, c], dim=1), (0, d - 2 * (d // 2))) for s, c, d in zip(sines, cosines, axis_dims)]
+    emb = torch.cat(parts, dim=1)
+    return F.pad(emb, (0, dim - emb.shape[1])).float()

@@ -23,8 +23,9 @@ tokens per 16-frame clip, 6144 for a 128-frame video (Table 7). (PVDM's code
 uses patch 4 at 128x128 but reshapes the encoder output at ``res / 8``; the
 planes of Table 7 are 16x16, which patch 8 gives directly.)
 
-Positions: fixed sine-cosine embeddings (time, and 2D space) computed from the
-input's size, so one model takes any clip size divisible by the patch; PVDM
+Positions: fixed sine-cosine embeddings (time, and 2D space; the
+``"transformer"`` convention of :func:`video_tokenizers.layers.sincos_pos_embed`)
+computed from the input's size, so one model takes any clip size divisible by the patch; PVDM
 uses rotary embeddings in attention instead (a detail we do not reproduce).
 
 Objective: the ``"pvdm"`` recipe of :mod:`video_tokenizers.losses` (L1 x4,
@@ -33,34 +34,17 @@ matching x4). Recommended optimizer (PVDM): Adam, lr 1e-4.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
 import torch
-from einops import rearrange, repeat
+from einops import rearrange
 from timm.layers import Mlp
 from torch import Tensor, nn
 
 from harness.api import Tokens, VideoTokenizer, check_video
-from harness.registry import register_tokenizer
-from video_tokenizers.layers import PLANES, SelfAttention, TransformerBlock
+from harness.registry import SizeConfig, register_size_presets, register_tokenizer
+from video_tokenizers.layers import PLANES, SelfAttention, TransformerBlock, sincos_pos_embed
 from video_tokenizers.losses import AutoencoderLoss, LossConfig
-
-
-def sincos_1d(positions: Tensor, dim: int) -> Tensor:
-    """Sine-cosine embedding ``float32 [N, dim]`` of real ``positions`` ``[N]`` (Vaswani et al. 2017)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=positions.device, dtype=torch.float32) / half)
-    angles = positions.float()[:, None] * freqs[None]
-    emb = torch.cat([angles.sin(), angles.cos()], dim=1)
-    return torch.nn.functional.pad(emb, (0, dim - emb.shape[1]))
-
-
-def sincos_2d(height: int, width: int, dim: int, device: torch.device) -> Tensor:
-    """2D sine-cosine embedding ``float32 [height * width, dim]`` (half the channels per axis, row-major)."""
-    ys = sincos_1d(torch.arange(height, device=device), dim // 2)
-    xs = sincos_1d(torch.arange(width, device=device), dim - dim // 2)
-    return torch.cat([repeat(ys, "h d -> (h w) d", w=width), repeat(xs, "w d -> (h w) d", h=height)], dim=1)
 
 
 class DividedSpaceTimeBlock(nn.Module):
@@ -105,20 +89,11 @@ class LinePooling(nn.Module):
 
     def forward(self, lines: Tensor) -> Tensor:
         m, length, dim = lines.shape
-        pos = sincos_1d(torch.arange(length + 1, device=lines.device), dim)
+        pos = sincos_pos_embed((length + 1,), dim, convention="transformer", device=lines.device)
         x = torch.cat([self.token.expand(m, -1, -1), lines], dim=1) + pos
         for block in self.blocks:
             x = block(x)
         return x[:, 0]
-
-
-#: presets: width, TimeSformer depth (encoder and decoder), heads, projection depth, patch size, plane channels
-PVDM_PRESETS: dict[str, dict[str, Any]] = {
-    # PVDM-AE (autoencoder_vit.py): width 384, depth 8, 4-layer projection transformers, 4-channel planes
-    "base": dict(dim=384, depth=8, num_heads=6, proj_depth=4, patch_size=8, plane_channels=4),
-    # CPU
-    "tiny": dict(dim=64, depth=2, num_heads=4, proj_depth=1, patch_size=8, plane_channels=4),
-}
 
 
 @register_tokenizer("pvdm")
@@ -126,7 +101,7 @@ class PVDMAutoencoder(VideoTokenizer):
     """PVDM-AE triplane autoencoder: ``[B, 3, 16, H, W] -> {"xy", "xt", "yt"}`` planes in ``(-1, 1)``.
 
     Args:
-        size: a key of :data:`PVDM_PRESETS` giving the defaults of the next six arguments.
+        size: a key of :data:`PVDM_SIZES` giving the defaults of the next six arguments.
         dim, depth, num_heads: TimeSformer width, blocks (encoder and decoder each), heads.
         proj_depth: transformer blocks of each plane projection (PVDM: 4).
         patch_size: spatial patch (8: 16x16 planes at 128x128).
@@ -148,7 +123,7 @@ class PVDMAutoencoder(VideoTokenizer):
                  plane_channels: int | None = None, recipe: str = "pvdm", loss: Mapping[str, Any] | None = None,
                  clip_frames: int | None = 16) -> None:
         super().__init__()
-        preset = PVDM_PRESETS[size] if size else PVDM_PRESETS["base"]
+        preset = PVDM_SIZES[size or "base"]
         self.dim = dim or preset["dim"]
         self.depth = depth or preset["depth"]
         self.num_heads = num_heads or preset["num_heads"]
@@ -187,8 +162,9 @@ class PVDMAutoencoder(VideoTokenizer):
 
     def _positions(self, t: int, h: int, w: int, device: torch.device) -> Tensor:
         """``[1, T, h*w, D]`` sum of a temporal and a 2D spatial sine-cosine embedding."""
-        time = sincos_1d(torch.arange(t, device=device), self.dim)
-        space = sincos_2d(h, w, self.dim, device)
+        time = sincos_pos_embed((t,), self.dim, convention="transformer", device=device)
+        space = sincos_pos_embed((h, w), self.dim, convention="transformer", axis_dims=(self.dim // 2, self.dim - self.dim // 2),
+                                 device=device)
         return (time[:, None] + space[None])[None]
 
     # --- encoder / decoder
@@ -256,3 +232,18 @@ class PVDMAutoencoder(VideoTokenizer):
         """The ``loss_config`` objective (``"loss"``, and ``"disc_loss"`` once the GAN is active)."""
         recon = self.decode_planes(self.encode_planes(video))
         return self.objective(video, recon, step, self.discriminator, self.last_layer())
+
+
+# --------------------------------------------------------------------------------------------------
+# Sizes and presets
+# --------------------------------------------------------------------------------------------------
+
+#: sizes: width, TimeSformer depth (encoder and decoder), heads, projection depth, patch size, plane channels
+PVDM_SIZES: dict[str, SizeConfig] = {
+    # PVDM-AE (autoencoder_vit.py): width 384, depth 8, 4-layer projection transformers, 4-channel planes
+    "base": SizeConfig(dim=384, depth=8, num_heads=6, proj_depth=4, patch_size=8, plane_channels=4),
+    # CPU
+    "tiny": SizeConfig(dim=64, depth=2, num_heads=4, proj_depth=1, patch_size=8, plane_channels=4),
+}
+
+register_size_presets("pvdm", PVDM_SIZES, source="PVDM autoencoder_vit.py; CoordTok Table 7")

@@ -49,19 +49,17 @@ from __future__ import annotations
 
 import math
 import operator
-from functools import partial
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from timm.layers import Mlp, build_sincos2d_pos_embed
 from torch import Tensor, nn
 from vector_quantize_pytorch import FSQ
 
 from harness.api import Tokens, VideoTokenizer, check_video
-from harness.registry import create_tokenizer, register_tokenizer
-from video_tokenizers.layers import SelfAttention, TimestepEmbedder, TransformerBlock
+from harness.registry import SizeConfig, create_tokenizer, register_size_presets, register_tokenizer
+from video_tokenizers.layers import AdaLNFinalLayer, AdaLNZeroBlock, TimestepEmbedder, TransformerBlock, sincos_pos_embed
 
 #: FSQ levels of FlexTok / VideoFlexTok: 8*8*8*5*5*5 = 64,000 codes, 16 bits per token (notes 2.1, 3).
 FSQ_LEVELS = (8, 8, 8, 5, 5, 5)
@@ -115,60 +113,8 @@ def decoder_attention_mask(timesteps: int, patches: int, registers: int, device:
 
 
 # --------------------------------------------------------------------------------------------------
-# Blocks
+# Guidance, noise levels and training helpers
 # --------------------------------------------------------------------------------------------------
-
-class AdaLNBlock(nn.Module):
-    """Pre-LN transformer block with adaLN-zero modulation (DiT; FlexTok's ``FlexBlockAdaLN``).
-
-    Patches and registers get separate modulations from the same per-timestep
-    embedding (FlexTok: "AdaLN-zero conditions patches and registers
-    separately on the timestep"), zero-initialised so each block starts as the
-    identity.
-
-    Args (forward):
-        x: ``[B, t * (P + R), D]`` tokens (patches then registers).
-        cond: ``[B, t, D]`` timestep embedding per latent timestep.
-        patches, registers: ``P`` and ``R`` per timestep.
-        mask: ``bool [N, N]`` attention mask.
-    """
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = SelfAttention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=partial(nn.GELU, approximate="tanh"))
-        self.ada_patches = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
-        self.ada_registers = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
-        for ada in (self.ada_patches, self.ada_registers):
-            nn.init.zeros_(ada[1].weight)
-            nn.init.zeros_(ada[1].bias)
-
-    def forward(self, x: Tensor, cond: Tensor, patches: int, registers: int, mask: Tensor) -> Tensor:
-        mod = torch.cat([self.ada_patches(cond).repeat_interleave(patches, dim=1),
-                         self.ada_registers(cond).repeat_interleave(registers, dim=1)], dim=1)
-        shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)
-        x = x + gate1 * self.attn(self.norm1(x) * (1 + scale1) + shift1, mask)
-        return x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
-
-
-class FinalLayer(nn.Module):
-    """adaLN-modulated LayerNorm and a zero-initialised linear head (DiT)."""
-
-    def __init__(self, dim: int, out_dim: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
-        self.linear = nn.Linear(dim, out_dim)
-        for layer in (self.ada[1], self.linear):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
-
-    def forward(self, x: Tensor, cond: Tensor, patches: int) -> Tensor:
-        shift, scale = self.ada(cond).repeat_interleave(patches, dim=1).chunk(2, dim=-1)
-        return self.linear(self.norm(x) * (1 + scale) + shift)
-
 
 def apg_guidance(cond: Tensor, uncond: Tensor, scale: float, norm_threshold: float = 0.0, eta: float = 0.0) -> Tensor:
     """Adaptive projected guidance (APG, arXiv 2410.02416, Alg. 1 without momentum), per sample.
@@ -188,29 +134,6 @@ def apg_guidance(cond: Tensor, uncond: Tensor, scale: float, norm_threshold: flo
     parallel = (flat * unit).sum(dim=1, keepdim=True) * unit
     update = (flat - parallel) + eta * parallel
     return cond + (scale - 1.0) * update.view_as(cond)
-
-
-# --------------------------------------------------------------------------------------------------
-# Sizes
-# --------------------------------------------------------------------------------------------------
-
-#: presets: encoder depth/width, decoder depth/width, heads (encoder, decoder), registers per timestep.
-#: ``k600`` is the VideoFlexTok-K600 shape (18-layer encoder and decoder, 17 frames at 128x128,
-#: n_max 256; project page). Widths are inferred: FlexTok's ``d{N}`` models use width 64 N
-#: (1152 for d18), which gives 36 x 12 x 1152^2 = 573M parameters without adaLN, the 570M the
-#: project page reports. ``d18_d28`` (the 256x256 Panda model, ``videoflextok_d18_d28``):
-#: 18 x 1152 encoder, 28 x 1792 decoder = 1.37B without adaLN (page: 1.3B).
-VIDEOFLEXTOK_SIZES: dict[str, dict[str, int]] = {
-    "tiny": dict(enc_depth=2, enc_dim=128, dec_depth=4, dec_dim=128, enc_heads=4, dec_heads=4, n_max=16),
-    "small": dict(enc_depth=6, enc_dim=384, dec_depth=6, dec_dim=384, enc_heads=6, dec_heads=6, n_max=64),
-    "k600": dict(enc_depth=18, enc_dim=1152, dec_depth=18, dec_dim=1152, enc_heads=18, dec_heads=18, n_max=256),
-    "d18_d28": dict(enc_depth=18, enc_dim=1152, dec_depth=28, dec_dim=1792, enc_heads=18, dec_heads=28, n_max=256),
-}
-
-#: The paper's long-video setting (notes 2.2): 81 frames (10 s at 8 fps) = 1 + 16 x 5 frames ->
-#: 21 latent timesteps; 32 tokens per timestep -> 21 x 32 = 672 tokens (8x fewer than the
-#: 21 x 256 = 5376 of a comparable 3D grid). Use as ``frames`` and ``num_tokens`` of a suite.
-PAPER_81F_672 = {"frames": 81, "num_tokens": 32, "tokens_per_video": 672, "size": "d18_d28", "resolution": 256}
 
 
 def shift_sigma(sigma: Tensor, shift: float) -> Tensor:
@@ -272,12 +195,181 @@ def powers_of_two(n_max: int) -> list[int]:
 
 
 # --------------------------------------------------------------------------------------------------
+# Encoder and flow decoder
+# --------------------------------------------------------------------------------------------------
+
+class LatentPatchSequence(nn.Module):
+    """What the encoder and the decoder share: 2x2 patches of the VAE latent and their positions.
+
+    Token order of both transformers: all patches (timestep-major), then all
+    registers (timestep-major). Needs ``patch_size``, ``n_max``, ``t_max`` and
+    a ``_masks`` cache dict (set by :class:`VideoFlexTok`).
+    """
+
+    patch_size: int
+    n_max: int
+    t_max: int
+    _masks: dict[tuple, Tensor]
+
+    def _mask(self, kind: str, t: int, patches: int, registers: int, device: torch.device) -> Tensor:
+        """The cached ``bool [N, N]`` mask of :func:`encoder_attention_mask` (``"enc"``) or :func:`decoder_attention_mask`."""
+        key = (kind, t, patches, registers, str(device))
+        if key not in self._masks:
+            build = encoder_attention_mask if kind == "enc" else decoder_attention_mask
+            self._masks[key] = build(t, patches, registers, device)
+        return self._masks[key]
+
+    def _patchify(self, latents: Tensor) -> Tensor:
+        """``[B, C, t, h, w] -> [B, t * (h/p) * (w/p), C * p * p]``."""
+        p = self.patch_size
+        return rearrange(latents, "b c t (h p) (w q) -> b (t h w) (c p q)", p=p, q=p)
+
+    def _patch_pos(self, time_pos: Tensor, t: int, hp: int, wp: int) -> Tensor:
+        """Learned time position plus the fixed 2D sin-cos position (timm convention) of every patch, ``[t * hp * wp, D]``."""
+        space = sincos_pos_embed((hp, wp), time_pos.shape[-1], convention="timm", device=time_pos.device)
+        return (time_pos[:t, None, :] + space[None].to(time_pos.dtype)).flatten(0, 1)
+
+
+class RegisterEncoder(LatentPatchSequence):
+    """VideoFlexTok's encoder (notes 2.3, 2.4): latent patches and ``n_max`` registers per
+    timestep -> time-block-causal transformer -> FSQ codes of the registers.
+
+    A part of :class:`VideoFlexTok`, which inherits it (with :class:`FlowDecoder`)
+    instead of holding it as a child module: its layers (``enc_*``, ``registers``,
+    ``fsq``) stay attributes of the tokenizer, so the state_dict keys and the
+    parameter order of saved optimizer states are those of existing checkpoints.
+    """
+
+    def _build_encoder(self, patch_dim: int, fsq_levels: tuple[int, ...] | list[int], dim: int, depth: int, heads: int,
+                       mlp_ratio: float) -> None:
+        self.fsq = FSQ(list(fsq_levels))
+        self.enc_patch_in = nn.Linear(patch_dim, dim)
+        self.enc_time_pos = nn.Parameter(torch.zeros(self.t_max, dim))
+        self.registers = nn.Parameter(torch.zeros(self.t_max, self.n_max, dim))  # RegistersTemporal2D
+        self.enc_blocks = nn.ModuleList(TransformerBlock(dim, heads, mlp_ratio) for _ in range(depth))
+        self.enc_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.enc_to_code = nn.Linear(dim, len(fsq_levels))
+
+    def encode_latents(self, latents: Tensor) -> tuple[Tensor, Tensor]:
+        """Registers of normalized latents ``[B, C, t, h, w]`` (``t <= t_max``), quantized.
+
+        Returns:
+            FSQ codes ``float32 [B, t, n_max, 6]`` in ``[-1, 1]`` (straight-through
+            gradients) and indices ``int64 [B, t, n_max]`` in ``[0, 64000)``.
+        """
+        b, _, t, h, w = latents.shape
+        hp, wp = h // self.patch_size, w // self.patch_size
+        x = self.enc_patch_in(self._patchify(latents)) + self._patch_pos(self.enc_time_pos, t, hp, wp)
+        regs = self.registers[:t].flatten(0, 1).expand(b, -1, -1)
+        seq = torch.cat([x, regs], dim=1)
+        mask = self._mask("enc", t, hp * wp, self.n_max, seq.device)
+        for block in self.enc_blocks:
+            seq = block(seq, mask)
+        z = self.enc_to_code(self.enc_norm(seq[:, t * hp * wp:]))
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            codes, indices = self.fsq(z.float())  # FSQ in float32 (notes 2.4)
+        return codes.view(b, t, self.n_max, -1), indices.long().view(b, t, self.n_max)
+
+
+class FlowDecoder(LatentPatchSequence):
+    """VideoFlexTok's rectified-flow decoder (notes 2.5): noised latent patches plus the kept
+    registers -> block-causal adaLN-zero transformer (FlexTok layout) -> velocity, and its Euler sampler.
+
+    A part of :class:`VideoFlexTok` for the same reason as :class:`RegisterEncoder`
+    (layers ``dec_*``, ``mask_token``, ``null_token``, ``t_embed``, ``final``).
+    Needs the tokenizer's ``latent_channels`` and sampler settings.
+    """
+
+    def _build_decoder(self, patch_dim: int, code_dim: int, dim: int, depth: int, heads: int, mlp_ratio: float) -> None:
+        self.dec_patch_in = nn.Linear(patch_dim, dim)
+        self.dec_time_pos = nn.Parameter(torch.zeros(self.t_max, dim))
+        self.dec_code_in = nn.Linear(code_dim, dim)
+        self.dec_register_pos = nn.Parameter(torch.zeros(self.t_max, self.n_max, dim))
+        self.mask_token = nn.Parameter(torch.zeros(dim))  # nested-dropout mask token
+        self.null_token = nn.Parameter(torch.zeros(dim))  # CFG null condition
+        self.t_embed = TimestepEmbedder(dim, scale=1000.0)
+        self.dec_blocks = nn.ModuleList(AdaLNZeroBlock(dim, heads, mlp_ratio, layout="flextok") for _ in range(depth))
+        self.final = AdaLNFinalLayer(dim, patch_dim, layout="flextok")
+
+    def velocity(self, noised: Tensor, sigma: Tensor, codes: Tensor, keep: Tensor, null: Tensor) -> Tensor:
+        """Predicted velocity ``noise - clean`` ``[B, C, t, h, w]``.
+
+        Args:
+            noised: ``x_sigma = sigma * noise + (1 - sigma) * clean``, ``[B, C, t, h, w]``.
+            sigma: noise level per latent timestep ``[B, t]`` in ``[0, 1]`` (0 on a clean prefix).
+            codes: register codes ``[B, t, n_max, 6]``.
+            keep: ``bool [B, t, n_max]``; registers where ``False`` become the mask token.
+            null: ``bool [B]``; rows where ``True`` have every register replaced by the null token.
+        """
+        b, c, t, h, w = noised.shape
+        hp, wp = h // self.patch_size, w // self.patch_size
+        x = self.dec_patch_in(self._patchify(noised)) + self._patch_pos(self.dec_time_pos, t, hp, wp)
+        r = self.dec_code_in(codes.to(x.dtype))
+        r = torch.where(keep[..., None], r, self.mask_token.to(r.dtype))
+        r = torch.where(null[:, None, None, None], self.null_token.to(r.dtype), r)
+        r = (r + self.dec_register_pos[:t]).flatten(1, 2)
+        cond = self.t_embed(sigma.flatten()).view(b, t, -1)
+        seq = torch.cat([x, r], dim=1)
+        mask = self._mask("dec", t, hp * wp, self.n_max, seq.device)
+        for block in self.dec_blocks:
+            seq = block(seq, cond, (hp * wp, self.n_max), mask)
+        out = self.final(seq[:, : t * hp * wp], cond, (hp * wp,))
+        p = self.patch_size
+        return rearrange(out, "b (t h w) (c p q) -> b c t (h p) (w q)", t=t, h=hp, w=wp, p=p, q=p).float()
+
+    def _guided_velocity(self, x: Tensor, sigma: Tensor, codes: Tensor, keep: Tensor) -> Tensor:
+        b = x.shape[0]
+        if self.guidance_scale == 1.0:
+            return self.velocity(x, sigma, codes, keep, torch.zeros(b, dtype=torch.bool, device=x.device))
+        null = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(x.device)
+        both = self.velocity(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([codes, codes]), torch.cat([keep, keep]), null)
+        cond, uncond = both.chunk(2)
+        if self.guidance == "cfg":
+            return uncond + self.guidance_scale * (cond - uncond)
+        return apg_guidance(cond, uncond, self.guidance_scale, self.apg_norm_threshold)
+
+    @torch.no_grad()
+    def sample_latents(self, codes: Tensor, keep: Tensor, latent_hw: tuple[int, int], prefix: Tensor | None = None,
+                       generator: torch.Generator | None = None) -> Tensor:
+        """Euler sampler of the rectified flow from ``sigma = 1`` (noise) to ``0`` (notes 2.5).
+
+        Args:
+            codes: ``[B, t, n_max, 6]``; keep: ``bool [B, t, n_max]``.
+            latent_hw: latent ``(h, w)``.
+            prefix: clean normalized latents ``[B, C, p, h, w]`` held fixed for the first ``p`` timesteps.
+            generator: CPU generator of the initial noise (reproducible decoding).
+
+        Returns:
+            normalized latents ``float32 [B, C, t, h, w]``.
+        """
+        b, t = codes.shape[:2]
+        device = codes.device
+        x = torch.randn((b, self.latent_channels, t, *latent_hw), generator=generator).to(device)
+        p = 0 if prefix is None else prefix.shape[2]
+        sigma_mask = torch.ones(b, t, device=device)
+        if p:
+            x[:, :, :p] = prefix
+            sigma_mask[:, :p] = 0
+        levels = shift_sigma(torch.linspace(1.0, 0.0, self.sample_steps + 1, device=device), self.noise_shift)
+        for s, s_next in zip(levels[:-1], levels[1:]):
+            v = self._guided_velocity(x, sigma_mask * s, codes, keep)
+            x = x + (s_next - s) * v
+            if p:
+                x[:, :, :p] = prefix
+        return x
+
+
+# --------------------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------------------
 
 @register_tokenizer("videoflextok")
-class VideoFlexTok(VideoTokenizer):
+class VideoFlexTok(RegisterEncoder, FlowDecoder, VideoTokenizer):
     """VideoFlexTok: register tokens with nested dropout, FSQ, and a rectified-flow decoder.
+
+    Composed of the frozen stage-0 ``vae``, a :class:`RegisterEncoder` and a
+    :class:`FlowDecoder` (mixed in, see :class:`RegisterEncoder`); this class
+    adds chunking, the training objective and the token contract.
 
     Args:
         size: a key of :data:`VIDEOFLEXTOK_SIZES`; explicit arguments override it.
@@ -354,27 +446,9 @@ class VideoFlexTok(VideoTokenizer):
         self.t_max = 1 + (chunk_frames - 1) // self.time_factor
         self.chunk_stride = chunk_frames - 1
         patch_dim = self.latent_channels * patch_size * patch_size
-        self.fsq = FSQ(list(fsq_levels))
-        code_dim = len(fsq_levels)
-
-        ed, dd = preset["enc_dim"], preset["dec_dim"]
-        # encoder
-        self.enc_patch_in = nn.Linear(patch_dim, ed)
-        self.enc_time_pos = nn.Parameter(torch.zeros(self.t_max, ed))
-        self.registers = nn.Parameter(torch.zeros(self.t_max, self.n_max, ed))  # RegistersTemporal2D
-        self.enc_blocks = nn.ModuleList(TransformerBlock(ed, preset["enc_heads"], mlp_ratio) for _ in range(preset["enc_depth"]))
-        self.enc_norm = nn.LayerNorm(ed, eps=1e-6)
-        self.enc_to_code = nn.Linear(ed, code_dim)
-        # decoder
-        self.dec_patch_in = nn.Linear(patch_dim, dd)
-        self.dec_time_pos = nn.Parameter(torch.zeros(self.t_max, dd))
-        self.dec_code_in = nn.Linear(code_dim, dd)
-        self.dec_register_pos = nn.Parameter(torch.zeros(self.t_max, self.n_max, dd))
-        self.mask_token = nn.Parameter(torch.zeros(dd))  # nested-dropout mask token
-        self.null_token = nn.Parameter(torch.zeros(dd))  # CFG null condition
-        self.t_embed = TimestepEmbedder(dd, scale=1000.0)
-        self.dec_blocks = nn.ModuleList(AdaLNBlock(dd, preset["dec_heads"], mlp_ratio) for _ in range(preset["dec_depth"]))
-        self.final = FinalLayer(dd, patch_dim)
+        self._build_encoder(patch_dim, fsq_levels, preset["enc_dim"], preset["enc_depth"], preset["enc_heads"], mlp_ratio)
+        self._build_decoder(patch_dim, len(fsq_levels), preset["dec_dim"], preset["dec_depth"], preset["dec_heads"], mlp_ratio)
+        # the learned tokens are drawn once both halves exist (the RNG order of existing seeds and checkpoints)
         for p in (self.enc_time_pos, self.registers, self.dec_time_pos, self.dec_register_pos, self.mask_token, self.null_token):
             nn.init.trunc_normal_(p, std=0.02)
         # latent normalisation (per channel), set from the first training batch and saved in checkpoints
@@ -467,110 +541,6 @@ class VideoFlexTok(VideoTokenizer):
             video = torch.cat([video, video[:, :, -1:].expand(-1, -1, pad, -1, -1)], dim=2)
         clips = video.unfold(2, self.chunk_frames, self.chunk_stride)  # [B, 3, K, H, W, 17]
         return rearrange(clips, "b c k h w t -> (b k) c t h w").contiguous(), chunks, pad
-
-    # ---------------------------------------------------------------- encoder
-    def _mask(self, kind: str, t: int, patches: int, registers: int, device: torch.device) -> Tensor:
-        key = (kind, t, patches, registers, str(device))
-        if key not in self._masks:
-            build = encoder_attention_mask if kind == "enc" else decoder_attention_mask
-            self._masks[key] = build(t, patches, registers, device)
-        return self._masks[key]
-
-    def _patchify(self, latents: Tensor) -> Tensor:
-        p = self.patch_size
-        return rearrange(latents, "b c t (h p) (w q) -> b (t h w) (c p q)", p=p, q=p)
-
-    def _patch_pos(self, time_pos: Tensor, t: int, hp: int, wp: int) -> Tensor:
-        space = build_sincos2d_pos_embed([hp, wp], time_pos.shape[-1], device=time_pos.device)  # [hp*wp, D]
-        return (time_pos[:t, None, :] + space[None].to(time_pos.dtype)).flatten(0, 1)
-
-    def encode_latents(self, latents: Tensor) -> tuple[Tensor, Tensor]:
-        """Registers of normalized latents ``[B, C, t, h, w]`` (``t <= t_max``), quantized.
-
-        Returns:
-            FSQ codes ``float32 [B, t, n_max, 6]`` in ``[-1, 1]`` (straight-through
-            gradients) and indices ``int64 [B, t, n_max]`` in ``[0, 64000)``.
-        """
-        b, _, t, h, w = latents.shape
-        hp, wp = h // self.patch_size, w // self.patch_size
-        x = self.enc_patch_in(self._patchify(latents)) + self._patch_pos(self.enc_time_pos, t, hp, wp)
-        regs = self.registers[:t].flatten(0, 1).expand(b, -1, -1)
-        seq = torch.cat([x, regs], dim=1)
-        mask = self._mask("enc", t, hp * wp, self.n_max, seq.device)
-        for block in self.enc_blocks:
-            seq = block(seq, mask)
-        z = self.enc_to_code(self.enc_norm(seq[:, t * hp * wp:]))
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            codes, indices = self.fsq(z.float())  # FSQ in float32 (notes 2.4)
-        return codes.view(b, t, self.n_max, -1), indices.long().view(b, t, self.n_max)
-
-    # ---------------------------------------------------------------- decoder
-    def velocity(self, noised: Tensor, sigma: Tensor, codes: Tensor, keep: Tensor, null: Tensor) -> Tensor:
-        """Predicted velocity ``noise - clean`` ``[B, C, t, h, w]``.
-
-        Args:
-            noised: ``x_sigma = sigma * noise + (1 - sigma) * clean``, ``[B, C, t, h, w]``.
-            sigma: noise level per latent timestep ``[B, t]`` in ``[0, 1]`` (0 on a clean prefix).
-            codes: register codes ``[B, t, n_max, 6]``.
-            keep: ``bool [B, t, n_max]``; registers where ``False`` become the mask token.
-            null: ``bool [B]``; rows where ``True`` have every register replaced by the null token.
-        """
-        b, c, t, h, w = noised.shape
-        hp, wp = h // self.patch_size, w // self.patch_size
-        x = self.dec_patch_in(self._patchify(noised)) + self._patch_pos(self.dec_time_pos, t, hp, wp)
-        r = self.dec_code_in(codes.to(x.dtype))
-        r = torch.where(keep[..., None], r, self.mask_token.to(r.dtype))
-        r = torch.where(null[:, None, None, None], self.null_token.to(r.dtype), r)
-        r = (r + self.dec_register_pos[:t]).flatten(1, 2)
-        cond = self.t_embed(sigma.flatten()).view(b, t, -1)
-        seq = torch.cat([x, r], dim=1)
-        mask = self._mask("dec", t, hp * wp, self.n_max, seq.device)
-        for block in self.dec_blocks:
-            seq = block(seq, cond, hp * wp, self.n_max, mask)
-        out = self.final(seq[:, : t * hp * wp], cond, hp * wp)
-        p = self.patch_size
-        return rearrange(out, "b (t h w) (c p q) -> b c t (h p) (w q)", t=t, h=hp, w=wp, p=p, q=p).float()
-
-    def _guided_velocity(self, x: Tensor, sigma: Tensor, codes: Tensor, keep: Tensor) -> Tensor:
-        b = x.shape[0]
-        if self.guidance_scale == 1.0:
-            return self.velocity(x, sigma, codes, keep, torch.zeros(b, dtype=torch.bool, device=x.device))
-        null = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(x.device)
-        both = self.velocity(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([codes, codes]), torch.cat([keep, keep]), null)
-        cond, uncond = both.chunk(2)
-        if self.guidance == "cfg":
-            return uncond + self.guidance_scale * (cond - uncond)
-        return apg_guidance(cond, uncond, self.guidance_scale, self.apg_norm_threshold)
-
-    @torch.no_grad()
-    def sample_latents(self, codes: Tensor, keep: Tensor, latent_hw: tuple[int, int], prefix: Tensor | None = None,
-                       generator: torch.Generator | None = None) -> Tensor:
-        """Euler sampler of the rectified flow from ``sigma = 1`` (noise) to ``0`` (notes 2.5).
-
-        Args:
-            codes: ``[B, t, n_max, 6]``; keep: ``bool [B, t, n_max]``.
-            latent_hw: latent ``(h, w)``.
-            prefix: clean normalized latents ``[B, C, p, h, w]`` held fixed for the first ``p`` timesteps.
-            generator: CPU generator of the initial noise (reproducible decoding).
-
-        Returns:
-            normalized latents ``float32 [B, C, t, h, w]``.
-        """
-        b, t = codes.shape[:2]
-        device = codes.device
-        x = torch.randn((b, self.latent_channels, t, *latent_hw), generator=generator).to(device)
-        p = 0 if prefix is None else prefix.shape[2]
-        sigma_mask = torch.ones(b, t, device=device)
-        if p:
-            x[:, :, :p] = prefix
-            sigma_mask[:, :p] = 0
-        levels = shift_sigma(torch.linspace(1.0, 0.0, self.sample_steps + 1, device=device), self.noise_shift)
-        for s, s_next in zip(levels[:-1], levels[1:]):
-            v = self._guided_velocity(x, sigma_mask * s, codes, keep)
-            x = x + (s_next - s) * v
-            if p:
-                x[:, :, :p] = prefix
-        return x
 
     # ---------------------------------------------------------------- contract
     def _budget(self, num_tokens: int | None) -> int:
@@ -719,3 +689,28 @@ class VideoFlexTok(VideoTokenizer):
 
     def codebook_size(self) -> int:
         return int(self.fsq.codebook_size)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sizes and presets
+# --------------------------------------------------------------------------------------------------
+
+#: presets: encoder depth/width, decoder depth/width, heads (encoder, decoder), registers per timestep.
+#: ``k600`` is the VideoFlexTok-K600 shape (18-layer encoder and decoder, 17 frames at 128x128,
+#: n_max 256; project page). Widths are inferred: FlexTok's ``d{N}`` models use width 64 N
+#: (1152 for d18), which gives 36 x 12 x 1152^2 = 573M parameters without adaLN, the 570M the
+#: project page reports. ``d18_d28`` (the 256x256 Panda model, ``videoflextok_d18_d28``):
+#: 18 x 1152 encoder, 28 x 1792 decoder = 1.37B without adaLN (page: 1.3B).
+VIDEOFLEXTOK_SIZES: dict[str, SizeConfig] = {
+    "tiny": SizeConfig(enc_depth=2, enc_dim=128, dec_depth=4, dec_dim=128, enc_heads=4, dec_heads=4, n_max=16),
+    "small": SizeConfig(enc_depth=6, enc_dim=384, dec_depth=6, dec_dim=384, enc_heads=6, dec_heads=6, n_max=64),
+    "k600": SizeConfig(enc_depth=18, enc_dim=1152, dec_depth=18, dec_dim=1152, enc_heads=18, dec_heads=18, n_max=256),
+    "d18_d28": SizeConfig(enc_depth=18, enc_dim=1152, dec_depth=28, dec_dim=1792, enc_heads=18, dec_heads=28, n_max=256),
+}
+
+#: The paper's long-video setting (notes 2.2): 81 frames (10 s at 8 fps) = 1 + 16 x 5 frames ->
+#: 21 latent timesteps; 32 tokens per timestep -> 21 x 32 = 672 tokens (8x fewer than the
+#: 21 x 256 = 5376 of a comparable 3D grid). Use as ``frames`` and ``num_tokens`` of a suite.
+PAPER_81F_672 = {"frames": 81, "num_tokens": 32, "tokens_per_video": 672, "size": "d18_d28", "resolution": 256}
+
+register_size_presets("videoflextok", VIDEOFLEXTOK_SIZES, source="VideoFlexTok project page; FlexTok d{N} widths")

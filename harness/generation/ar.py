@@ -2,7 +2,8 @@
 
 For the discrete tokenizers (VideoFlexTok's FSQ indices, the VQ grid
 baselines): next-token prediction with a causal transformer (pre-LayerNorm
-blocks, learned absolute positions), class-conditional through a class token
+GPT-2 blocks, :class:`video_tokenizers.layers.TransformerBlock` with
+``causal=True``; learned absolute positions), class-conditional through a class token
 at position 0 (LlamaGen-style "class token as prefix"), classifier-free
 guidance by mixing the logits of the class and of a null class, and a
 key/value cache for sampling.
@@ -26,10 +27,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from timm.layers import Mlp
 from torch import Tensor, nn
 
-from harness.registry import register_generator
+from harness.generation.sit import SIT_SIZES
+from harness.registry import SizeConfig, register_generator, register_size_presets
+from video_tokenizers.layers import TransformerBlock
 
 # --------------------------------------------------------------------------- token order
 
@@ -72,58 +74,6 @@ def from_sequence(seq: Tensor, shape: tuple[int, ...], coarse_to_fine: bool = Fa
     return seq.reshape(seq.shape[0], *shape)
 
 
-# --------------------------------------------------------------------------- blocks
-
-
-class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention ``[B, N, D] -> [B, N, D]`` with an optional KV cache.
-
-    With ``cache`` (a dict, filled in place) the input holds only the new
-    positions, which attend to everything cached before them.
-    """
-
-    def __init__(self, dim: int, num_heads: int) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: Tensor, cache: dict[str, Tensor] | None = None) -> Tensor:
-        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
-        if cache is not None:
-            if "k" in cache:
-                k = torch.cat([cache["k"], k], dim=2)
-                v = torch.cat([cache["v"], v], dim=2)
-            cache["k"], cache["v"] = k, v
-        # with a cache, new queries are the last positions: a causal mask aligned to the end
-        if q.shape[2] == k.shape[2]:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif q.shape[2] == 1:
-            out = F.scaled_dot_product_attention(q, k, v)
-        else:
-            offset = k.shape[2] - q.shape[2]
-            mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=x.device).tril(offset)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
-
-
-class GPTBlock(nn.Module):
-    """Pre-LayerNorm transformer block with causal attention (GPT-2)."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = CausalSelfAttention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=lambda: nn.GELU(approximate="tanh"))
-
-    def forward(self, x: Tensor, cache: dict[str, Tensor] | None = None) -> Tensor:
-        x = x + self.attn(self.norm1(x), cache)
-        return x + self.mlp(self.norm2(x))
-
-
 # --------------------------------------------------------------------------- the model
 
 
@@ -149,13 +99,15 @@ class ARTransformer(nn.Module):
             raise ValueError(f"unknown AR size {size!r}; expected one of {sorted(AR_SIZES)}")
         if vocab_size < 2 or seq_len < 1:
             raise ValueError(f"need vocab_size >= 2 and seq_len >= 1, got {vocab_size}, {seq_len}")
-        depth, dim, heads = AR_SIZES[size]
+        config = AR_SIZES[size]
+        depth, dim, heads = config.depth, config.dim, config.heads
         self.size, self.vocab_size, self.seq_len = size, vocab_size, seq_len
         self.num_classes, self.class_dropout = num_classes, class_dropout
         self.tok_emb = nn.Embedding(vocab_size, dim)
         self.cls_emb = nn.Embedding(num_classes + int(class_dropout > 0), dim)
         self.pos_emb = nn.Parameter(torch.zeros(1, seq_len, dim))
-        self.blocks = nn.ModuleList([GPTBlock(dim, heads, mlp_ratio) for _ in range(depth)])
+        self.blocks = nn.ModuleList([TransformerBlock(dim, heads, mlp_ratio, norm_eps=1e-5, gelu="tanh", causal=True)
+                                     for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, vocab_size, bias=False)
         self.apply(self._init)
@@ -221,7 +173,7 @@ class ARTransformer(nn.Module):
         for i in range(length):
             h = h + self.pos_emb[:, i : i + 1]
             for block, cache in zip(self.blocks, caches):
-                h = block(h, cache)
+                h = block(h, cache=cache)
             logits = self.head(self.norm(h[:, -1])).float()
             if guided:
                 cond, null = logits[:b], logits[b:]
@@ -236,11 +188,9 @@ class ARTransformer(nn.Module):
         return out
 
 
-#: size -> (depth, hidden dim, heads); the SiT widths (S/B/L/XL), so that generators match across tokenizers
-AR_SIZES: dict[str, tuple[int, int, int]] = {
-    "tiny": (2, 64, 4),
-    "S": (12, 384, 6),
-    "B": (12, 768, 12),
-    "L": (24, 1024, 16),
-    "XL": (28, 1152, 16),
-}
+# --------------------------------------------------------------------------- sizes and presets
+
+#: size -> depth, hidden dim, heads: the SiT sizes (tiny, S/B/L/XL), so that generators match across tokenizers
+AR_SIZES: dict[str, SizeConfig] = SIT_SIZES
+
+register_size_presets("ar", AR_SIZES, kind="generators", source="SiT / DiT Table 1 widths")

@@ -2,8 +2,10 @@
 
 DiT blocks with adaLN-Zero conditioning on the timestep and the class
 (Peebles and Xie, DiT, section 3.2; SiT, Ma et al. 2024, uses the same
-backbone), sizes S/B/L/XL with patch 2/4/8 (SiT Table 1 / DiT Table 1), plus
-a ``tiny`` size for CPU tests.
+backbone; :class:`video_tokenizers.layers.AdaLNZeroBlock` in the ``"dit"``
+layout), sizes S/B/L/XL with patch 2/4/8 (SiT Table 1 / DiT Table 1), plus
+a ``tiny`` size for CPU tests; the presets ``sit_<size>_<patch>``
+(``sit_XL_2``) are registered in :data:`harness.registry.PRESETS`.
 
 The latents of a tokenizer reach the transformer through a *layout adapter*:
 
@@ -18,46 +20,22 @@ The latents of a tokenizer reach the transformer through a *layout adapter*:
   latents stacked in time) with a Conv3d patch embedding of
   ``(patch_t, patch, patch)``, fixed 3D sin-cos positions and one final layer.
 
-Blocks, then the model, then the size table (DiT ``models.py`` order).
+Blocks, then the model, then the size table and presets (DiT ``models.py`` order).
 """
 from __future__ import annotations
 
 import math
 import torch
 from einops import rearrange
-from timm.layers import Attention, Mlp
 from torch import Tensor, nn
 
 from harness.api import Latents
 from harness.generation.tree import tree_cat, tree_map, tree_split
-from harness.registry import register_generator
-from video_tokenizers.layers import TimestepEmbedder
+from harness.registry import SizeConfig, register_generator, register_preset
+from video_tokenizers.layers import AdaLNFinalLayer, AdaLNZeroBlock, TimestepEmbedder, sincos_pos_embed
 
 
 # --------------------------------------------------------------------------- embeddings
-
-
-def sincos_pos_embed(grid: tuple[int, ...], dim: int) -> Tensor:
-    """Fixed sin-cos positions for an n-D grid, ``float32 [prod(grid), dim]``.
-
-    Each axis gets ``dim // n`` channels (rounded down to an even number),
-    half sine and half cosine of ``pos / 10000^(2i/d)`` (MAE / DiT
-    ``get_2d_sincos_pos_embed``); left-over channels are zero. Row-major over
-    ``grid`` (the last axis varies fastest, as after ``flatten``).
-    """
-    per_axis = (dim // len(grid)) // 2 * 2
-    if per_axis == 0:
-        raise ValueError(f"dim {dim} is too small for a {len(grid)}-D sin-cos embedding")
-    coords = torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in grid], indexing="ij")
-    omega = 1.0 / 10000 ** (torch.arange(per_axis // 2, dtype=torch.float64) / (per_axis / 2))
-    parts = []
-    for c in coords:
-        angles = c.reshape(-1, 1) * omega[None]
-        parts += [torch.sin(angles), torch.cos(angles)]
-    emb = torch.cat(parts, dim=1)
-    if emb.shape[1] < dim:
-        emb = torch.cat([emb, emb.new_zeros(emb.shape[0], dim - emb.shape[1])], dim=1)
-    return emb.float()
 
 
 class LabelEmbedder(nn.Module):
@@ -79,41 +57,6 @@ class LabelEmbedder(nn.Module):
             drop = torch.rand(y.shape[0], device=y.device) < self.dropout
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
         return self.table(y)
-
-
-def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    return x * (1 + scale[:, None]) + shift[:, None]
-
-
-class SiTBlock(nn.Module):
-    """DiT block with adaLN-Zero: ``x [B, N, D]``, condition ``c [B, D]`` -> ``[B, N, D]``."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(dim, num_heads=num_heads, qkv_bias=True)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=lambda: nn.GELU(approximate="tanh"))
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
-
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + gate_msa[:, None] * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
-        return x + gate_mlp[:, None] * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
-
-
-class SiTFinalLayer(nn.Module):
-    """adaLN-modulated LayerNorm and a linear map to ``out_dim`` values per token (zero init)."""
-
-    def __init__(self, dim: int, out_dim: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(dim, out_dim)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
-
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(modulate(self.norm(x), shift, scale))
 
 
 # --------------------------------------------------------------------------- layout adapters
@@ -172,7 +115,7 @@ class TriplaneAdapter(nn.Module):
         self.type_embed = nn.Parameter(torch.zeros(1, len(self.names), dim))
         nn.init.normal_(self.type_embed, std=0.02)
         self.lengths = [gh * gw for gh, gw in self.grids.values()]
-        self.final = nn.ModuleDict({k: SiTFinalLayer(dim, patch * patch * self.shapes[k][0]) for k in self.names})
+        self.final = nn.ModuleDict({k: AdaLNFinalLayer(dim, patch * patch * self.shapes[k][0]) for k in self.names})
 
     @property
     def num_patches(self) -> int:
@@ -205,10 +148,7 @@ class TriplaneAdapter(nn.Module):
 
     def zero_init(self) -> None:
         for layer in self.final.values():
-            nn.init.zeros_(layer.adaLN_modulation[-1].weight)
-            nn.init.zeros_(layer.adaLN_modulation[-1].bias)
-            nn.init.zeros_(layer.linear.weight)
-            nn.init.zeros_(layer.linear.bias)
+            layer.zero_init()
 
 
 class GridAdapter(nn.Module):
@@ -235,7 +175,7 @@ class GridAdapter(nn.Module):
         self.grid = (t // patch_t, h // patch, w // patch)
         self.embed = nn.Conv3d(c, dim, kernel_size=(patch_t, patch, patch), stride=(patch_t, patch, patch))
         self.register_buffer("pos", sincos_pos_embed(self.grid, dim)[None], persistent=False)
-        self.final = SiTFinalLayer(dim, patch_t * patch * patch * c)
+        self.final = AdaLNFinalLayer(dim, patch_t * patch * patch * c)
 
     @property
     def num_patches(self) -> int:
@@ -256,9 +196,7 @@ class GridAdapter(nn.Module):
                          t=t, h=gh, w=gw, r=self.patch_t, p=self.patch, q=self.patch)
 
     def zero_init(self) -> None:
-        for m in (self.final.adaLN_modulation[-1], self.final.linear):
-            nn.init.zeros_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.final.zero_init()
 
 
 def make_adapter(example: Latents, dim: int, patch: int, patch_t: int = 1) -> nn.Module:
@@ -303,12 +241,13 @@ class SiT(nn.Module):
         super().__init__()
         if size not in SIT_SIZES:
             raise ValueError(f"unknown SiT size {size!r}; expected one of {sorted(SIT_SIZES)}")
-        depth, dim, heads = SIT_SIZES[size]
+        config = SIT_SIZES[size]
+        dim = config.dim
         self.size, self.num_classes = size, num_classes
         self.adapter = make_adapter(example, dim, patch, patch_t)
         self.t_embedder = TimestepEmbedder(dim)
         self.y_embedder = LabelEmbedder(num_classes, dim, class_dropout)
-        self.blocks = nn.ModuleList([SiTBlock(dim, heads, mlp_ratio) for _ in range(depth)])
+        self.blocks = nn.ModuleList([AdaLNZeroBlock(dim, config.heads, mlp_ratio) for _ in range(config.depth)])
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -328,8 +267,7 @@ class SiT(nn.Module):
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         for block in self.blocks:
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+            block.zero_init()
         self.adapter.zero_init()
 
     @property
@@ -360,11 +298,25 @@ class SiT(nn.Module):
         return tree_map(lambda a, b: b + cfg_scale * (a - b), cond, null)
 
 
-#: size -> (depth, hidden dim, heads); S/B/L/XL from SiT (Ma et al. 2024) / DiT Table 1, tiny for CPU
-SIT_SIZES: dict[str, tuple[int, int, int]] = {
-    "tiny": (2, 64, 4),
-    "S": (12, 384, 6),
-    "B": (12, 768, 12),
-    "L": (24, 1024, 16),
-    "XL": (28, 1152, 16),
+# --------------------------------------------------------------------------- sizes and presets
+
+#: size -> depth, hidden dim, heads; S/B/L/XL from SiT (Ma et al. 2024) / DiT Table 1, tiny for CPU
+SIT_SIZES: dict[str, SizeConfig] = {
+    "tiny": SizeConfig(depth=2, dim=64, heads=4),
+    "S": SizeConfig(depth=12, dim=384, heads=6),
+    "B": SizeConfig(depth=12, dim=768, heads=12),
+    "L": SizeConfig(depth=24, dim=1024, heads=16),
+    "XL": SizeConfig(depth=28, dim=1152, heads=16),
 }
+
+
+
+def _register_presets() -> None:
+    """``sit_<size>_<patch>``: every size with DiT's patch sizes 2, 4, 8 (``sit_L_2`` is CoordTok-SiT-L/2, supp. A.2)."""
+    for size, config in SIT_SIZES.items():
+        for patch in (2, 4, 8):
+            register_preset(f"sit_{size}_{patch}", "sit", {"size": size, "patch": patch}, kind="generators",
+                            summary=f"{config.summary()}, patch={patch}", source="SiT / DiT Table 1")
+
+
+_register_presets()
