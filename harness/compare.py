@@ -30,6 +30,7 @@ import torch
 from harness.data.decode import decode_frames, to_model_range
 from harness.io import write_json_atomic
 from harness.registry import METRICS
+from harness.scoring import Scorer
 
 #: file suffixes treated as videos
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".gif", ".y4m", ".ogv", ".flv", ".wmv"}
@@ -105,6 +106,7 @@ def run_compare(real_dir: str | Path, recon_dir: str | Path, metrics: Sequence[s
     Raises:
         CompareError: unmatched videos, mismatched frame sizes, unknown metric names.
         VideoDecodeError: an unreadable video or too few frames.
+        NonFiniteError: a NaN or infinite metric value (nothing is written).
     """
     names = [m.strip() for m in (metrics.split(",") if isinstance(metrics, str) else metrics) if m.strip()]
     if not names:
@@ -114,31 +116,19 @@ def run_compare(real_dir: str | Path, recon_dir: str | Path, metrics: Sequence[s
         raise CompareError(f"unknown metrics {unknown}; registered: {', '.join(METRICS.names())}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pairs, unmatched = match_videos(real_dir, recon_dir)
-    kwargs = metric_kwargs or {}
-    scorers = {n: METRICS.create(n, **kwargs.get(n, {})).to(device) for n in names}
-
-    rows: list[dict[str, Any]] = []
+    scorer = Scorer(names, device, metric_kwargs, label=f"compare {recon_dir}")
     for name, real_path, recon_path in pairs:
         real, recon = _decode_pair(real_path, recon_path, start, frames, stride, resolution)
-        real, recon = real.to(device), recon.to(device)
-        row: dict[str, Any] = {"video": name, "frames": int(real.shape[2])}
-        with torch.no_grad():
-            for metric_name, metric in scorers.items():
-                metric.update(real, recon)
-                if metric.per_video:
-                    row[metric_name] = float(metric.last_values[0])
-        rows.append(row)
+        scorer.update(real.to(device), recon.to(device), [{"video": name, "frames": int(real.shape[2])}])
+    rows = scorer.rows
 
-    summary: dict[str, Any] = {}
+    summary, metric_protocols = scorer.compute()
     protocol: dict[str, Any] = {"compare": {
         "real_dir": str(Path(real_dir).resolve()), "recon_dir": str(Path(recon_dir).resolve()),
         "matching": "file name without extension", "decode": "PyAV, every frame in order (harness.data.decode)",
         "resolution": resolution or "decoded size", "frames": frames or "all (cut to the shorter video of a pair)",
         "start": start, "stride": stride,
-    }}
-    for metric in scorers.values():
-        summary.update(metric.compute())
-        protocol.update(metric.protocol())
+    }, **metric_protocols}
     result = {
         "real_dir": str(real_dir), "recon_dir": str(recon_dir), "num_videos": len(pairs), "metrics": summary,
         "per_video": rows, "protocol": protocol, "unmatched_reconstructions": unmatched,

@@ -1,23 +1,48 @@
 """Suite schema and validation.
 
-A suite is a YAML file (documented key by key in ``suites/README.md``). It is
-validated as a whole before any work starts: unknown keys are rejected by
-name with the list of allowed keys, tokenizer / metric / dataset names must
-resolve, tokenizer keyword arguments must exist in the tokenizer's
-constructor, and a missing data folder stops the run with a message that says
-what to download. ``--set key=value`` overrides any key (lists of tokenizers
-are addressed by ``id``: ``tokenizers.grid3d.kwargs.size=tiny``).
+A suite is a YAML file (documented key by key in ``suites/README.md``). Every
+kind of suite file (``python -m harness run`` suites here, the cost-vs-length
+suites of :mod:`harness.profile`) is read by one path, :func:`read_suite`:
+YAML, ``--set key=value`` overrides (lists of tokenizers are addressed by
+``id``: ``tokenizers.grid3d.kwargs.size=tiny``), then the pydantic models
+below, which forbid unknown keys at every level. pydantic's errors become one
+:class:`SuiteError` line naming the file and the key path (list items by
+their ``id``: ``tokenizers[coordtok_tiny].train.stepz``); an unknown key's
+message also lists the allowed keys at its level. Names are checked next
+(:func:`validate_names`, :func:`check_tokenizer`): tokenizer / metric /
+dataset names must resolve, tokenizer keyword arguments must exist in the
+tokenizer's constructor, and a missing data folder stops the run with a
+message that says what to download.
+
+Per-tokenizer ``train`` / ``generation`` blocks are typed overrides
+(:class:`TrainOverrides`, :class:`GenerationOverrides`: the fields of
+:class:`TrainConfig` / :class:`GenerationConfig`, each optional); the merged
+configurations come from :meth:`Suite.train_config` and
+:func:`generation_config`, the keys an entry sets winning over the suite's.
+
+The engine passes the data geometry to tokenizers whose constructor takes
+``frames`` / ``resolution`` (:func:`tokenizer_kwargs`), so suites do not
+repeat it; :func:`load_suite` returns entries whose ``kwargs`` are these
+resolved constructor arguments (what ``config.json`` records and the training
+fingerprint hashes).
+
+Importing this module does not import torch; validating a ``generation``
+block does (its ``model`` is checked against
+:data:`harness.generation.sit.SIT_SIZES`), and so does :func:`validate_names`
+(the registries).
 """
 from __future__ import annotations
 
 import copy
 import inspect
 import os
+import types
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Optional, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_serializer,
+                      model_validator)
 
 
 class SuiteError(ValueError):
@@ -66,6 +91,8 @@ class TrainConfig(Strict):
     log_every: int = Field(10, ge=1)
     grad_clip: float | None = None
     stage0_cache_clips: int = Field(0, ge=0)
+    #: Accelerate tracker for losses and learning rate: TensorBoard event files in the run folder, or wandb
+    log_with: Literal["none", "tensorboard", "wandb"] = "none"
 
 
 class EvaluateConfig(Strict):
@@ -78,15 +105,177 @@ class EvaluateConfig(Strict):
     keep_reconstructions: bool = True
 
 
-class TokenizerEntry(Strict):
-    """One tokenizer of a suite: registered name (or ``module:Class``), constructor kwargs, overrides."""
+class GenerationConfig(Strict):
+    """Generator training, sampling and gFVD settings: a suite's ``generation:`` block (issue 7).
+
+    Defaults follow CoordTok supplementary A.2 (CoordTok-SiT-L/2: AdamW lr 1e-4,
+    betas (0.9, 0.999), no weight decay, batch 64, 600K iterations, EMA 0.9999,
+    Euler-Maruyama SDE with 250 steps, diffusion ``w_t = sigma_t``, last step
+    0.04) and StyleGAN-V's ``fvd2048_16f`` (2048 real against 2048 generated
+    clips). Unknown keys are rejected by name. Defined here rather than in
+    :mod:`harness.generation.config` (which re-exports it) so that the suite
+    schema imports without torch.
+
+    Raises:
+        pydantic.ValidationError: an unknown key, a value out of range, or a
+            ``model`` that is not a key of ``SIT_SIZES``.
+
+    Attributes:
+        enabled: run the generation stage at all.
+        generator: ``"auto"`` (SiT for continuous tokenizers, the
+            autoregressive transformer for discrete ones), ``"sit"`` or ``"ar"``.
+        model: size name, ``tiny``/``S``/``B``/``L``/``XL`` (SiT paper, Table 1;
+            the same widths for the autoregressive transformer).
+        patch: SiT spatial patch size (2, 4 or 8 in SiT; CoordTok-SiT-L/2 uses 2).
+        patch_t: SiT temporal patch size for 3D grid latents (1 keeps every latent timestep).
+        steps: optimizer steps (600K in CoordTok supp. A.2).
+        batch_size: training batch (64 in CoordTok supp. A.2).
+        lr, weight_decay, betas: AdamW (1e-4, 0, (0.9, 0.999); supp. A.2).
+        ema: EMA momentum (0.9999; supp. A.2).
+        ema_warmup: timm ``ModelEmaV3`` warmup (decay grows from 0 to ``ema``);
+            off in the paper, useful for the few hundred steps of a CPU suite.
+        grad_clip: max grad norm, ``None`` for none (the paper does not clip).
+        num_train_clips: training clips encoded once and cached as the
+            generator's training set (one clip per ``train_clips`` draw).
+        num_norm_clips: clips for the per-plane / per-channel mean and std
+            (2048 in supp. A.2; all cached clips when fewer).
+        encode_batch_size: clips per ``train_clips`` call while encoding.
+        num_tokens: token budget passed to ``encode`` (flexible tokenizers; ``None`` = full).
+        sampler: ``"sde"`` (Euler-Maruyama, the paper) or ``"ode"`` (torchdiffeq).
+        sampling_steps: SDE steps including the last mean step (250), or the
+            number of grid points of a fixed-step ODE method.
+        last_step_size: size of the final noiseless SDE step (0.04).
+        ode_method, ode_atol, ode_rtol: torchdiffeq settings (SiT's defaults: dopri5, 1e-6, 1e-3).
+        temperature, top_k: autoregressive sampling.
+        num_samples: generated videos for gFVD (2048, StyleGAN-V).
+        num_real: real clips for gFVD (2048, StyleGAN-V).
+        sample_batch_size: videos per sampling / decoding batch.
+        fvd_protocols: metric names from ``harness.registry.METRICS`` (``fvd_16f``, ``fvd_128f``).
+        real_cache_dir: where real FVD statistics are cached (default
+            ``<run_dir>/../.fvd_real_cache``, shared by the runs of a suite).
+        conditional: class-conditional (UCF-101's 101 classes) with
+            classifier-free guidance; otherwise one class and no dropout
+            (supp. A.2: "the number of classes as 1 ... class dropout ratio to 0").
+        cfg_scale: guidance scale (1 = no guidance; used only when conditional).
+        class_dropout: label dropout for CFG training (DiT/SiT: 0.1; used only when conditional).
+        num_gif_samples: generated videos written as GIFs to ``generation/samples/``.
+        gif_fps: frame rate of those GIFs.
+        checkpoint_every: steps between checkpoints (and always at the end).
+        log_every: steps between loss log lines.
+        cpu_threads: on a CPU device, torch intra-op threads for the stage
+            (restored afterwards); ``None`` leaves the setting alone. Tiny
+            generators run several times faster with 1 thread on a shared machine.
+    """
+
+    enabled: bool = False
+    generator: Literal["auto", "sit", "ar"] = "auto"
+    model: str = "tiny"
+    patch: int = Field(2, ge=1)
+    patch_t: int = Field(1, ge=1)
+    steps: int = Field(600_000, ge=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    ema: float = Field(0.9999, ge=0, le=1)
+    ema_warmup: bool = False
+    grad_clip: Optional[float] = None
+    num_train_clips: int = Field(2048, ge=1)
+    num_norm_clips: int = Field(2048, ge=1)
+    encode_batch_size: int = Field(16, ge=1)
+    num_tokens: Optional[int] = None
+    sampler: Literal["sde", "ode"] = "sde"
+    sampling_steps: int = Field(250, ge=2)
+    last_step_size: float = Field(0.04, ge=0, lt=1)
+    ode_method: str = "dopri5"
+    ode_atol: float = 1e-6
+    ode_rtol: float = 1e-3
+    temperature: float = Field(1.0, gt=0)
+    top_k: Optional[int] = None
+    num_samples: int = Field(2048, ge=1)
+    num_real: int = Field(2048, ge=1)
+    sample_batch_size: int = Field(16, ge=1)
+    fvd_protocols: list[str] = Field(default_factory=lambda: ["fvd_16f"])
+    real_cache_dir: Optional[str] = None
+    conditional: bool = False
+    cfg_scale: float = Field(1.0, ge=0)
+    class_dropout: float = Field(0.1, ge=0, lt=1)
+    num_gif_samples: int = Field(4, ge=0)
+    gif_fps: int = Field(8, ge=1)
+    checkpoint_every: int = Field(10_000, ge=1)
+    log_every: int = Field(100, ge=1)
+    cpu_threads: Optional[int] = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "GenerationConfig":
+        from harness.generation.sit import SIT_SIZES  # imported on first validation (torch), not with this module
+
+        if self.model not in SIT_SIZES:
+            raise ValueError(f"generation.model must be one of {sorted(SIT_SIZES)}, got {self.model!r}")
+        return self
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Overrides(Strict):
+    """Base of per-tokenizer overrides: every key of a configuration, each optional.
+
+    Only the keys a suite sets count: ``model_dump`` returns exactly those (as
+    the YAML mapping spelled them) and :meth:`apply` lays them over a full
+    configuration. Values are checked with the configuration's own types and
+    bounds when the suite is read (an explicit ``null`` only where the
+    configuration allows ``None``).
+    """
+
+    @model_serializer(mode="wrap")
+    def _only_set(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        return {key: value for key, value in data.items() if key in self.model_fields_set}
+
+    def apply(self, base: M) -> M:
+        """``base`` with the keys set here replaced, validated again as ``type(base)``.
+
+        Raises:
+            pydantic.ValidationError: the merged configuration is invalid (a check across keys).
+        """
+        return type(base).model_validate({**base.model_dump(), **self.model_dump()})
+
+
+def overrides_of(config: type[BaseModel], name: str) -> type[Overrides]:
+    """An :class:`Overrides` model with every field of ``config`` (same type and bounds), defaulting to unset."""
+    fields: dict[str, Any] = {}
+    for key, info in config.model_fields.items():
+        annotation = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+        fields[key] = (annotation, Field(None, description=info.description))
+    doc = f"Per-tokenizer overrides of :class:`{config.__name__}`: any of its keys, each optional (``extra=\"forbid\"``)."
+    return create_model(name, __base__=Overrides, __module__=__name__, __doc__=doc, **fields)
+
+
+#: ``tokenizers[].train``: any :class:`TrainConfig` key
+TrainOverrides = overrides_of(TrainConfig, "TrainOverrides")
+#: ``tokenizers[].generation``: any :class:`GenerationConfig` key
+GenerationOverrides = overrides_of(GenerationConfig, "GenerationOverrides")
+
+
+class TokenizerSpec(Strict):
+    """What builds a tokenizer, in every suite schema: a registered name (or ``module:Class``) and constructor kwargs."""
+
+    name: str = Field(description="registry name or module:Class")
+    kwargs: dict[str, Any] = {}
+
+
+class TokenizerEntry(TokenizerSpec):
+    """One tokenizer of a suite: registered name (or ``module:Class``), constructor kwargs, overrides.
+
+    ``train`` and ``generation`` override the suite's blocks key by key (see
+    :meth:`Suite.train_config` and :func:`generation_config`).
+    """
 
     id: str
-    name: str
-    kwargs: dict[str, Any] = {}
-    train: dict[str, Any] = {}
+    train: TrainOverrides = Field(default_factory=TrainOverrides)
     budgets: list[int] | None = None
-    generation: dict[str, Any] | None = None
+    generation: GenerationOverrides | None = None
     description: str = ""
 
     @field_validator("id")
@@ -109,7 +298,7 @@ class Suite(Strict):
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
-    generation: dict[str, Any] | None = None
+    generation: GenerationConfig | None = None
     tokenizers: list[TokenizerEntry]
 
     @model_validator(mode="after")
@@ -121,56 +310,102 @@ class Suite(Strict):
         return self
 
     def train_config(self, entry: TokenizerEntry) -> TrainConfig:
-        """The suite's training schedule with the entry's overrides applied (validated)."""
-        return TrainConfig(**{**self.train.model_dump(), **entry.train})
+        """The suite's training schedule with the keys set in ``entry.train`` replaced (validated).
+
+        Raises:
+            pydantic.ValidationError: the merged schedule is invalid (reported at load by :func:`validate_names`).
+        """
+        return entry.train.apply(self.train)
 
     def results_dir(self) -> Path:
         return Path(self.output_dir) if self.output_dir else Path("results") / self.name
 
 
-# ----------------------------------------------------------------------------- key checks
+def generation_config(suite: Suite, entry: TokenizerEntry) -> GenerationConfig | None:
+    """The suite's generation settings with the keys set in ``entry.generation`` replaced.
+
+    ``None`` when neither the suite nor the entry has a ``generation`` block;
+    otherwise a :class:`GenerationConfig` (defaults for the keys nobody set),
+    whose ``enabled`` says whether the stage runs (an entry may enable or
+    disable it).
+
+    Raises:
+        pydantic.ValidationError: the merged settings are invalid (reported at load by :func:`validate_names`).
+    """
+    if suite.generation is None and entry.generation is None:
+        return None
+    base = suite.generation if suite.generation is not None else GenerationConfig()
+    return (entry.generation if entry.generation is not None else GenerationOverrides()).apply(base)
 
 
-def _model_of(annotation: Any) -> type[BaseModel] | None:
-    if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
-        return annotation
-    if get_origin(annotation) in (Union, getattr(__import__("types"), "UnionType", Union)):
-        for arg in get_args(annotation):
-            model = _model_of(arg)
-            if model is not None:
-                return model
-    return None
+# ----------------------------------------------------------------------------- error messages
 
 
-def _list_item_model(annotation: Any) -> type[BaseModel] | None:
-    if get_origin(annotation) is list:
-        args = get_args(annotation)
-        return _model_of(args[0]) if args else None
-    for arg in get_args(annotation):
-        model = _list_item_model(arg)
-        if model is not None:
-            return model
-    return None
+def _alternatives(annotation: Any) -> list[Any]:
+    """The members of a union (``X | None``), through ``Annotated``."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _alternatives(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return [member for arg in get_args(annotation) for member in _alternatives(arg)]
+    return [annotation]
 
 
-def check_keys(raw: Any, model: type[BaseModel], where: str, source: str) -> None:
-    """Reject unknown keys of ``raw`` against ``model`` recursively, naming key and allowed keys."""
-    if not isinstance(raw, dict):
-        raise SuiteError(f"{source}: '{where or '<top>'}' must be a mapping, got {type(raw).__name__}")
-    fields = model.model_fields
-    for key, value in raw.items():
-        path = f"{where}.{key}" if where else str(key)
-        if key not in fields:
-            raise SuiteError(f"{source}: unknown key '{path}'; allowed keys{' under ' + where if where else ''}: {', '.join(fields)}")
-        annotation = fields[key].annotation
-        sub = _model_of(annotation)
-        if sub is not None and isinstance(value, dict):
-            check_keys(value, sub, path, source)
-        item = _list_item_model(annotation)
-        if item is not None and isinstance(value, list):
-            for index, element in enumerate(value):
-                label = element.get("id", index) if isinstance(element, dict) else index
-                check_keys(element, item, f"{path}[{label}]", source)
+def _is_model(annotation: Any) -> bool:
+    return inspect.isclass(annotation) and issubclass(annotation, BaseModel)
+
+
+def model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The model class at a pydantic error location (``("tokenizers", 0, "train")`` -> :class:`TrainOverrides`)."""
+    annotation: Any = model
+    for part in loc:
+        for candidate in _alternatives(annotation):
+            if isinstance(part, str) and _is_model(candidate) and part in candidate.model_fields:
+                annotation = candidate.model_fields[part].annotation
+                break
+            if isinstance(part, int) and get_origin(candidate) is list:
+                annotation = get_args(candidate)[0]
+                break
+        else:
+            return None
+    models = [candidate for candidate in _alternatives(annotation) if _is_model(candidate)]
+    return models[0] if models else None
+
+
+def key_path(raw: Any, loc: tuple) -> str:
+    """A pydantic error location as a suite key path; list items by their ``id`` (or ``label``), else index."""
+    text, node = "", raw
+    for part in loc:
+        if isinstance(part, int):
+            item = node[part] if isinstance(node, list) and 0 <= part < len(node) else None
+            names = [item.get(key) for key in ("id", "label")] if isinstance(item, dict) else []
+            text += f"[{next((n for n in names if isinstance(n, str) and n), part)}]"
+            node = item
+        else:
+            text += f".{part}" if text else str(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return text
+
+
+def suite_error(err: ValidationError, raw: Any, model: type[BaseModel], source: str) -> SuiteError:
+    """One line for a failed validation of ``raw`` against ``model``: the first unknown key (named with its
+    full key path and the allowed keys at its level), otherwise the first invalid value."""
+    errors = err.errors()
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+    if unknown:
+        loc = unknown[0]["loc"]
+        where = key_path(raw, loc[:-1])
+        owner = model_at(model, loc[:-1])
+        allowed = ", ".join(owner.model_fields) if owner is not None else "?"
+        return SuiteError(f"{source}: unknown key '{key_path(raw, loc)}'; allowed keys{' under ' + where if where else ''}: {allowed}")
+    first = errors[0]
+    return SuiteError(f"{source}: invalid value at '{key_path(raw, first['loc']) or '<top>'}': {first['msg']}")
+
+
+def _error_text(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{where}: {first['msg']}" if where else first["msg"]
 
 
 # ----------------------------------------------------------------------------- overrides
@@ -220,16 +455,17 @@ def _list_index(items: list, part: str, key: str) -> int:
 # ----------------------------------------------------------------------------- loading
 
 
-def load_suite(path: str | Path, overrides: list[str] = (), only: list[str] | None = None) -> Suite:
-    """Read, override, key-check and validate a suite, then check names and data.
+def read_suite(path: str | Path, model: type[M], overrides: list[str] = ()) -> M:
+    """Read a suite file of any schema: YAML, ``--set`` overrides, then validation against ``model``.
 
     Args:
         path: the YAML file.
+        model: the schema (:class:`Suite`, :class:`harness.profile.ProfileSuite`).
         overrides: ``key=value`` strings (``--set``).
-        only: keep only these tokenizer ids (plus the runs they reference).
 
     Raises:
-        SuiteError: anything wrong, with the file and key in the message.
+        SuiteError: a missing file, invalid YAML, a file that is not a mapping, a bad ``--set``, an unknown
+            key (named with its key path and the allowed keys) or an invalid value (named with its key path).
     """
     path = Path(path)
     if not path.is_file():
@@ -238,20 +474,39 @@ def load_suite(path: str | Path, overrides: list[str] = (), only: list[str] | No
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise SuiteError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{path}: a suite must be a mapping of keys, got {type(raw).__name__}")
     raw = copy.deepcopy(raw)
     for assignment in overrides:
         apply_override(raw, assignment)
-    check_keys(raw, Suite, "", str(path))
     try:
-        suite = Suite(**raw)
+        return model.model_validate(raw)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise SuiteError(f"{path}: invalid value at '{loc}': {first['msg']}") from err
+        raise suite_error(err, raw, model, str(path)) from err
+
+
+def load_suite(path: str | Path, overrides: list[str] = (), only: list[str] | None = None) -> Suite:
+    """Read, override and validate a suite, check its names and data, and resolve tokenizer kwargs.
+
+    Args:
+        path: the YAML file.
+        overrides: ``key=value`` strings (``--set``).
+        only: keep only these tokenizer ids (plus the runs they reference).
+
+    Returns:
+        the suite, each entry's ``kwargs`` replaced by :func:`tokenizer_kwargs` (data geometry filled in).
+
+    Raises:
+        SuiteError: anything wrong, with the file and key in the message (:func:`read_suite`,
+            :func:`validate_names`).
+    """
+    path = Path(path)
+    suite = read_suite(path, Suite, overrides)
     if only:
         suite = _select(suite, only, path)
     validate_names(suite, str(path))
-    return suite
+    return suite.model_copy(update={"tokenizers": [
+        entry.model_copy(update={"kwargs": tokenizer_kwargs(suite, entry)}) for entry in suite.tokenizers]})
 
 
 def referenced_runs(entry: TokenizerEntry) -> list[str]:
@@ -299,53 +554,128 @@ def stage0_cache_problem(train: TrainConfig, tokenizer_cls: type, name: str) -> 
     return None
 
 
+# ----------------------------------------------------------------------------- tokenizers
+
+
+#: constructor parameters the engine fills from the data geometry (and no others)
+GEOMETRY_PARAMETERS = ("frames", "resolution")
+
+
+def check_tokenizer(spec: TokenizerSpec, where: str, source: str, missing_ok: bool = False) -> type | None:
+    """Resolve ``spec.name`` and check ``spec.kwargs`` against the constructor chain.
+
+    Args:
+        spec: a tokenizer entry of any suite schema.
+        where: its key path for messages (``tokenizers[grid3d_tiny]``).
+        source: the suite file, for messages.
+        missing_ok: return ``None`` for a name that does not resolve instead of raising.
+
+    Raises:
+        SuiteError: the name does not resolve (unless ``missing_ok``), or a kwarg that the constructor does not
+            accept (and no ``**kwargs`` stays open).
+    """
+    from harness.registry import TOKENIZERS
+
+    if missing_ok and spec.name not in TOKENIZERS:
+        return None
+    try:
+        cls = TOKENIZERS.get(spec.name)
+    except (KeyError, ImportError, AttributeError) as err:
+        raise SuiteError(f"{source}: {where}.name: {err}") from err
+    accepted, open_kwargs = constructor_parameters(cls)
+    unknown = sorted(set(spec.kwargs) - accepted)
+    if unknown and not open_kwargs:
+        raise SuiteError(f"{source}: {where}.kwargs: unknown argument(s) {unknown} for {spec.name}; accepted: {sorted(accepted)}")
+    return cls
+
+
+def fill_geometry(cls: type, kwargs: dict[str, Any], geometry: dict[str, tuple[int, str]], where: str = "kwargs",
+                  source: str | None = None) -> dict[str, Any]:
+    """``kwargs`` plus ``frames`` / ``resolution`` where ``cls``'s constructor names them and ``kwargs`` does not.
+
+    Args:
+        cls: the tokenizer class.
+        kwargs: the constructor kwargs a suite gave.
+        geometry: ``{"frames": (value, origin), "resolution": (value, origin)}``; ``origin`` names where the
+            value comes from in messages (``data.frames``).
+        where: the kwargs' key path for messages (``tokenizers[coordtok_tiny].kwargs``).
+        source: the suite file, prefixed to messages when given.
+
+    Raises:
+        SuiteError: a kwarg sets ``frames`` / ``resolution`` to a value other than the geometry's.
+    """
+    accepted, _ = constructor_parameters(cls)
+    resolved = dict(kwargs)
+    for key, (value, origin) in geometry.items():
+        if key not in GEOMETRY_PARAMETERS or key not in accepted:
+            continue
+        if key not in resolved:
+            resolved[key] = value
+        elif resolved[key] != value:
+            prefix = f"{source}: " if source else ""
+            raise SuiteError(f"{prefix}{where}.{key}: {resolved[key]!r} differs from {origin} {value!r}; the engine passes "
+                             f"{origin} to the tokenizer, drop the key (or change {origin})")
+    return resolved
+
+
+def tokenizer_kwargs(suite: Suite, entry: TokenizerEntry, cls: type | None = None, source: str | None = None) -> dict[str, Any]:
+    """The constructor kwargs of ``entry``: its ``kwargs`` plus ``frames`` / ``resolution`` from ``suite.data``
+    when the constructor takes them and the entry does not set them (``"run:<id>"`` values are left as they are).
+
+    Args:
+        suite: the suite (its ``data.frames`` and ``data.resolution``).
+        entry: one of its tokenizers.
+        cls: the tokenizer class, when already resolved.
+        source: the suite file, prefixed to messages when given.
+
+    Raises:
+        SuiteError: an entry kwarg ``frames`` / ``resolution`` differs from ``data.frames`` / ``data.resolution``.
+        KeyError, ImportError, AttributeError: ``entry.name`` does not resolve (:func:`validate_names` reports
+            this as a :class:`SuiteError` at load).
+    """
+    if cls is None:
+        from harness.registry import TOKENIZERS
+
+        cls = TOKENIZERS.get(entry.name)
+    geometry = {"frames": (suite.data.frames, "data.frames"), "resolution": (suite.data.resolution, "data.resolution")}
+    return fill_geometry(cls, entry.kwargs, geometry, f"tokenizers[{entry.id}].kwargs", source)
+
+
 def validate_names(suite: Suite, source: str) -> None:
-    """Check that every tokenizer, kwarg, metric and dataset named by ``suite`` exists."""
-    from harness.registry import DATASETS, METRICS, TOKENIZERS
+    """Check that every tokenizer, kwarg, metric and dataset named by ``suite`` exists and fits together.
+
+    Raises:
+        SuiteError: an unknown tokenizer name, constructor kwarg, metric or dataset; a ``frames`` /
+            ``resolution`` kwarg that differs from ``data``; a ``"run:<id>"`` kwarg that does not name an
+            earlier tokenizer; ``budgets`` on a tokenizer that is not flexible; an invalid merged ``train`` or
+            ``generation`` of an entry; ``stage0_cache_clips`` that cannot be used; a missing data folder.
+    """
+    from harness.registry import DATASETS, METRICS
 
     ids = [t.id for t in suite.tokenizers]
     for entry in suite.tokenizers:
-        try:
-            cls = TOKENIZERS.get(entry.name)
-        except (KeyError, ImportError, AttributeError) as err:
-            raise SuiteError(f"{source}: tokenizers[{entry.id}].name: {err}") from err
-        accepted, open_kwargs = constructor_parameters(cls)
-        unknown = sorted(set(entry.kwargs) - accepted)
-        if unknown and not open_kwargs:
-            raise SuiteError(f"{source}: tokenizers[{entry.id}].kwargs: unknown argument(s) {unknown} for {entry.name}; accepted: {sorted(accepted)}")
+        where = f"tokenizers[{entry.id}]"
+        cls = check_tokenizer(entry, where, source)
+        tokenizer_kwargs(suite, entry, cls, source)
         for dep in referenced_runs(entry):
             if dep not in ids or ids.index(dep) >= ids.index(entry.id):
-                raise SuiteError(f"{source}: tokenizers[{entry.id}].kwargs references run:{dep}, which must be a tokenizer listed before it")
+                raise SuiteError(f"{source}: {where}.kwargs references run:{dep}, which must be a tokenizer listed before it")
         if entry.budgets and not getattr(cls, "flexible", False):
-            raise SuiteError(f"{source}: tokenizers[{entry.id}].budgets: {entry.name} is not a flexible tokenizer")
+            raise SuiteError(f"{source}: {where}.budgets: {entry.name} is not a flexible tokenizer")
         try:
             train = suite.train_config(entry)
         except ValidationError as err:
-            raise SuiteError(f"{source}: tokenizers[{entry.id}].train: {err.errors()[0]['loc'][0]}: {err.errors()[0]['msg']}") from err
+            raise SuiteError(f"{source}: {where}.train: {_error_text(err)}") from err
         problem = stage0_cache_problem(train, cls, entry.name)
         if problem:
-            raise SuiteError(f"{source}: tokenizers[{entry.id}].train.stage0_cache_clips: {problem}")
+            raise SuiteError(f"{source}: {where}.train.stage0_cache_clips: {problem}")
+        try:
+            generation_config(suite, entry)
+        except ValidationError as err:
+            raise SuiteError(f"{source}: {where}.generation: {_error_text(err)}") from err
     for name in suite.evaluate.metrics:
         if name not in METRICS:
             raise SuiteError(f"{source}: evaluate.metrics: unknown metric {name!r}; registered: {', '.join(METRICS.names())}")
     if suite.data.dataset not in DATASETS:
         raise SuiteError(f"{source}: data.dataset: unknown dataset {suite.data.dataset!r}; registered: {', '.join(DATASETS.names())}")
     DATASETS.get(suite.data.dataset).check_root(suite.data, source)
-    if suite.generation is not None or any(t.generation for t in suite.tokenizers):
-        from harness.generation.config import GenerationConfig
-
-        for entry in suite.tokenizers:
-            try:
-                generation_config(suite, entry, GenerationConfig)
-            except ValidationError as err:
-                first = err.errors()[0]
-                raise SuiteError(f"{source}: generation (tokenizer {entry.id}): '{'.'.join(map(str, first['loc']))}': {first['msg']}") from err
-
-
-def generation_config(suite: Suite, entry: TokenizerEntry, config_cls: type | None = None):
-    """The suite's generation settings with the entry's overrides, or ``None`` when disabled."""
-    if suite.generation is None and entry.generation is None:
-        return None
-    if config_cls is None:
-        from harness.generation.config import GenerationConfig as config_cls
-    return config_cls(**{**(suite.generation or {}), **(entry.generation or {})})

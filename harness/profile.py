@@ -12,7 +12,8 @@ For each tokenizer and each video length ``T`` (16, 32, 64, 128 frames at
   reset first); on CPU the peak resident set size of a fresh subprocess
   (``VmHWM`` of ``/proc/self/status``, reset through ``/proc/self/clear_refs``
   when the kernel allows it) minus its resident size before the model and the
-  video are created. Both include parameters, gradients and activations.
+  video are created (:class:`harness.memory.StageMemory`, the harness's one
+  peak-memory measure). Both include parameters, gradients and activations.
 
 Every measurement runs in its own subprocess so that allocator caches of one
 measurement never mask the next.
@@ -22,7 +23,13 @@ are trained the way they would see a ``T``-frame video: it is split into
 ``T / clip_frames`` clips (:func:`harness.clips.split_into_clips`) that form
 one batch. Whole-video tokenizers (CoordTok) are built for ``T`` frames: the
 ``frames`` and ``resolution`` constructor arguments are filled in when the
-tokenizer's constructor takes them.
+tokenizer's constructor takes them (:func:`harness.config.fill_geometry`, as
+``python -m harness run`` fills them from ``data``).
+
+A cost suite is read and checked the way run suites are
+(:func:`harness.config.read_suite`, :func:`harness.config.check_tokenizer`):
+the same strict models, tokenizer entries (:class:`harness.config.TokenizerSpec`)
+and one-line :class:`harness.config.SuiteError` messages.
 
 Command line::
 
@@ -34,7 +41,6 @@ to the suite's ``output_dir``.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
 import math
@@ -46,9 +52,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import pandas as pd
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
+from harness.config import Strict, TokenizerSpec, check_tokenizer, fill_geometry, read_suite
 from harness.io import write_csv_atomic, write_png_atomic, write_text_atomic
 
 logger = logging.getLogger("harness.profile")
@@ -60,19 +66,15 @@ Entry = tuple[str, str, dict[str, Any]]
 # Suite schema
 # --------------------------------------------------------------------------------------------
 
-class ProfileTokenizer(BaseModel):
-    """One tokenizer of the cost suite."""
+class ProfileTokenizer(TokenizerSpec):
+    """One tokenizer of the cost suite: ``name`` and ``kwargs`` as in a run suite, and a free-text ``label``."""
 
-    model_config = ConfigDict(extra="forbid")
     label: str
-    name: str = Field(description="registry name or module:Class")
-    kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
-class ProfileSuite(BaseModel):
+class ProfileSuite(Strict):
     """``suites/cost_vs_length.yaml``: keys are documented at the top of that file."""
 
-    model_config = ConfigDict(extra="forbid")
     output_dir: str = "results/cost_vs_length"
     lengths: list[int] = Field(default_factory=lambda: [16, 32, 64, 128])
     resolution: int = 128
@@ -90,51 +92,49 @@ class ProfileSuite(BaseModel):
         return value
 
 
-def load_profile_suite(path: str | Path) -> ProfileSuite:
-    """Read and validate a cost suite; raises ``ValueError`` naming unknown or bad keys."""
-    with open(path) as f:
-        raw = yaml.safe_load(f)
-    try:
-        return ProfileSuite.model_validate(raw or {})
-    except ValidationError as err:
-        raise ValueError(f"{path}: invalid cost suite:\n{err}") from err
+def profile_geometry(frames: int, resolution: int) -> dict[str, tuple[int, str]]:
+    """The geometry a profiled tokenizer is built for (:func:`harness.config.fill_geometry`)."""
+    return {"frames": (frames, "lengths"), "resolution": (resolution, "resolution")}
+
+
+def load_profile_suite(path: str | Path, overrides: Sequence[str] = ()) -> ProfileSuite:
+    """Read and check a cost suite through the run suites' path.
+
+    Tokenizer names that do not resolve are accepted (the sweep skips them
+    with a message); the others must accept their ``kwargs`` and must not set
+    ``frames`` / ``resolution`` to a value other than each swept length and
+    the suite's ``resolution``.
+
+    Raises:
+        SuiteError: (a ``ValueError``) a missing file, invalid YAML, an unknown key (named with its key path,
+            tokenizers by ``label``, and the allowed keys), an invalid value, a constructor kwarg the tokenizer
+            does not accept, or a conflicting ``frames`` / ``resolution`` kwarg.
+    """
+    suite = read_suite(path, ProfileSuite, list(overrides))
+    for entry in suite.tokenizers:
+        where = f"tokenizers[{entry.label}]"
+        cls = check_tokenizer(entry, where, str(path), missing_ok=True)
+        if cls is not None:
+            for frames in suite.lengths:
+                fill_geometry(cls, entry.kwargs, profile_geometry(frames, suite.resolution), f"{where}.kwargs", str(path))
+    return suite
 
 
 # --------------------------------------------------------------------------------------------
 # One measurement (runs inside a subprocess)
 # --------------------------------------------------------------------------------------------
 
-def _status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def build_profiled_tokenizer(name: str, kwargs: dict[str, Any], frames: int, resolution: int):
-    """Instantiate ``name`` with ``kwargs``, adding ``frames``/``resolution`` when its constructor takes them."""
+    """Instantiate ``name`` with ``kwargs``, adding ``frames``/``resolution`` when its constructor takes them.
+
+    Raises:
+        SuiteError: ``kwargs`` sets ``frames`` / ``resolution`` to other values (:func:`harness.config.fill_geometry`).
+        KeyError, ImportError, AttributeError: ``name`` does not resolve.
+    """
     from harness.registry import TOKENIZERS
 
     cls = TOKENIZERS.get(name)
-    params = inspect.signature(cls.__init__).parameters
-    kwargs = dict(kwargs)
-    for key, value in (("frames", frames), ("resolution", resolution)):
-        if key in params and key not in kwargs:
-            kwargs[key] = value
-    return cls(**kwargs)
+    return cls(**fill_geometry(cls, kwargs, profile_geometry(frames, resolution)))
 
 
 def measure_step(name: str, kwargs: dict[str, Any], frames: int, resolution: int = 128, batch: int = 1,
@@ -149,39 +149,30 @@ def measure_step(name: str, kwargs: dict[str, Any], frames: int, resolution: int
     from torch.utils.flop_counter import FlopCounterMode
 
     from harness.clips import split_into_clips
+    from harness.memory import StageMemory
 
     torch.manual_seed(seed)
     dev = torch.device(device)
-    cuda = dev.type == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(dev)
-        base = torch.cuda.memory_allocated(dev)
-    else:
-        reset = _reset_peak_rss()
-        base = _status_kb("VmRSS") if reset else _status_kb("VmHWM")
-    model = build_profiled_tokenizer(name, kwargs, frames, resolution).to(dev).train()
-    video = torch.rand(batch, 3, frames, resolution, resolution, device=dev) * 2 - 1
-    clip = getattr(model, "clip_frames", None)
-    clips = 1
-    if clip and clip != frames:
-        video, _ = split_into_clips(video, clip)
-        clips = video.shape[0] // batch
-    counter = FlopCounterMode(display=False)
-    start = time.perf_counter()
-    with counter:
-        losses = model.training_losses(video, step)
-        loss = losses["loss"] + losses.get("disc_loss", 0.0)
-        loss.backward()
-    if cuda:
-        torch.cuda.synchronize(dev)
-        peak = (torch.cuda.max_memory_allocated(dev) - base) / 2**20
-    else:
-        hwm = _status_kb("VmHWM")
-        peak = (hwm - base) / 1024 if hwm is not None and base is not None else float("nan")
-    seconds = time.perf_counter() - start
+    with StageMemory(dev) as memory:
+        model = build_profiled_tokenizer(name, kwargs, frames, resolution).to(dev).train()
+        video = torch.rand(batch, 3, frames, resolution, resolution, device=dev) * 2 - 1
+        clip = getattr(model, "clip_frames", None)
+        clips = 1
+        if clip and clip != frames:
+            video, _ = split_into_clips(video, clip)
+            clips = video.shape[0] // batch
+        counter = FlopCounterMode(display=False)
+        start = time.perf_counter()
+        with counter:
+            losses = model.training_losses(video, step)
+            loss = losses["loss"] + losses.get("disc_loss", 0.0)
+            loss.backward()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        seconds = time.perf_counter() - start
     return {
         "train_gflops": counter.get_total_flops() / 1e9,
-        "peak_memory_mb": peak,
+        "peak_memory_mb": memory.peak_mb,
         "step_seconds": seconds,
         "params": sum(p.numel() for p in model.parameters()),
         "tokens": model.num_tokens(frames, resolution, resolution),
@@ -345,7 +336,7 @@ def _main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("a suite file is required")
     try:
         suite = load_profile_suite(args.suite)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError) as err:  # SuiteError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2
     run_suite(suite, args.output_dir)

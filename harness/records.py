@@ -12,12 +12,15 @@ A suite's results folder::
         config.json                    resolved config and code version
         checkpoint.pt                  model + optimizers + step + RNG states (resumable)
         train.json                     training costs
+        losses.csv                     per-step losses and learning rate (the report's loss curves)
+        tensorboard/                   TensorBoard event files (train.log_with: tensorboard)
         reconstruct.json               tokens per video, encode/decode videos/s, codebook usage
         recon/<clip>.npy               reconstructions, uint8 [T, H, W, 3]; recon/batch_<k>.json per batch
         metrics.json                   the RunRecord of this row
         per_video.csv                  one line per evaluation clip, one column per per-video metric
         budgets/<k>/                   flexible tokenizers: a RunFolder per token budget (no checkpoint)
         generation/metrics.json        gFVD and generator costs (GenerationResult), shared by the budgets
+        generation/losses.csv          the generator's per-step losses and learning rate
 
 ``metrics.json`` files written before this module (no ``metric_refs`` and no
 ``per_video`` key) are read the same way: the metric columns are then the
@@ -39,6 +42,7 @@ CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 STAGE0_CACHE_FILE = "stage0_cache.pt"
 TRAIN_FILE = "train.json"
+LOSSES_FILE = "losses.csv"
 RECONSTRUCT_FILE = "reconstruct.json"
 RECON_DIR = "recon"
 METRICS_FILE = "metrics.json"
@@ -65,12 +69,14 @@ class RunFolder:
     checkpoint = property(lambda self: self.run_dir / CHECKPOINT_FILE)
     stage0_cache = property(lambda self: self.run_dir / STAGE0_CACHE_FILE)
     train = property(lambda self: self.run_dir / TRAIN_FILE)
+    losses = property(lambda self: self.run_dir / LOSSES_FILE)
     reconstruct = property(lambda self: self.path / RECONSTRUCT_FILE)
     recon = property(lambda self: self.path / RECON_DIR)
     metrics = property(lambda self: self.path / METRICS_FILE)
     per_video = property(lambda self: self.path / PER_VIDEO_FILE)
     generation = property(lambda self: self.run_dir / GENERATION_DIR)
     generation_metrics = property(lambda self: self.run_dir / GENERATION_DIR / METRICS_FILE)
+    generation_losses = property(lambda self: self.run_dir / GENERATION_DIR / LOSSES_FILE)
 
 
 # ----------------------------------------------------------------------------- record

@@ -25,8 +25,9 @@ names, settings and protocol texts) matches. Non-finite latents,
 reconstructions or metric values stop the stage with
 :class:`harness.errors.NonFiniteError` naming the tokenizer and clip.
 
-Under ``torchrun`` / ``accelerate launch`` every process trains; the main
-process reconstructs, evaluates and generates alone with metrics that do not
+Under ``torchrun`` / ``accelerate launch`` every process trains (tokenizers
+and generators, :func:`harness.fit.fit`); the main process reconstructs,
+evaluates, samples and scores alone with metrics that do not
 synchronize (``sync_on_compute=False``) while the others wait at a barrier
 (process-group timeout :data:`STAGE_WAIT_TIMEOUT`).
 """
@@ -35,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import subprocess
 import time
 from dataclasses import dataclass
@@ -56,12 +56,14 @@ from harness.data.datasets import VideoDataset, build_dataset
 from harness.data.decode import to_model_range, to_uint8
 from harness.data.sampling import Clip, ClipCache, TrainClips, evaluation_clips
 from harness.errors import NonFiniteError
+from harness.fit import write_history
 from harness.generation.tree import tree_leaves
 from harness.io import save_numpy_atomic, write_csv_atomic, write_json_atomic
 from harness.memory import StageMemory
 from harness.records import EVAL_CLIPS_FILE, PER_VIDEO_FILE, SUITE_FILE, Costs, Protocol, RunFolder, RunRecord
 from harness.registry import METRICS, TOKENIZERS
-from harness.results import check_finite, values_sha256
+from harness.results import values_sha256
+from harness.scoring import Scorer
 from harness.seeding import configure_determinism, derive_seed, environment_card, resolve_deterministic, seeded
 from harness.train import count_parameters, train_tokenizer
 
@@ -155,9 +157,9 @@ class SuiteRunner:
     def run(self) -> Path:
         """Run every stage of every tokenizer, then the reports; returns the results folder.
 
-        Under ``torchrun`` / ``accelerate launch`` every process trains (DDP);
-        reconstruction, evaluation, generation and reports run on the main
-        process while the others wait.
+        Under ``torchrun`` / ``accelerate launch`` every process trains the
+        tokenizers and the generators (DDP); reconstruction, evaluation,
+        sampling, gFVD and reports run on the main process while the others wait.
         """
         configure_determinism(self.deterministic)
         state = PartialState(cpu=self.device.type == "cpu", timeout=STAGE_WAIT_TIMEOUT)
@@ -180,8 +182,8 @@ class SuiteRunner:
                         continue
                     self.reconstruct(entry, tokenizer, variant)
                     self.evaluate(entry, tokenizer, variant)
-                self.generate(entry, tokenizer)
             state.wait_for_everyone()
+            self.generate(entry, tokenizer)  # every process trains the generator; the main process scores it
             log.info("== %s done in %.1f s", entry.id, time.perf_counter() - started)
         if main:
             from harness.report import write_reports
@@ -206,6 +208,7 @@ class SuiteRunner:
         for key in ("max_eval_videos", "num_workers", "cache_dir", "memory_cache"):
             data.pop(key)
         train = self.suite.train_config(entry).model_dump(mode="json")
+        train.pop("log_with")  # where curves are logged does not change the model
         for key, neutral in LATER_TRAIN_FIELDS.items():
             if train.get(key) == neutral:
                 del train[key]
@@ -230,9 +233,12 @@ class SuiteRunner:
     # ------------------------------------------------------------------ train
 
     def build_tokenizer(self, entry: TokenizerEntry) -> VideoTokenizer:
-        """Instantiate ``entry``; ``"run:<id>"`` kwargs become that run's trained, frozen tokenizer."""
-        kwargs = dict(entry.kwargs)
-        for key, value in entry.kwargs.items():
+        """Instantiate ``entry`` with :func:`harness.config.tokenizer_kwargs` (``frames`` / ``resolution`` from
+        ``data`` when the constructor takes them); ``"run:<id>"`` kwargs become that run's trained, frozen tokenizer."""
+        from harness.config import tokenizer_kwargs
+
+        kwargs = tokenizer_kwargs(self.suite, entry)
+        for key, value in kwargs.items():
             if isinstance(value, str) and value.startswith("run:"):
                 frozen = self._models[value[4:]]
                 frozen.requires_grad_(False)
@@ -269,6 +275,7 @@ class SuiteRunner:
                 started = time.perf_counter()
                 result = train_tokenizer(tokenizer, self.train_clips, cfg, checkpoint, seed, show_progress=self.show_progress,
                                          label=entry.id)
+                write_history(RunFolder(run_dir).losses, result.history)
                 write_json_atomic(done, {
                     "steps": result.steps, "resumed_from": result.resumed_from, "train_step_time_s": result.step_time_s,
                     "peak_memory_mb": memory.current_peak_mb(), "memory_kind": memory.kind, "last_losses": result.last_losses,
@@ -366,16 +373,12 @@ class SuiteRunner:
 
     # ------------------------------------------------------------------ evaluate
 
-    def build_metrics(self) -> dict[str, Any]:
-        """The suite's metrics, local to this process (the main process evaluates alone; no state sync)."""
-        metrics = {}
-        for name in self.suite.evaluate.metrics:
-            metric = METRICS.create(name, sync_on_compute=False, **self.suite.evaluate.metric_kwargs.get(name, {}))
-            if hasattr(metric, "use_real_cache"):
-                key = {"dataset": self.dataset.fingerprint(), "seed": self.suite.seed, "clips": len(self.eval_clips)}
-                metric.use_real_cache(key, self.dataset.cache_dir / "fvd")
-            metrics[name] = metric.to(self.device)
-        return metrics
+    def scorer(self, label: str) -> Scorer:
+        """The suite's metrics as a :class:`harness.scoring.Scorer`, real FVD statistics cached per dataset and seed."""
+        scorer = Scorer(self.suite.evaluate.metrics, self.device, self.suite.evaluate.metric_kwargs, label)
+        key = {"dataset": self.dataset.fingerprint(), "seed": self.suite.seed, "clips": len(self.eval_clips)}
+        scorer.use_real_cache(key, self.dataset.cache_dir / "fvd")
+        return scorer
 
     @property
     def evaluation_fingerprint(self) -> str:
@@ -408,29 +411,15 @@ class SuiteRunner:
             NonFiniteError: a metric value (summary or per video) is NaN or infinite; nothing is written.
         """
         log.info("evaluate: %s", variant.folder)
-        metrics = self.build_metrics()
-        rows: list[dict[str, Any]] = []
+        scorer = self.scorer(f"{entry.id}{variant.label_suffix}")
         recon_dir = variant.files.recon
         for group in self.eval_batches():
             real = to_model_range(np.stack([self.clip_cache.load(c) for c in group])).to(self.device)
             fake = to_model_range(np.stack([np.load(recon_dir / f"{c.clip_id}.npy") for c in group])).to(self.device)
-            group_rows = [{"clip": c.clip_id, "video": str(c.record.path.name), "start": c.start, "label": c.record.label} for c in group]
-            for name, metric in metrics.items():
-                metric.update(real, fake)
-                if metric.per_video:
-                    for row, value in zip(group_rows, metric.last_values.tolist()):
-                        if not math.isfinite(value):
-                            raise NonFiniteError(f"{entry.id}{variant.label_suffix}: {name} of clip {row['clip']} is {value}")
-                        row[metric.name] = value  # the column is the metric's value key (its `name`)
-            rows.extend(group_rows)
-        summary: dict[str, Any] = {}
-        protocol: dict[str, Any] = {}
-        for name, metric in metrics.items():
-            summary.update(metric.compute())
-            protocol.update(metric.protocol())
-            if hasattr(metric, "save_real_cache"):
-                metric.save_real_cache()
-        check_finite(summary, f"{entry.id}{variant.label_suffix}: evaluation metrics")
+            scorer.update(real, fake, [{"clip": c.clip_id, "video": str(c.record.path.name), "start": c.start,
+                                        "label": c.record.label} for c in group])
+        summary, protocol = scorer.compute()
+        rows = scorer.rows
         write_csv_atomic(variant.files.per_video, pd.DataFrame(rows))
         write_json_atomic(variant.files.metrics, self.result_record(entry, tokenizer, variant, summary, protocol))
         if not self.suite.evaluate.keep_reconstructions:
@@ -493,7 +482,7 @@ class SuiteRunner:
         run_generation_stage(tokenizer, train_clips, cfg, self.results / entry.id, self.device,
                              num_classes=len(self.dataset.classes), seed=derive_seed(self.suite.seed, entry.id, "generation"),
                              real_seed=derive_seed(self.suite.seed, "generation", "real"), label=entry.id,
-                             deterministic=self.deterministic)
+                             deterministic=self.deterministic, log_with=self.suite.train_config(entry).log_with)
 
 
 def _all_finite(latents: Tensor | dict[str, Tensor] | None) -> bool:

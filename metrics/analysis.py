@@ -72,7 +72,6 @@ class DynamicsMagnitude(VideoMetric):
     higher_is_better = None  # a property of the real video, not a quality
     unit = "log RGB L2"
     digits = 3
-    paired = False
 
     def video_values(self, real: Tensor, fake: Tensor) -> Tensor:
         return dynamics_magnitude(real)
@@ -90,7 +89,6 @@ class FrequencyMagnitude(VideoMetric):
     higher_is_better = None  # a property of the real video, not a quality
     unit = "Sobel"
     digits = 2
-    paired = False
 
     def video_values(self, real: Tensor, fake: Tensor) -> Tensor:
         return frequency_magnitude(real)

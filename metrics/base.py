@@ -9,7 +9,10 @@ metric may report several numbers, e.g. FVD and its N).
 
 Per-video metrics (PSNR, SSIM, LPIPS, the analysis features) also expose the
 values of the last batch as ``last_values`` (``float64 [B]``), from which the
-engine writes the per-video table.
+engine writes the per-video table. Per-frame metrics (PSNR, SSIM, LPIPS: a
+video's value is the mean of its frames' values) set ``per_frame = True``,
+implement ``frame_values`` and expose ``last_frame_values``
+(``float64 [B, T]``), from which the engine writes the per-frame curves.
 """
 from __future__ import annotations
 
@@ -54,13 +57,15 @@ class VideoMetric(Metric):
     min_comparable_n: int | None = None
     #: title of the same metric measured on generated samples (set-level metrics; default ``"g" + title``)
     generation_title: str | None = None
-    #: False when only the real video is measured (dynamics, frequency)
-    paired: bool = True
+    #: a per-video value that is the mean over frames of ``frame_values`` (PSNR, SSIM, LPIPS); the engine writes
+    #: the per-frame values (``per_frame.csv``) and the report plots them against the frame index
+    per_frame: bool = False
     full_state_update = False
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.last_values: Tensor | None = None
+        self.last_frame_values: Tensor | None = None
         if self.per_video:
             self.add_state("values", default=[], dist_reduce_fx="cat")
 
@@ -70,8 +75,19 @@ class VideoMetric(Metric):
         return self.sync_on_compute and bool(self.distributed_available_fn())
 
     def video_values(self, real: Tensor, fake: Tensor) -> Tensor:
-        """Per-video values ``float64 [B]`` of a batch (per-video metrics)."""
+        """Per-video values ``float64 [B]`` of a batch (per-video metrics); per-frame metrics: the frames' mean."""
+        if self.per_frame:
+            return self._frames(real, fake).mean(dim=1)
         raise NotImplementedError
+
+    def frame_values(self, real: Tensor, fake: Tensor) -> Tensor:
+        """Per-frame values ``[B, T]`` of a batch (metrics with ``per_frame = True``)."""
+        raise NotImplementedError
+
+    def _frames(self, real: Tensor, fake: Tensor) -> Tensor:
+        frames = self.frame_values(real, fake)
+        self.last_frame_values = frames.detach().to(torch.float64).cpu()
+        return frames
 
     def update(self, real: Tensor, fake: Tensor) -> None:
         check_video(real, "real")

@@ -91,9 +91,10 @@ class PSNR(VideoMetric):
     higher_is_better = True
     unit = "dB"
     digits = 2
+    per_frame = True
 
-    def video_values(self, real: Tensor, fake: Tensor) -> Tensor:
-        return per_frame_psnr(real, fake).mean(dim=1)
+    def frame_values(self, real: Tensor, fake: Tensor) -> Tensor:
+        return per_frame_psnr(real, fake)
 
     def protocol(self) -> dict[str, Any]:
         return {"psnr": f"per frame on [0,1] RGB, data range 1, mean over frames then videos, capped at {PSNR_CAP_DB:g} dB (torchmetrics)"}
@@ -119,9 +120,10 @@ class SSIM(VideoMetric):
     title = "SSIM"
     higher_is_better = True
     digits = 4
+    per_frame = True
 
-    def video_values(self, real: Tensor, fake: Tensor) -> Tensor:
-        return per_frame_ssim(real, fake).mean(dim=1)
+    def frame_values(self, real: Tensor, fake: Tensor) -> Tensor:
+        return per_frame_ssim(real, fake)
 
     def protocol(self) -> dict[str, Any]:
         return {"ssim": "per frame, RGB (mean over channels), Gaussian window 11 sigma 1.5, k1 0.01 k2 0.03, data range 1 "

@@ -490,12 +490,11 @@ class WarpError(_FlowOptions, TemporalMetric):
 class WarpErrorReal(WarpError):
     """The warping error of the real video itself: the floor ``warp_error`` reaches for a perfect reconstruction.
 
-    Same options and protocol as ``warp_error``; only the real video is measured (``paired = False``).
+    Same options and protocol as ``warp_error``; only the real video is measured.
     """
 
     name = "warp_error_real"
     title = "E_warp (real)"
-    paired = False
     _subject = "real video (floor of warp_error)"
 
     def _measured(self, real: Tensor, fake: Tensor) -> Tensor:

@@ -38,17 +38,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def memory_child(n: int, batch: int = 16) -> dict:
     """Accumulate FVD statistics of ``n`` feature-like clips per set and compute the distance (in this process)."""
     import torch
 
+    from harness.memory import StageMemory
     from metrics.fvd import FEATURE_DIM, FVD16
 
     torch.set_num_threads(1)
@@ -58,23 +52,18 @@ def memory_child(n: int, batch: int = 16) -> dict:
     warm = FVD16()
     warm.update_features(real=torch.randn(8, FEATURE_DIM, dtype=torch.float64), fake=torch.randn(8, FEATURE_DIM, dtype=torch.float64))
     warm.compute()
-    try:  # reset the peak-RSS counter (Linux >= 4.0), so VmHWM is the peak from here on
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-    baseline = _status_kb("VmRSS")
-    start = time.perf_counter()
-    for first in range(0, n, batch):
-        size = min(batch, n - first)
-        mean = torch.linspace(-3, 3, FEATURE_DIM, dtype=torch.float64)
-        real = mean + 2.0 * torch.randn(size, FEATURE_DIM, generator=gen, dtype=torch.float64)
-        fake = mean + 0.1 + 2.1 * torch.randn(size, FEATURE_DIM, generator=gen, dtype=torch.float64)
-        metric.update_features(real=real, fake=fake)
-    result = metric.compute()
-    elapsed = time.perf_counter() - start
-    peak = _status_kb("VmHWM")
-    return {"n": n, "fvd": result["fvd_16f"], "method": metric.last_method, "peak_rss_mb": peak / 1024,
-            "baseline_rss_mb": baseline / 1024, "peak_growth_mb": (peak - baseline) / 1024, "seconds": elapsed}
+    with StageMemory(torch.device("cpu")) as memory:  # the peak above the resident set after the warm-up
+        start = time.perf_counter()
+        for first in range(0, n, batch):
+            size = min(batch, n - first)
+            mean = torch.linspace(-3, 3, FEATURE_DIM, dtype=torch.float64)
+            real = mean + 2.0 * torch.randn(size, FEATURE_DIM, generator=gen, dtype=torch.float64)
+            fake = mean + 0.1 + 2.1 * torch.randn(size, FEATURE_DIM, generator=gen, dtype=torch.float64)
+            metric.update_features(real=real, fake=fake)
+        result = metric.compute()
+        elapsed = time.perf_counter() - start
+    return {"n": n, "fvd": result["fvd_16f"], "method": metric.last_method, "peak_rss_mb": memory.start_mb + memory.peak_mb,
+            "baseline_rss_mb": memory.start_mb, "peak_growth_mb": memory.peak_mb, "seconds": elapsed}
 
 
 def memory_benchmark(ns: tuple[int, ...] = (100, 1000)) -> list[dict]:

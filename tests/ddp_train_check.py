@@ -1,8 +1,9 @@
 """Run by test_engine under torchrun with 2 CPU processes: two training steps through the engine (gloo),
 then compare the parameters of both ranks. Writes ddp_report.json into the folder given as argv[1].
 
-argv[2] picks the model: ``grid3d`` (default), or ``videoflextok_stage0``: a tiny VideoFlexTok trained on
-its stage-0 latent cache (built by rank 0, read by both)."""
+argv[2] picks the model: ``grid3d`` (default), ``videoflextok_stage0``: a tiny VideoFlexTok trained on
+its stage-0 latent cache (built by rank 0, read by both), or ``generator``: a tiny SiT (and its EMA) trained
+through the generation stage's ``train_generator`` on a tiny grid3d's latents of real sample clips."""
 import json
 import sys
 from pathlib import Path
@@ -29,10 +30,27 @@ if mode == "videoflextok_stage0":
 else:
     model = create_tokenizer("grid3d", size="tiny", channels=8)
     frames, train = 16, TrainConfig(steps=2, batch_size=4, micro_batch_size=1)
-trainable = [p for p in model.parameters() if p.requires_grad]
-initial = torch.cat([p.detach().flatten().clone() for p in trainable])
 clips = TrainClips(build_dataset(DataConfig(dataset="samples", resolution=32, frames=frames, cache_dir=str(out / "cache"))), seed=0)
-train_tokenizer(model, clips, train, out / "ckpt.pt", seed=0, accelerator=accelerator, show_progress=False)
+if mode == "generator":
+    from timm.utils import ModelEmaV3
+
+    from harness.generation.config import GenerationConfig
+    from harness.generation.sit import SiT
+    from harness.generation.stage import train_generator
+
+    with torch.no_grad():
+        latents = model.encode(clips.batch(list(range(8)))[0]).latents  # [8, C, t, h, w]
+    generator = SiT(latents[0], size="tiny", patch=2)
+    ema = ModelEmaV3(generator, decay=0.9, use_warmup=True)
+    cfg = GenerationConfig(steps=3, batch_size=4, lr=1e-3, checkpoint_every=2)
+    trainable = [*generator.parameters(), *ema.module.parameters()]
+    initial = torch.cat([p.detach().flatten().clone() for p in trainable])
+    result = train_generator(generator, ema, latents, torch.zeros(8, dtype=torch.long), True, cfg, out / "gen.pt", {}, seed=0)
+    assert len(result.history["loss"]) == 3
+else:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    initial = torch.cat([p.detach().flatten().clone() for p in trainable])
+    train_tokenizer(model, clips, train, out / "ckpt.pt", seed=0, accelerator=accelerator, show_progress=False)
 flat = torch.cat([p.detach().flatten() for p in trainable])
 gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
 dist.all_gather(gathered, flat)

@@ -247,8 +247,9 @@ def test_readme_worked_example_is_the_plugin_file():
 # --------------------------------------------------------------------------- distributed
 
 
-@pytest.mark.parametrize("mode, port", [("grid3d", 29531), ("videoflextok_stage0", 29532)])
+@pytest.mark.parametrize("mode, port", [("grid3d", 29531), ("videoflextok_stage0", 29532), ("generator", 29533)])
 def test_two_cpu_processes_keep_identical_parameters(tmp_path, mode, port):
+    """Tokenizers and generators train through the one ``fit`` loop; after DDP training both ranks agree exactly."""
     script = REPO / "tests" / "ddp_train_check.py"
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
                              str(script), str(tmp_path), mode], capture_output=True, text=True, cwd=REPO, timeout=600)

@@ -5,7 +5,8 @@
   intervals, and ``--sort`` orders rows by its own direction;
 * no module of ``harness/`` imports a module that imports it back (walked with ``ast``);
 * a report loads the records once and bootstraps once per (row, per-video metric);
-* ``metrics.json`` files written before ``metric_refs``/``per_video`` existed give the same leaderboard.
+* ``metrics.json`` files written before ``metric_refs``/``per_video`` existed give the same leaderboard;
+* training curves: ``losses.csv`` per run folder, TensorBoard event files (``train.log_with``), a loss-curve plot.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def plugin_run(tmp_path_factory) -> tuple[Path, dict]:
     suite = {
         "name": "tiny_metric", "seed": 0, "output_dir": str(tmp / "results"),
         "data": {"dataset": "samples", "resolution": 32, "frames": 16},
-        "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 2},
+        "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 2, "log_with": "tensorboard"},
         "evaluate": {"metrics": ["psnr", METRIC], "batch_size": 3},
         "tokenizers": [{"id": "grid3d_a", "name": "grid3d", "kwargs": {"size": "tiny", "channels": 8}},
                        {"id": "grid3d_b", "name": "grid3d", "kwargs": {"size": "tiny", "channels": 4}}],
@@ -187,7 +188,7 @@ def test_readme_plot_example_is_one_function_that_reaches_the_report(plugin_run,
         sys.path.pop(0)
     assert folder / "psnr_vs_params.png" in paths
     assert "## PSNR vs parameters" in (folder / "report.md").read_text()
-    assert (folder / "report.html").read_text().count("src='data:image/png;base64,") == 2  # quality vs tokens + this
+    assert (folder / "report.html").read_text().count("src='data:image/png;base64,") == 3  # quality vs tokens, loss curves + this
 
 
 # --------------------------------------------------------------------------- imports
@@ -261,3 +262,22 @@ def test_import_graph_walker_finds_a_planted_cycle():
 def test_no_module_of_harness_imports_a_module_that_imports_it_back():
     cycle = find_cycle(import_graph())
     assert cycle is None, " -> ".join(cycle)
+
+
+def test_training_curves_reach_tensorboard_and_the_report(plugin_run):
+    """``train.log_with: tensorboard`` writes event files in the run folder; ``losses.csv`` feeds the report's plot."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    results, _ = plugin_run
+    for run in ("grid3d_a", "grid3d_b"):
+        losses = pd.read_csv(results / run / "losses.csv")
+        assert list(losses["step"]) == [1, 2] and {"loss", "lr"} <= set(losses.columns)
+        assert losses["loss"].notna().all() and (losses["lr"] == 1e-4).all()
+        events = list((results / run / "tensorboard").rglob("events.out.tfevents.*"))
+        assert events, f"no TensorBoard event file under {results / run}"
+        accumulator = EventAccumulator(str(events[0].parent))
+        accumulator.Reload()
+        logged = accumulator.Scalars("train/loss")
+        assert [e.step for e in logged] == [2] and logged[0].value == pytest.approx(losses["loss"].iloc[1], rel=1e-6)
+    assert (results / "loss_curves.png").is_file()
+    assert "Training loss curves" in (results / "report.md").read_text()

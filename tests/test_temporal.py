@@ -174,7 +174,6 @@ def test_class_attributes_and_protocols():
         protocol = METRICS.create(name).protocol()
         assert list(protocol) == [name] and protocol[name]["method"]
     assert TOF.unit == "px" and TOF.title == "tOF" and TLP.title == "tLP"
-    assert WarpErrorReal.paired is False
 
     for cls in (TOF, WarpError, WarpErrorReal):
         flow = cls().protocol()[cls.name]["flow"]

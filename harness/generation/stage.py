@@ -16,13 +16,16 @@ through :func:`harness.seeding.derive_seed` (module table there).
    in the paper), written to ``generation/normalization.json``.
 3. **Generator.** SiT (continuous; :mod:`harness.generation.sit`) or the
    autoregressive transformer (discrete; :mod:`harness.generation.ar`),
-   AdamW (lr 1e-4, betas (0.9, 0.999), no weight decay), EMA 0.9999 (timm
-   ``ModelEmaV3``), ``cfg.steps`` steps of batch ``cfg.batch_size`` drawn with
-   replacement from the cache (batch indices, noise and label dropout seeded by
-   ``derive_seed(seed, "step", step)``, so a resumed run sees the same draws).
-   Checkpoint ``generation/checkpoint.pt`` (model, EMA, optimizer, step, RNG
-   states) every ``cfg.checkpoint_every`` steps and at the end (atomic). A
-   non-finite loss stops the stage (:class:`harness.errors.NonFiniteError`).
+   trained by the one training loop :func:`harness.fit.fit` on every process
+   (DDP): AdamW (lr 1e-4, betas (0.9, 0.999), no weight decay), EMA 0.9999
+   (timm ``ModelEmaV3``), ``cfg.steps`` steps of global batch
+   ``cfg.batch_size`` drawn with replacement from the cache (batch indices and
+   noise seeded by ``derive_seed(seed, "step", step)``, so a resumed or
+   multi-process run sees the same draws). Checkpoint
+   ``generation/checkpoint.pt`` (model, EMA, optimizer, step, RNG states,
+   loss history) every ``cfg.checkpoint_every`` steps and at the end
+   (atomic); ``generation/losses.csv`` holds the loss curve. A non-finite loss
+   stops the stage (:class:`harness.errors.NonFiniteError`).
 4. **Sampling** with the EMA weights: SiT through the Euler-Maruyama SDE (250
    steps, ``w_t = sigma_t``, last step 0.04) or the ODE; the AR model by
    ancestral sampling, batch ``k`` seeded by ``derive_seed(seed, "sample", k)``.
@@ -37,9 +40,10 @@ through :func:`harness.seeding.derive_seed` (module table there).
    ``cfg.real_cache_dir``) and the ``cfg.num_samples`` generated videos.
    Fewer than 256 samples per set are marked not comparable.
 
-The metrics run on this process only (``sync_on_compute=False``: the stage
-runs on the main process of a multi-process run). The result, with the
-environment card and the sha256 of its values, is written atomically to
+Under several processes the main process encodes, samples and scores (its
+metrics do not synchronize: ``sync_on_compute=False``) while the others wait;
+all train the generator. The result, with the environment card and the
+sha256 of its values, is written atomically to
 ``generation/metrics.json``; when that file exists the stage returns it
 without any work (stage resume). Every file it reads back loads with
 ``torch.load(weights_only=True)``.
@@ -54,6 +58,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from accelerate import PartialState
 from timm.utils import ModelEmaV3
 from torch import Tensor, nn
 
@@ -65,12 +70,14 @@ from harness.generation.normalize import LatentNormalizer
 from harness.generation.tokens import TokenLayout, decode, pack
 from harness.generation.transport import sample_ode, sample_sde, training_loss
 from harness.generation.tree import batch_size, tree_cat, tree_index, tree_map
+from harness.fit import BatchFn, FitResult, LogWith, Schedule, fit, make_accelerator, write_history
 from harness.io import torch_save_atomic, write_gif_atomic, write_json_atomic
 from harness.memory import StageMemory
 from harness.records import RunFolder
 from harness.registry import GENERATORS, METRICS
 from harness.results import check_finite, values_sha256
-from harness.seeding import derive_seed, environment_card, rng_state, seed_everything, seeded, set_rng_state
+from harness.scoring import Scorer
+from harness.seeding import derive_seed, environment_card, seeded
 from metrics.base import MIN_COMPARABLE_N  # the one "not comparable below N" threshold
 
 log = logging.getLogger("harness.generation")
@@ -134,12 +141,48 @@ def build_generator(name: str, data: Latents, layout: TokenLayout, cfg: Generati
                class_dropout=dropout)
 
 
-def generator_loss(model: nn.Module, x: Latents, y: Tensor, continuous: bool,
-                   generator: torch.Generator | None = None) -> Tensor:
-    """Mean training loss of a batch: velocity MSE (SiT) or next-token cross-entropy (AR)."""
-    if continuous:
-        return training_loss(model, x, y, generator=generator).mean()
-    return model.loss(x, y).mean()
+class GeneratorObjective(nn.Module):
+    """The generator's training loss as ``forward`` (DDP sees one forward per backward).
+
+    ``forward(x, y[, t, noise])`` -> ``{"loss": scalar}``: the rectified-flow velocity MSE of SiT
+    (:func:`harness.generation.transport.training_loss`, with the given times ``float [B]`` and noise
+    ``x0``) for continuous tokens, the next-token cross-entropy of the AR transformer for discrete ones.
+    """
+
+    def __init__(self, model: nn.Module, continuous: bool) -> None:
+        super().__init__()
+        self.model, self.continuous = model, continuous
+
+    def forward(self, x: Latents, y: Tensor, t: Tensor | None = None, noise: Latents | None = None) -> dict[str, Tensor]:
+        if self.continuous:
+            return {"loss": training_loss(self.model, x, y, t=t, noise=noise).mean()}
+        return {"loss": self.model.loss(x, y).mean()}
+
+
+def latent_batches(data: Latents, labels: Tensor, continuous: bool, global_batch: int, seed: int,
+                   device: torch.device) -> BatchFn:
+    """The :data:`harness.fit.BatchFn` of generator training: step ``s`` draws ``global_batch`` cached videos with
+    replacement, and (continuous) their times and noise, from ``derive_seed(seed, "step", s)``; a micro-batch takes
+    its rows of that draw, so every split over processes and micro-batches trains on the same batch.
+
+    Returns rows ``(x, y)`` (discrete: ``int64 [size, L]``) or ``(x, y, t float [size], noise like x)``.
+    """
+    n = batch_size(data)
+
+    def batch(step: int, offset: int, size: int) -> tuple:
+        step_seed = derive_seed(seed, "step", step)
+        rows = slice(offset, offset + size)
+        idx = torch.randint(n, (global_batch,), generator=torch.Generator().manual_seed(step_seed))[rows]
+        x, y = tree_map(lambda v: v[idx].to(device), data), labels[idx].to(device)
+        if not continuous:
+            return x, y
+        noise_gen = torch.Generator(device=device).manual_seed(derive_seed(step_seed, "noise"))
+        t = torch.rand(global_batch, generator=noise_gen, device=device)
+        noise = tree_map(lambda v: torch.randn((global_batch, *v.shape[1:]), generator=noise_gen, device=device,
+                                               dtype=v.dtype), data)
+        return x, y, t[rows], tree_map(lambda v: v[rows], noise)
+
+    return batch
 
 
 @torch.no_grad()
@@ -164,69 +207,27 @@ def sample_tokens(model: nn.Module, y: Tensor, cfg: GenerationConfig, example: L
 
 
 def train_generator(model: nn.Module, ema: ModelEmaV3, data: Latents, labels: Tensor, continuous: bool,
-                    cfg: GenerationConfig, device: torch.device, ckpt_path: Path, extra: dict[str, Any],
-                    seed: int = 0, label: str = "generator") -> dict[str, Any]:
-    """Train ``model`` (and ``ema``) for ``cfg.steps`` steps, resuming from ``ckpt_path``.
+                    cfg: GenerationConfig, checkpoint: Path, metadata: dict[str, Any], seed: int = 0,
+                    label: str = "generator", log_with: LogWith = "none", show_progress: bool = False) -> FitResult:
+    """Train ``model`` (and its ``ema``) for ``cfg.steps`` steps through :func:`harness.fit.fit`, resuming from
+    ``checkpoint``; on every process of the run (DDP), like tokenizer training.
 
-    Step ``s`` draws its batch indices, noise and label dropout from ``derive_seed(seed, "step", s)``;
-    the checkpoint also holds the RNG states, restored on resume.
-
-    Returns:
-        ``{"losses": [float per step], "step_times": [...], "peak_memory_mb", "memory_kind"}``.
+    AdamW (``cfg.lr``, ``cfg.betas``, ``cfg.weight_decay``) over the global batch ``cfg.batch_size``
+    (:func:`latent_batches`), the EMA updated after every step; the checkpoint holds the model, the EMA, the
+    optimizer, step, RNG states, loss history and ``metadata`` (normalizer, token layout). Losses and learning
+    rate go to ``log_with`` (tracker files under ``checkpoint``'s folder).
 
     Raises:
         NonFiniteError: a non-finite loss (named with ``label`` and the step); the last checkpoint is kept.
     """
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    state = {"step": 0, "losses": [], "step_times": []}
-    if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        ema.load_state_dict(ckpt["ema"])
-        opt.load_state_dict(ckpt["opt"])
-        set_rng_state(ckpt["rng"])
-        state = {k: ckpt[k] for k in state}
-        log.info("generation: resumed at step %d", state["step"])
-    n = batch_size(data)
-
-    def save() -> None:
-        torch_save_atomic(ckpt_path, {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                                      "rng": rng_state(), **state, **extra})
-
-    model.train()
-    with StageMemory(device) as memory:
-        while state["step"] < cfg.steps:
-            step = state["step"]
-            start = time.perf_counter()
-            step_seed = derive_seed(seed, "step", step)
-            seed_everything(step_seed)
-            idx = torch.randint(n, (cfg.batch_size,), generator=torch.Generator().manual_seed(step_seed))
-            x = tree_map(lambda v: v[idx].to(device), data)
-            y = labels[idx].to(device)
-            noise_gen = torch.Generator(device=device).manual_seed(derive_seed(step_seed, "noise"))
-            loss = generator_loss(model, x, y, continuous, noise_gen)
-            if not torch.isfinite(loss):
-                kept = f"the last checkpoint {ckpt_path} is kept" if ckpt_path.is_file() else "no checkpoint was written yet"
-                raise NonFiniteError(f"{label}: non-finite generator loss at step {step} ({float(loss)}); {kept}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            ema.update(model, step=step + 1)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            state["step_times"].append(time.perf_counter() - start)
-            state["losses"].append(float(loss.detach()))
-            state["step"] = step + 1
-            if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
-                recent = state["losses"][-cfg.log_every:]
-                log.info("generation: step %d/%d loss %.4f", state["step"], cfg.steps, sum(recent) / len(recent))
-            if state["step"] % cfg.checkpoint_every == 0 or state["step"] == cfg.steps:
-                save()
-    if not ckpt_path.is_file():  # steps == 0
-        save()
-    return {**state, "peak_memory_mb": memory.peak_mb, "memory_kind": memory.kind}
+    accelerator = make_accelerator("no", log_with, checkpoint.parent)  # CoordTok-SiT trains in fp32 (supp. A.2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    batch = latent_batches(data, labels, continuous, cfg.batch_size, seed, accelerator.device)
+    return fit(model, GeneratorObjective(model, continuous), [optimizer], batch, Schedule.of(cfg), checkpoint, seed,
+               accelerator, label=f"{label} generator", extras={"ema": ema}, metadata=metadata,
+               after_step=lambda done: ema.update(model, step=done), show_progress=show_progress,
+               tracker_config={"generator": label, "model": cfg.model, "steps": cfg.steps, "batch_size": cfg.batch_size,
+                               "lr": cfg.lr})
 
 
 # --------------------------------------------------------------------------- gFVD
@@ -238,24 +239,20 @@ def _write_gif(video: Tensor, path: Path, fps: int) -> None:
     write_gif_atomic(path, to_uint8(video), fps)  # [T, H, W, 3]
 
 
-def _real_statistics(metrics: dict[str, Any], train_clips: ClipSource, cfg: GenerationConfig, run_dir: Path,
+def _real_statistics(scorer: Scorer, train_clips: ClipSource, cfg: GenerationConfig, run_dir: Path,
                      device: torch.device, real_seed: int) -> None:
+    """Feed the ``cfg.num_real`` real clips to the gFVD metrics, or load their cached statistics."""
     cache_dir = Path(cfg.real_cache_dir) if cfg.real_cache_dir else Path(run_dir).parent / ".fvd_real_cache"
     sizes = _batches(cfg.num_real, cfg.sample_batch_size)
     first, _ = train_clips(sizes[0], derive_seed(real_seed, 0))
     digest = hashlib.sha256(first.float().cpu().numpy().tobytes()).hexdigest()
     key = {"num_real": cfg.num_real, "batch": cfg.sample_batch_size, "seed": real_seed, "shape": list(first.shape[1:]),
            "first_batch_sha256": digest, "rule": "train_clips batches, derive_seed(real_seed, k)"}
-    todo = {name: m for name, m in metrics.items() if not m.use_real_cache(key, cache_dir)}
-    if metrics and not todo:
+    if scorer.use_real_cache(key, cache_dir):
         log.info("generation: real FVD statistics from the cache %s", cache_dir)
         return
     for k, n in enumerate(sizes):
-        videos = first if k == 0 else train_clips(n, derive_seed(real_seed, k))[0]
-        for m in todo.values():
-            m.update_real(videos.to(device))
-    for m in todo.values():
-        m.save_real_cache()
+        scorer.update_real((first if k == 0 else train_clips(n, derive_seed(real_seed, k))[0]).to(device))
 
 
 # --------------------------------------------------------------------------- the stage
@@ -263,7 +260,7 @@ def _real_statistics(metrics: dict[str, Any], train_clips: ClipSource, cfg: Gene
 
 def run_generation_stage(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConfig, run_dir: Path,
                          device: torch.device, num_classes: int = 1, seed: int = 0, real_seed: int | None = None,
-                         label: str = "generator", deterministic: bool = False) -> dict:
+                         label: str = "generator", deterministic: bool = False, log_with: LogWith = "none") -> dict:
     """Train a generator on ``tokenizer``'s tokens, sample videos and score them with gFVD.
 
     Args:
@@ -279,6 +276,11 @@ def run_generation_stage(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg
             default ``derive_seed(seed, "real")``.
         label: the tokenizer's id, named in errors.
         deterministic: recorded in the environment card (the runner switches the algorithms).
+        log_with: the tracker of the generator's losses (``train.log_with``; :mod:`harness.fit`).
+
+    Every process of a multi-process run calls the stage: the main process encodes the tokens, all train the
+    generator (DDP through :func:`harness.fit.fit`), the main process samples and scores while the others
+    wait; every process returns the result.
 
     Returns:
         ``{"gfvd_16f": float, "gfvd_16f_n": int, "gfvd_16f_n_real": int, ... (one set per protocol),
@@ -298,15 +300,17 @@ def run_generation_stage(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg
         torch.set_num_threads(cfg.cpu_threads)
     try:
         return _run(tokenizer, train_clips, cfg, Path(run_dir), torch.device(device), num_classes, seed,
-                    derive_seed(seed, "real") if real_seed is None else real_seed, label, deterministic)
+                    derive_seed(seed, "real") if real_seed is None else real_seed, label, deterministic, log_with)
     finally:
         torch.set_num_threads(threads)
 
 
 def _run(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConfig, run_dir: Path,
-         device: torch.device, num_classes: int, seed: int, real_seed: int, label: str, deterministic: bool) -> dict:
-    out = RunFolder(run_dir).generation
-    metrics_path = RunFolder(run_dir).generation_metrics
+         device: torch.device, num_classes: int, seed: int, real_seed: int, label: str, deterministic: bool,
+         log_with: LogWith) -> dict:
+    files = RunFolder(run_dir)
+    out, metrics_path = files.generation, files.generation_metrics
+    state = PartialState()
     out.mkdir(parents=True, exist_ok=True)
     if device.type == "cuda":  # CoordTok-SiT trains in fp32 with TF32 matmuls (research notes 1.7)
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -321,13 +325,13 @@ def _run(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConf
 
     # 1. tokens (encoded once, cached)
     tokens_path = out / "tokens.pt"
-    if tokens_path.is_file():
-        cache = torch.load(tokens_path, map_location="cpu", weights_only=True)
-    else:
+    if state.is_main_process and not tokens_path.is_file():
         start = time.perf_counter()
         cache = encode_training_set(tokenizer, train_clips, cfg, device, conditional, num_classes, seed)
         cache["encode_time_s"] = time.perf_counter() - start
         torch_save_atomic(tokens_path, cache)
+    state.wait_for_everyone()
+    cache = torch.load(tokens_path, map_location="cpu", weights_only=True)
     layout = TokenLayout.from_dict(cache["layout"])
     data, labels = cache["data"], cache["labels"]
 
@@ -337,7 +341,8 @@ def _run(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConf
         m = min(cfg.num_norm_clips, batch_size(data))
         normalizer = LatentNormalizer.fit([tree_index(data, slice(0, m))])
         data = normalizer.normalize(data)
-        write_json_atomic(out / "normalization.json", {"num_clips": m, **normalizer.summary()})
+        if state.is_main_process:
+            write_json_atomic(out / "normalization.json", {"num_clips": m, **normalizer.summary()})
 
     # 3. generator
     name = cfg.generator if cfg.generator != "auto" else ("sit" if layout.continuous else "ar")
@@ -346,14 +351,20 @@ def _run(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConf
     with seeded(derive_seed(seed, "init")):
         model = build_generator(name, data, layout, cfg, classes, tokenizer).to(device)
     ema = ModelEmaV3(model, decay=cfg.ema, use_warmup=cfg.ema_warmup)
-    extra = {"normalizer": normalizer.state_dict() if normalizer else None, "layout": cache["layout"]}
-    train = train_generator(model, ema, data, labels, layout.continuous, cfg, device, out / "checkpoint.pt", extra,
-                            seed=seed, label=label)
+    metadata = {"normalizer": normalizer.state_dict() if normalizer else None, "layout": cache["layout"]}
+    with StageMemory(device) as memory:
+        train = train_generator(model, ema, data, labels, layout.continuous, cfg, out / "checkpoint.pt", metadata,
+                                seed=seed, label=label, log_with=log_with)
+    if not state.is_main_process:  # the main process samples and scores; the others wait for its result
+        state.wait_for_everyone()
+        tokenizer.train(was_training)
+        return json.loads(metrics_path.read_text())
+    write_history(files.generation_losses, train.history)
     ema_model = ema.module.eval()
 
     # 4. samples and 5. gFVD
-    metrics = {n: METRICS.create(n, sync_on_compute=False).to(device) for n in cfg.fvd_protocols}
-    _real_statistics(metrics, train_clips, cfg, run_dir, device, real_seed)
+    scorer = Scorer(cfg.fvd_protocols, device, label=f"{label} generation")
+    _real_statistics(scorer, train_clips, cfg, run_dir, device, real_seed)
     samples_dir = out / "samples"
     example = tree_index(data, 0)
     written, sample_time = 0, 0.0
@@ -375,20 +386,15 @@ def _run(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConf
             suffix = f"_class{int(y[i])}" if conditional else ""
             _write_gif(videos[i], samples_dir / f"sample_{written:03d}{suffix}.gif", cfg.gif_fps)
             written += 1
-        for m in metrics.values():
-            m.update_fake(videos)
+        scorer.update_fake(videos)
 
-    result: dict[str, Any] = {}
-    protocol: dict[str, Any] = {}
-    comparable = bool(metrics)
-    for metric_name, m in metrics.items():
-        values = m.compute()
-        for key, value in values.items():
-            result["g" + key] = value
-        n_fake = int(values.get(f"{metric_name}_n", 0))
-        n_real = int(values.get(f"{metric_name}_n_real", n_fake))
+    values, protocol = scorer.compute()
+    result: dict[str, Any] = {"g" + key: value for key, value in values.items()}
+    comparable = bool(scorer.metrics)
+    for metric in scorer.metrics.values():
+        n_fake = int(values.get(f"{metric.name}_n", 0))
+        n_real = int(values.get(f"{metric.name}_n_real", n_fake))
         comparable &= min(n_fake, n_real) >= MIN_COMPARABLE_N
-        protocol.update(m.protocol())
     protocol["generation"] = {
         "source": "CoordTok supp. A.2 / B.2; StyleGAN-V fvd2048 (2048 real vs 2048 generated)",
         "num_samples": cfg.num_samples, "num_real": cfg.num_real,
@@ -402,17 +408,16 @@ def _run(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConf
     result["gfvd_comparable"] = bool(comparable)
     if not comparable:
         result["gfvd_note"] = f"N < {MIN_COMPARABLE_N} samples per set: not comparable (standard N = 2048)"
-    losses = train["losses"]
+    losses = train.history.get("loss", [])
     tail = losses[-max(1, len(losses) // 10):] if losses else []
-    times = train["step_times"][1:] or train["step_times"]
     result["generator"] = {
         "name": name, "size": cfg.model, "patch": cfg.patch if layout.continuous else None,
         "params": int(sum(p.numel() for p in model.parameters())),
         "tokens_per_video": int(layout.tokens_per_video),
         "sequence_length": int(model.num_patches if layout.continuous else model.seq_len),
-        "train_step_time_s": float(sum(times) / len(times)) if times else None,
-        "peak_memory_mb": train["peak_memory_mb"], "memory_kind": train["memory_kind"],
-        "steps": int(train["step"]), "batch_size": cfg.batch_size,
+        "train_step_time_s": train.step_time_s,
+        "peak_memory_mb": memory.peak_mb, "memory_kind": memory.kind,
+        "steps": int(train.steps), "batch_size": cfg.batch_size,
         "initial_loss": losses[0] if losses else None,
         "final_loss": float(sum(tail) / len(tail)) if tail else None,
         "train_clips": int(batch_size(data)), "encode_time_s": cache.get("encode_time_s"),
@@ -423,6 +428,6 @@ def _run(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConf
     result["environment"] = environment_card(device, deterministic)
     result["gfvd_values_sha256"] = values_sha256(result)
     write_json_atomic(metrics_path, result)
-    if was_training:
-        tokenizer.train()
+    tokenizer.train(was_training)
+    state.wait_for_everyone()
     return result

@@ -358,3 +358,46 @@ def cost_vs_length(data: ReportData) -> list[Figure]:
             continue
         figures.append(Figure(path, "Training cost vs video length", "FLOPs and peak memory of one training step (harness profile)."))
     return figures
+
+
+def loss_histories(data: ReportData) -> dict[str, pd.DataFrame]:
+    """``{label: losses.csv table}`` of every tokenizer and generator of the records (each run folder once)."""
+    histories: dict[str, pd.DataFrame] = {}
+    for record in data.records:
+        if record.folder is None:
+            continue
+        files = record.run_folder
+        for label, path in ((record.tokenizer_id, files.losses), (f"{record.tokenizer_id} generator", files.generation_losses)):
+            if label not in histories and path.is_file():
+                table = pd.read_csv(path)
+                if len(table):
+                    histories[label] = table
+    return histories
+
+
+@register_plot("loss_curves")
+def loss_curves(data: ReportData) -> list[Figure]:
+    """One panel per tokenizer and generator: every training loss against the step (log scale when positive)."""
+    histories = loss_histories(data)
+    if not histories:
+        data.notes.append("no loss curves: the run folders hold no losses.csv (written by training since 2026-12)")
+        return []
+    plt = _pyplot()
+    columns = min(3, len(histories))
+    rows = -(-len(histories) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.4 * columns, 3.0 * rows), squeeze=False)
+    for ax, (label, table) in zip(axes.flat, histories.items()):
+        losses = [c for c in table.columns if c not in ("step", "lr")]
+        for name in losses:
+            ax.plot(table["step"], table[name], label=name, linewidth=1.0)
+        if all((table[c] > 0).all() for c in losses):
+            ax.set_yscale("log")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(histories):]:
+        ax.axis("off")
+    fig.tight_layout()
+    path = _save(fig, data.results / "loss_curves.png")
+    return [Figure(path, "Training loss curves", "Per-step training losses of every tokenizer and generator "
+                   "(losses.csv in each run folder; averaged over processes).")]

@@ -1,0 +1,102 @@
+"""The one scoring loop: registered metrics fed batch by batch, per-video values collected and checked,
+summaries and protocols computed once. The runner's ``evaluate`` stage, ``harness compare`` and the
+generation stage's gFVD all score through :class:`Scorer`.
+
+Scoring runs on one process (the main process of a multi-process run, or a
+single process): the metrics are built with ``sync_on_compute=False``. Every
+value is checked: a non-finite per-video value or summary raises
+:class:`harness.errors.NonFiniteError` naming ``label``, the metric and the
+video, before anything is written.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import Tensor
+
+from harness.errors import NonFiniteError
+from harness.registry import METRICS
+from harness.results import check_finite
+
+
+class Scorer:
+    """Metrics named in a suite (registered name, entry point or ``module:Class``), scored together.
+
+    Args:
+        names: metric references, e.g. ``["psnr", "ssim", "lpips", "fvd_16f"]``.
+        device: where the metrics run.
+        metric_kwargs: per-metric constructor arguments (``{"lpips": {"net": "vgg"}}``).
+        label: what is scored (a tokenizer id and budget), named in errors.
+
+    Raises:
+        KeyError, ImportError: an unknown metric reference (from the registry).
+    """
+
+    def __init__(self, names: Iterable[str], device: torch.device | str = "cpu",
+                 metric_kwargs: Mapping[str, Mapping[str, Any]] | None = None, label: str = "scores") -> None:
+        kwargs = metric_kwargs or {}
+        self.label = label
+        self.metrics = {name: METRICS.create(name, sync_on_compute=False, **kwargs.get(name, {})).to(device)
+                        for name in names}
+        #: one dict per scored video: the caller's identifying columns plus one column per per-video metric
+        self.rows: list[dict[str, Any]] = []
+        self._real_cached: list[Any] = []  # set metrics whose real statistics live in a cache file
+
+    def use_real_cache(self, key: dict, folder: Path) -> bool:
+        """Load cached real statistics of the set metrics (FVD) keyed by ``key`` from ``folder``.
+
+        Returns:
+            True when every set metric found its cache (real videos need not be fed).
+        """
+        self._real_cached = [metric for metric in self.metrics.values() if hasattr(metric, "use_real_cache")]
+        return all([metric.use_real_cache(key, folder) for metric in self._real_cached])
+
+    @torch.no_grad()
+    def update(self, real: Tensor, fake: Tensor, rows: list[dict[str, Any]]) -> None:
+        """Score one batch of paired videos ``float [B, 3, T, H, W]`` in ``[-1, 1]``; ``rows`` (one dict per
+        video, e.g. clip id and source) receive the per-video values and are appended to :attr:`rows`.
+
+        Raises:
+            NonFiniteError: a per-video value is NaN or infinite.
+        """
+        for name, metric in self.metrics.items():
+            metric.update(real, fake)
+            if metric.per_video:
+                for row, value in zip(rows, metric.last_values.tolist()):
+                    if not math.isfinite(value):
+                        what = f"clip {row['clip']}" if "clip" in row else f"video {row.get('video', '?')}"
+                        raise NonFiniteError(f"{self.label}: {name} of {what} is {value}")
+                    row[metric.name] = value  # the column is the metric's value key (its `name`)
+        self.rows.extend(rows)
+
+    @torch.no_grad()
+    def update_real(self, videos: Tensor) -> None:
+        """Feed real videos to the set metrics (unpaired sets: generation); metrics with cached statistics skip them."""
+        for metric in self.metrics.values():
+            metric.update_real(videos)
+
+    @torch.no_grad()
+    def update_fake(self, videos: Tensor) -> None:
+        """Feed generated videos to the set metrics (unpaired sets: generation)."""
+        for metric in self.metrics.values():
+            metric.update_fake(videos)
+
+    def compute(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(summary, protocol)`` over everything fed: each metric's values (``<name>``, ``<name>_n``, ...) and
+        its protocol text. Real statistics seen for the first time are written to their cache.
+
+        Raises:
+            NonFiniteError: a summary value is NaN or infinite.
+        """
+        summary: dict[str, Any] = {}
+        protocol: dict[str, Any] = {}
+        for metric in self.metrics.values():
+            summary.update(metric.compute())
+            protocol.update(metric.protocol())
+        for metric in self._real_cached:
+            metric.save_real_cache()  # a no-op when the statistics came from the cache
+        check_finite(summary, f"{self.label}: metrics")
+        return summary, protocol
