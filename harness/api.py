@@ -167,6 +167,16 @@ class VideoTokenizer(nn.Module):
         """Tokens in the layout a generator trains on; identity by default."""
         return tokens
 
+    def temporal_boundaries(self, frames: int) -> list[int]:
+        """First frames of the independently coded pieces of a ``frames``-frame video (clips, chunks, tiles) after
+        the first, where reconstructions may jump (the boundary-jump metrics, ``metrics.temporal``).
+
+        Default: every ``clip_frames`` frames (the engine's clips, :mod:`harness.clips`); none for whole-video
+        tokenizers.
+        """
+        clip = self.clip_frames
+        return list(range(clip, frames, clip)) if clip else []
+
 
 def check_video(video: Tensor, name: str = "video") -> None:
     """Raise ``ValueError`` unless ``video`` is ``float [B, 3, T, H, W]``."""

@@ -17,6 +17,11 @@ Usage::
 
     python -m harness compare REAL_DIR RECON_DIR --metrics fvd_16f,psnr,ssim,lpips \\
         [--resolution 128] [--frames 16] [--start 0] [--stride 1] [--out results.json]
+    python -m harness compare REAL_DIR RECON_DIR --metrics psnr,tlp,tof,warp_error,tdiff,psnr_jump,tdiff_jump \
+        --boundaries 16,32,48       # temporal fidelity; the jumps at the reconstructions' clip starts
+
+The result also holds the per-frame values of the per-frame metrics (PSNR,
+SSIM, LPIPS) under ``per_frame``.
 """
 from __future__ import annotations
 
@@ -83,7 +88,8 @@ def _decode_pair(real: Path, recon: Path, start: int, frames: int | None, stride
 def run_compare(real_dir: str | Path, recon_dir: str | Path, metrics: Sequence[str] | str = DEFAULT_METRICS,
                 resolution: int | None = None, frames: int | None = None, start: int = 0, stride: int = 1,
                 out: str | Path | None = None, metric_kwargs: dict[str, dict[str, Any]] | None = None,
-                device: str | torch.device | None = None, show: bool = True) -> dict[str, Any]:
+                device: str | torch.device | None = None, show: bool = True,
+                boundaries: Sequence[int] | None = None) -> dict[str, Any]:
     """Score the reconstructions in ``recon_dir`` against the videos of ``real_dir``.
 
     Args:
@@ -97,10 +103,13 @@ def run_compare(real_dir: str | Path, recon_dir: str | Path, metrics: Sequence[s
         metric_kwargs: per-metric constructor arguments, e.g. ``{"lpips": {"net": "vgg"}}``.
         device: where the metrics run (default: CUDA when available).
         show: print the per-video and summary tables.
+        boundaries: frames where the reconstructions' clips / chunks / tiles start (after the first), for the
+            boundary-jump metrics (``psnr_jump``, ``tdiff_jump``); none by default.
 
     Returns:
         ``{"real_dir", "recon_dir", "num_videos", "metrics": {name: value, name_n: ...},
-        "per_video": [{"video", "frames", <per-video metric>: value}], "protocol": {"compare": {...},
+        "per_video": [{"video", "frames", <per-video metric>: value}], "per_frame": [{"video", "frame",
+        <per-frame metric>: value}], "protocol": {"compare": {...},
         <metric>: {...}}, "unmatched_reconstructions": [...]}``.
 
     Raises:
@@ -116,7 +125,7 @@ def run_compare(real_dir: str | Path, recon_dir: str | Path, metrics: Sequence[s
         raise CompareError(f"unknown metrics {unknown}; registered: {', '.join(METRICS.names())}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pairs, unmatched = match_videos(real_dir, recon_dir)
-    scorer = Scorer(names, device, metric_kwargs, label=f"compare {recon_dir}")
+    scorer = Scorer(names, device, metric_kwargs, label=f"compare {recon_dir}", boundaries=boundaries)
     for name, real_path, recon_path in pairs:
         real, recon = _decode_pair(real_path, recon_path, start, frames, stride, resolution)
         scorer.update(real.to(device), recon.to(device), [{"video": name, "frames": int(real.shape[2])}])
@@ -127,11 +136,11 @@ def run_compare(real_dir: str | Path, recon_dir: str | Path, metrics: Sequence[s
         "real_dir": str(Path(real_dir).resolve()), "recon_dir": str(Path(recon_dir).resolve()),
         "matching": "file name without extension", "decode": "PyAV, every frame in order (harness.data.decode)",
         "resolution": resolution or "decoded size", "frames": frames or "all (cut to the shorter video of a pair)",
-        "start": start, "stride": stride,
+        "start": start, "stride": stride, "boundaries": list(boundaries or []),
     }, **metric_protocols}
     result = {
         "real_dir": str(real_dir), "recon_dir": str(recon_dir), "num_videos": len(pairs), "metrics": summary,
-        "per_video": rows, "protocol": protocol, "unmatched_reconstructions": unmatched,
+        "per_video": rows, "per_frame": scorer.frame_rows, "protocol": protocol, "unmatched_reconstructions": unmatched,
     }
     if out is not None:
         write_json_atomic(Path(out), result)
@@ -164,13 +173,20 @@ def format_tables(result: dict[str, Any]) -> str:
 def _command(args: argparse.Namespace) -> int:
     try:
         run_compare(args.real_dir, args.recon_dir, metrics=args.metrics, resolution=args.resolution, frames=args.frames,
-                    start=args.start, stride=args.stride, out=args.out, device=args.device)
+                    start=args.start, stride=args.stride, out=args.out, device=args.device, boundaries=args.boundaries)
     except (ValueError, RuntimeError, FileNotFoundError) as err:  # CompareError, decoding, protocol or weights problems
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.out:
         print(f"results: {args.out}")
     return 0
+
+
+def _frame_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated frame numbers, got {text!r}") from None
 
 
 def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -184,6 +200,9 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--stride", type=int, default=1, help="keep every n-th frame (default 1)")
     parser.add_argument("--out", help="write the results and the protocol as JSON here")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--boundaries", type=_frame_list, default=None,
+                        help="comma-separated first frames of the reconstructions' clips/chunks after the first "
+                             "(e.g. 16,32,48), for psnr_jump and tdiff_jump")
     parser.set_defaults(func=_command)
     return parser
 

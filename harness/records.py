@@ -18,6 +18,7 @@ A suite's results folder::
         recon/<clip>.npy               reconstructions, uint8 [T, H, W, 3]; recon/batch_<k>.json per batch
         metrics.json                   the RunRecord of this row
         per_video.csv                  one line per evaluation clip, one column per per-video metric
+        per_frame.csv                  one line per clip and frame, one column per per-frame metric (PSNR, SSIM, LPIPS)
         budgets/<k>/                   flexible tokenizers: a RunFolder per token budget (no checkpoint)
         generation/metrics.json        gFVD and generator costs (GenerationResult), shared by the budgets
         generation/losses.csv          the generator's per-step losses and learning rate
@@ -47,6 +48,7 @@ RECONSTRUCT_FILE = "reconstruct.json"
 RECON_DIR = "recon"
 METRICS_FILE = "metrics.json"
 PER_VIDEO_FILE = "per_video.csv"
+PER_FRAME_FILE = "per_frame.csv"
 BUDGETS_DIR = "budgets"
 GENERATION_DIR = "generation"
 
@@ -74,6 +76,7 @@ class RunFolder:
     recon = property(lambda self: self.path / RECON_DIR)
     metrics = property(lambda self: self.path / METRICS_FILE)
     per_video = property(lambda self: self.path / PER_VIDEO_FILE)
+    per_frame = property(lambda self: self.path / PER_FRAME_FILE)
     generation = property(lambda self: self.run_dir / GENERATION_DIR)
     generation_metrics = property(lambda self: self.run_dir / GENERATION_DIR / METRICS_FILE)
     generation_losses = property(lambda self: self.run_dir / GENERATION_DIR / LOSSES_FILE)
@@ -167,6 +170,10 @@ class RunRecord:
     metric_refs: list[dict[str, str]] | None = None
     #: per-video table, relative to the row's folder
     per_video: str | None = PER_VIDEO_FILE
+    #: per-frame table (clip, frame, per-frame metrics), relative to the row's folder; ``None`` without one
+    per_frame: str | None = None
+    #: first frames of the tokenizer's clips / chunks / tiles after the first (``temporal_boundaries``)
+    temporal_boundaries: list[int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     # read side only (never written)
     folder: Path | None = None
@@ -217,6 +224,13 @@ class RunRecord:
         if self.folder is None or not self.per_video:
             return None
         return Path(self.folder) / self.per_video
+
+    @property
+    def per_frame_path(self) -> Path | None:
+        """The per-frame table's path, or ``None`` when the record names none or has no folder."""
+        if self.folder is None or not self.per_frame:
+            return None
+        return Path(self.folder) / self.per_frame
 
     @property
     def run_folder(self) -> RunFolder:

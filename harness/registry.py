@@ -313,6 +313,8 @@ class MetricSpec:
         return replace(self, key=f"g{self.name}", generation=True, title=self.generation_title)
 
     generation_title: str = ""
+    #: the leaderboard table the column belongs to: ``"quality"`` (the main table) or ``"temporal"``
+    table: str = "quality"
 
 
 def metric_spec(reference: str, name: str | None = None) -> MetricSpec:
@@ -332,4 +334,4 @@ def metric_spec(reference: str, name: str | None = None) -> MetricSpec:
     return MetricSpec(key=key, name=key, title=title, higher_is_better=getattr(cls, "higher_is_better", None),
                       unit=getattr(cls, "unit", "") or "", digits=int(getattr(cls, "digits", 4)),
                       per_video=bool(getattr(cls, "per_video", True)), min_comparable_n=getattr(cls, "min_comparable_n", None),
-                      generation_title=generation_title)
+                      generation_title=generation_title, table=str(getattr(cls, "table", "quality")))

@@ -60,7 +60,7 @@ from harness.fit import write_history
 from harness.generation.tree import tree_leaves
 from harness.io import save_numpy_atomic, write_csv_atomic, write_json_atomic
 from harness.memory import StageMemory
-from harness.records import EVAL_CLIPS_FILE, PER_VIDEO_FILE, SUITE_FILE, Costs, Protocol, RunFolder, RunRecord
+from harness.records import EVAL_CLIPS_FILE, PER_FRAME_FILE, PER_VIDEO_FILE, SUITE_FILE, Costs, Protocol, RunFolder, RunRecord
 from harness.registry import METRICS, TOKENIZERS
 from harness.results import values_sha256
 from harness.scoring import Scorer
@@ -373,9 +373,10 @@ class SuiteRunner:
 
     # ------------------------------------------------------------------ evaluate
 
-    def scorer(self, label: str) -> Scorer:
-        """The suite's metrics as a :class:`harness.scoring.Scorer`, real FVD statistics cached per dataset and seed."""
-        scorer = Scorer(self.suite.evaluate.metrics, self.device, self.suite.evaluate.metric_kwargs, label)
+    def scorer(self, label: str, boundaries: list[int]) -> Scorer:
+        """The suite's metrics as a :class:`harness.scoring.Scorer` for a tokenizer with these temporal boundaries,
+        real FVD statistics cached per dataset and seed."""
+        scorer = Scorer(self.suite.evaluate.metrics, self.device, self.suite.evaluate.metric_kwargs, label, boundaries)
         key = {"dataset": self.dataset.fingerprint(), "seed": self.suite.seed, "clips": len(self.eval_clips)}
         scorer.use_real_cache(key, self.dataset.cache_dir / "fvd")
         return scorer
@@ -411,7 +412,7 @@ class SuiteRunner:
             NonFiniteError: a metric value (summary or per video) is NaN or infinite; nothing is written.
         """
         log.info("evaluate: %s", variant.folder)
-        scorer = self.scorer(f"{entry.id}{variant.label_suffix}")
+        scorer = self.scorer(f"{entry.id}{variant.label_suffix}", tokenizer.temporal_boundaries(self.suite.data.frames))
         recon_dir = variant.files.recon
         for group in self.eval_batches():
             real = to_model_range(np.stack([self.clip_cache.load(c) for c in group])).to(self.device)
@@ -419,8 +420,11 @@ class SuiteRunner:
             scorer.update(real, fake, [{"clip": c.clip_id, "video": str(c.record.path.name), "start": c.start,
                                         "label": c.record.label} for c in group])
         summary, protocol = scorer.compute()
-        rows = scorer.rows
-        write_csv_atomic(variant.files.per_video, pd.DataFrame(rows))
+        write_csv_atomic(variant.files.per_video, pd.DataFrame(scorer.rows))
+        if scorer.frame_rows:
+            write_csv_atomic(variant.files.per_frame, pd.DataFrame(scorer.frame_rows))
+        else:  # no per-frame metric now: a table of an earlier evaluation must not be read as this one's
+            variant.files.per_frame.unlink(missing_ok=True)
         write_json_atomic(variant.files.metrics, self.result_record(entry, tokenizer, variant, summary, protocol))
         if not self.suite.evaluate.keep_reconstructions:
             for path in recon_dir.glob("*.npy"):
@@ -458,6 +462,8 @@ class SuiteRunner:
             token_info=recon.get("token_info"),
             metric_refs=refs,
             per_video=PER_VIDEO_FILE,
+            per_frame=PER_FRAME_FILE if folder.per_frame.is_file() else None,
+            temporal_boundaries=tokenizer.temporal_boundaries(data.frames),
         )
         return record.to_json()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -30,19 +30,28 @@ class Scorer:
         device: where the metrics run.
         metric_kwargs: per-metric constructor arguments (``{"lpips": {"net": "vgg"}}``).
         label: what is scored (a tokenizer id and budget), named in errors.
+        boundaries: the scored tokenizer's clip / chunk / tile starts
+            (``VideoTokenizer.temporal_boundaries``), given to metrics with ``uses_boundaries``
+            (the boundary-jump metrics of :mod:`metrics.temporal`).
 
     Raises:
         KeyError, ImportError: an unknown metric reference (from the registry).
     """
 
     def __init__(self, names: Iterable[str], device: torch.device | str = "cpu",
-                 metric_kwargs: Mapping[str, Mapping[str, Any]] | None = None, label: str = "scores") -> None:
+                 metric_kwargs: Mapping[str, Mapping[str, Any]] | None = None, label: str = "scores",
+                 boundaries: Sequence[int] | None = None) -> None:
         kwargs = metric_kwargs or {}
         self.label = label
-        self.metrics = {name: METRICS.create(name, sync_on_compute=False, **kwargs.get(name, {})).to(device)
-                        for name in names}
+        self.metrics = {}
+        for name in names:
+            extra = {"boundaries": list(boundaries or ())} if getattr(METRICS.get(name), "uses_boundaries", False) else {}
+            self.metrics[name] = METRICS.create(name, sync_on_compute=False, **extra, **kwargs.get(name, {})).to(device)
         #: one dict per scored video: the caller's identifying columns plus one column per per-video metric
         self.rows: list[dict[str, Any]] = []
+        #: one dict per scored frame: the video's first identifying column, ``frame`` and one column per
+        #: per-frame metric (PSNR, SSIM, LPIPS); the per-frame curves
+        self.frame_rows: list[dict[str, Any]] = []
         self._real_cached: list[Any] = []  # set metrics whose real statistics live in a cache file
 
     def use_real_cache(self, key: dict, folder: Path) -> bool:
@@ -62,8 +71,11 @@ class Scorer:
         Raises:
             NonFiniteError: a per-video value is NaN or infinite.
         """
+        frames: dict[str, list[list[float]]] = {}
         for name, metric in self.metrics.items():
             metric.update(real, fake)
+            if metric.per_frame:
+                frames[metric.name] = metric.last_frame_values.tolist()
             if metric.per_video:
                 for row, value in zip(rows, metric.last_values.tolist()):
                     if not math.isfinite(value):
@@ -71,6 +83,12 @@ class Scorer:
                         raise NonFiniteError(f"{self.label}: {name} of {what} is {value}")
                     row[metric.name] = value  # the column is the metric's value key (its `name`)
         self.rows.extend(rows)
+        if frames:
+            key = next(iter(rows[0])) if rows else "video"
+            for index, row in enumerate(rows):
+                for t in range(real.shape[2]):
+                    self.frame_rows.append({key: row.get(key, index), "frame": t,
+                                            **{name: values[index][t] for name, values in frames.items()}})
 
     @torch.no_grad()
     def update_real(self, videos: Tensor) -> None:

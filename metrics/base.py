@@ -60,6 +60,8 @@ class VideoMetric(Metric):
     #: a per-video value that is the mean over frames of ``frame_values`` (PSNR, SSIM, LPIPS); the engine writes
     #: the per-frame values (``per_frame.csv``) and the report plots them against the frame index
     per_frame: bool = False
+    #: the leaderboard table showing the column: ``"quality"`` (the main table) or ``"temporal"`` (temporal fidelity)
+    table: str = "quality"
     full_state_update = False
 
     def __init__(self, **kwargs: Any) -> None:

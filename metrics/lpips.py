@@ -311,6 +311,15 @@ def lpips_distance(x: Tensor, y: Tensor, net: str = "alex", weights: str | Path 
     return model(x.float(), y.float()).reshape(-1)
 
 
+def per_frame_lpips(real: Tensor, fake: Tensor, net: str = "alex", weights: str | Path | None = None) -> Tensor:
+    """LPIPS v0.1 of every frame, ``float64 [B, T]``: videos ``float [B, 3, T, H, W]`` in ``[-1, 1]`` (clamped),
+    frames scored :data:`FRAMES_PER_BATCH` at a time."""
+    b, _, t = real.shape[:3]
+    x, y = frames_of(real.clamp(-1, 1)), frames_of(fake.clamp(-1, 1))
+    dists = [lpips_distance(xs, ys, net, weights) for xs, ys in zip(x.split(FRAMES_PER_BATCH), y.split(FRAMES_PER_BATCH))]
+    return torch.cat(dists).double().reshape(b, t)
+
+
 @register_metric("lpips")
 class LPIPS(VideoMetric):
     """Mean over videos of the per-video mean of per-frame LPIPS v0.1 (lower is better).
@@ -333,6 +342,7 @@ class LPIPS(VideoMetric):
     title = "LPIPS"
     higher_is_better = False
     digits = 4
+    per_frame = True
     default_net = "alex"
 
     def __init__(self, net: str | None = None, weights: str | Path | None = None, **kwargs: Any) -> None:
@@ -345,11 +355,8 @@ class LPIPS(VideoMetric):
         self._weights_info = {"backbone_source": model.backbone_source, "backbone_sha256": model.backbone_sha256,
                               "lin_sha256": model.lin_sha256}
 
-    def video_values(self, real: Tensor, fake: Tensor) -> Tensor:
-        b, _, t = real.shape[:3]
-        x, y = frames_of(real.clamp(-1, 1)), frames_of(fake.clamp(-1, 1))
-        dists = [lpips_distance(xs, ys, self.net, self.weights) for xs, ys in zip(x.split(FRAMES_PER_BATCH), y.split(FRAMES_PER_BATCH))]
-        return torch.cat(dists).double().reshape(b, t).mean(dim=1)
+    def frame_values(self, real: Tensor, fake: Tensor) -> Tensor:
+        return per_frame_lpips(real, fake, self.net, self.weights)
 
     def protocol(self) -> dict[str, Any]:
         return {self.name: {

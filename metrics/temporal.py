@@ -45,7 +45,7 @@ from harness.errors import WeightsError
 from harness.registry import register_metric
 from metrics.base import VideoMetric, frames_of, to_unit_range
 from metrics.i3d import file_sha256
-from metrics.lpips import FRAMES_PER_BATCH, _canonical_net, load_lpips, lpips_distance
+from metrics.lpips import FRAMES_PER_BATCH, _canonical_net, load_lpips, lpips_distance, per_frame_lpips
 from metrics.quality import per_frame_psnr, per_frame_ssim
 
 #: Farneback parameters of TecoGAN's metrics.py: calcOpticalFlowFarneback(prev, next, None, 0.5, 3, 15, 3, 5, 1.2, 0)
@@ -314,6 +314,7 @@ class TemporalMetric(VideoMetric):
 
     per_video = True
     higher_is_better = False
+    table = "temporal"
     title = "temporal"
     unit = ""
     digits = 4
@@ -501,6 +502,14 @@ class WarpErrorReal(WarpError):
         return real
 
 
+def pair_tdiff(real: Tensor, fake: Tensor) -> Tensor:
+    """Temporal-difference error of every consecutive pair ``(t-1, t)``, ``float64 [B, T-1]``: the mean over
+    channels and pixels of ``|(recon_t - recon_{t-1}) - (real_t - real_{t-1})|`` on ``[0, 1]`` RGB (clamped)."""
+    r, f = to_unit_range(real).double(), to_unit_range(fake).double()
+    diff = (f[:, :, 1:] - f[:, :, :-1]) - (r[:, :, 1:] - r[:, :, :-1])
+    return diff.abs().mean(dim=(1, 3, 4))
+
+
 @register_metric("tdiff")
 class TDiff(TemporalMetric):
     """Temporal-difference error: mean of ``|(recon_t - recon_{t-1}) - (real_t - real_{t-1})|`` on ``[0, 1]`` RGB."""
@@ -511,9 +520,7 @@ class TDiff(TemporalMetric):
     digits = 4
 
     def video_values(self, real: Tensor, fake: Tensor) -> Tensor:
-        r, f = to_unit_range(real).double(), to_unit_range(fake).double()
-        diff = (f[:, :, 1:] - f[:, :, :-1]) - (r[:, :, 1:] - r[:, :, :-1])
-        return diff.abs().mean(dim=(1, 2, 3, 4))
+        return pair_tdiff(real, fake).mean(dim=1)
 
     def protocol(self) -> dict[str, Any]:
         return {self.name: {
@@ -537,13 +544,10 @@ def per_frame_curves(real: Tensor, fake: Tensor, net: str = "alex", weights: str
     """
     if real.shape != fake.shape:
         raise ValueError(f"per_frame_curves: real {tuple(real.shape)} and fake {tuple(fake.shape)} differ in shape")
-    b, _, t = real.shape[:3]
-    x, y = frames_of(real.clamp(-1, 1)), frames_of(fake.clamp(-1, 1))
-    dists = [lpips_distance(xs, ys, net, weights) for xs, ys in zip(x.split(FRAMES_PER_BATCH), y.split(FRAMES_PER_BATCH))]
     return {
         "psnr": per_frame_psnr(real, fake).double(),
         "ssim": per_frame_ssim(real, fake).double(),
-        "lpips": torch.cat(dists).double().reshape(b, t),
+        "lpips": per_frame_lpips(real, fake, net, weights),
     }
 
 
@@ -578,3 +582,106 @@ def boundary_jump(per_frame: Tensor, boundaries: Sequence[int]) -> Tensor:
     if adjacent.all():
         return torch.full((b,), float("nan"), dtype=torch.float64, device=values.device)
     return values[:, adjacent].mean(dim=1) - values[:, ~adjacent].mean(dim=1)
+
+
+def crossing_jump(per_pair: Tensor, boundaries: Sequence[int]) -> Tensor:
+    """Mean of a per-pair value over the pairs that cross a boundary minus its mean over the other pairs,
+    ``float64 [B]``.
+
+    Pair ``p`` joins frames ``p`` and ``p + 1`` (``per_pair`` is ``[B, T-1]``, e.g. :func:`pair_tdiff`); it
+    crosses boundary ``t`` when ``p + 1 == t``. Zeros when no boundary lies in ``(0, T)``, NaN when every pair
+    crosses one.
+    """
+    if per_pair.dim() != 2:
+        raise ValueError(f"crossing_jump expects per-pair values [B, T-1], got {tuple(per_pair.shape)}")
+    values = per_pair.double()
+    b, pairs = values.shape
+    crossing = torch.zeros(pairs, dtype=torch.bool, device=values.device)
+    for start in boundaries:
+        if 0 < int(start) <= pairs:
+            crossing[int(start) - 1] = True
+    if not crossing.any():
+        return torch.zeros(b, dtype=torch.float64, device=values.device)
+    if crossing.all():
+        return torch.full((b,), float("nan"), dtype=torch.float64, device=values.device)
+    return values[:, crossing].mean(dim=1) - values[:, ~crossing].mean(dim=1)
+
+
+# ---------------------------------------------------------------------------------------------- boundary jumps
+
+
+class BoundaryJump(VideoMetric):
+    """Base of the boundary-jump metrics: a per-frame (or per-pair) quantity next to the tokenizer's clip,
+    chunk or tile boundaries minus the same quantity elsewhere, per video.
+
+    ``boundaries`` are the first frames of the tokenizer's clips / chunks / tiles
+    (``VideoTokenizer.temporal_boundaries(T)``: 16, 32, ... for the 16-frame-clip
+    baselines, 17, 33, ... for VideoFlexTok's 17-frame chunks, none for CoordTok);
+    the engine passes them (``uses_boundaries``), ``harness compare`` takes them
+    from ``--boundaries``. Without a boundary inside the video the value is 0.
+    """
+
+    uses_boundaries = True
+    per_video = True
+    table = "temporal"
+    unit = ""
+    digits = 4
+
+    def __init__(self, boundaries: Sequence[int] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.boundaries = sorted(int(b) for b in (boundaries or ()))
+
+    def update(self, real: Tensor, fake: Tensor) -> None:
+        check_video(real, "real")
+        _check_frames(self.name, real)
+        super().update(real, fake)
+
+
+@register_metric("psnr_jump")
+class PSNRJump(BoundaryJump):
+    """PSNR of the frames on either side of a boundary minus the PSNR of the other frames (dB, per video).
+
+    Negative when quality drops at the tokenizer's boundaries; 0 without boundaries or jumps
+    (:func:`boundary_jump` of :func:`metrics.quality.per_frame_psnr`). Higher is better: closer to 0
+    (or above) means no seam.
+    """
+
+    name = "psnr_jump"
+    title = "PSNR jump"
+    higher_is_better = True
+    unit = "dB"
+    digits = 2
+
+    def video_values(self, real: Tensor, fake: Tensor) -> Tensor:
+        return boundary_jump(per_frame_psnr(real, fake), self.boundaries)
+
+    def protocol(self) -> dict[str, Any]:
+        return {self.name: {
+            "method": "per video: mean PSNR of frames t-1 and t for every boundary t in (0, T) minus mean PSNR of the "
+                      "other frames (per-frame PSNR as the psnr metric); mean over videos; 0 without boundaries",
+            "boundaries": self.boundaries,
+        }}
+
+
+@register_metric("tdiff_jump")
+class TDiffJump(BoundaryJump):
+    """Temporal-difference error of the frame pairs that cross a boundary minus that of the other pairs (per video).
+
+    Positive when the reconstruction jumps at the tokenizer's boundaries more than between its other frames
+    (:func:`crossing_jump` of :func:`pair_tdiff`); lower is better, 0 without boundaries.
+    """
+
+    name = "tdiff_jump"
+    title = "tDiff jump"
+    higher_is_better = False
+    digits = 4
+
+    def video_values(self, real: Tensor, fake: Tensor) -> Tensor:
+        return crossing_jump(pair_tdiff(real, fake), self.boundaries)
+
+    def protocol(self) -> dict[str, Any]:
+        return {self.name: {
+            "method": "per video: mean tDiff of the pairs (t-1, t) for every boundary t in (0, T) minus mean tDiff of "
+                      "the other consecutive pairs (RGB in [0,1]); mean over videos; 0 without boundaries",
+            "boundaries": self.boundaries,
+        }}

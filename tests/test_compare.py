@@ -99,3 +99,22 @@ def test_errors_name_the_problem(folders, tmp_path):
         match_videos(real, tmp_path)
     with pytest.raises(CompareError, match="unknown metrics"):
         run_compare(real, real, "fvd_17f", show=False)
+
+
+def test_temporal_metrics_and_boundaries_from_the_command_line(folders, tmp_path):
+    """The temporal metrics are registered metrics: compare scores them; ``--boundaries`` feeds the jump metrics,
+    and the per-frame values of PSNR come back under ``per_frame``."""
+    real, noisy = folders
+    out = tmp_path / "temporal.json"
+    assert main([str(real), str(real), "--metrics", "psnr,tlp,tof,warp_error,tdiff,psnr_jump,tdiff_jump",
+                 "--boundaries", "8", "--out", str(out)]) == 0
+    itself = json.loads(out.read_text())
+    assert itself["protocol"]["compare"]["boundaries"] == [8] and itself["protocol"]["psnr_jump"]["boundaries"] == [8]
+    for name in ("tlp", "tof", "tdiff", "psnr_jump", "tdiff_jump"):
+        assert itself["metrics"][name] == 0.0, name  # a video against itself
+    assert itself["protocol"]["tof"]["flow"]["method"] == "farneback"
+    assert len(itself["per_frame"]) == 2 * 16 and set(itself["per_frame"][0]) == {"video", "frame", "psnr"}
+    noised = run_compare(real, noisy, "tdiff,tdiff_jump", boundaries=[8], show=False)
+    assert noised["metrics"]["tdiff"] > 0.01 and noised["protocol"]["tdiff_jump"]["boundaries"] == [8]
+    with pytest.raises(SystemExit):
+        main([str(real), str(real), "--boundaries", "eight"])

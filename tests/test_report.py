@@ -123,17 +123,17 @@ def test_cost_table_of_the_profile_is_plotted_and_missing_results_are_reported(t
 def test_report_files_exist_after_a_suite_run(suite_dir):
     assert "cost vs video length not measured" in (suite_dir / "report.md").read_text()
     for name in ("report.md", "report.html", "leaderboard.md", "quality_vs_tokens.png", "analysis.png", "analysis_correlations.csv",
-                 "loss_curves.png"):
+                 "loss_curves.png", "per_frame_curves.png"):
         assert (suite_dir / name).is_file(), name
-    for name in ("quality_vs_tokens.png", "analysis.png", "loss_curves.png"):
+    for name in ("quality_vs_tokens.png", "analysis.png", "loss_curves.png", "per_frame_curves.png"):
         with Image.open(suite_dir / name) as image:
             assert image.format == "PNG" and image.width > 300 and image.height > 200
     text = (suite_dir / "report.md").read_text()
-    for section in ("## Leaderboard", "## Protocol", "## Quality vs tokens per video", "## Analysis", "## Training loss curves", "## Gallery",
+    for section in ("## Leaderboard", "## Protocol", "## Quality vs tokens per video", "## Analysis", "## Training loss curves", "## Per-frame quality", "## Gallery",
                     "- dataset: samples", "- resolution: 32x32", "- number of videos: 9 clips (3 per video)"):
         assert section in text, section
     page = (suite_dir / "report.html").read_text()
-    assert page.count("src='data:image/png;base64,") == 3 and page.count("src='data:image/gif;base64,") == 3
+    assert page.count("src='data:image/png;base64,") == 4 and page.count("src='data:image/gif;base64,") == 3
     assert "file://" not in page and "<img src='/" not in page  # self-contained, viewable offline
 
 
@@ -216,8 +216,8 @@ def test_leaderboard_cli_across_suites_and_report_rebuild(suite_dir, tmp_path):
 
 @pytest.mark.skipif(chromium_path() is None, reason="needs Debian's chromium (/usr/bin/chromium; apt-get install chromium)")
 def test_html_report_renders_in_headless_chromium(suite_dir, tmp_path):
-    """The report opens offline in Chromium: every embedded image (3 plots, 3 GIFs) decodes; the screenshot is not blank."""
-    assert decoded_images(suite_dir / "report.html") == (6, 6)
+    """The report opens offline in Chromium: every embedded image (4 plots, 3 GIFs) decodes; the screenshot is not blank."""
+    assert decoded_images(suite_dir / "report.html") == (7, 7)
     shot = screenshot(suite_dir / "report.html", tmp_path / "report.png", 1400, 3000)
     with Image.open(shot) as image:
         pixels = np.asarray(image.convert("L"), dtype=float)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -275,3 +276,100 @@ def test_boundary_jump_finds_a_discontinuity_at_frame_8(sample_videos, seam):
     expected = (3 + 4 + 7 + 8) / 4 - (0 + 1 + 2 + 5 + 6 + 9) / 6
     assert torch.allclose(boundary_jump(ramp, [4, 8]), torch.full((2,), expected, dtype=torch.float64))
     assert torch.isnan(boundary_jump(ramp[:, :2], [1])).all()
+
+
+# --------------------------------------------------------------------------- boundary jumps through the engine
+
+
+@pytest.fixture(scope="module")
+def long_clips(sample_paths) -> torch.Tensor:
+    """Three real 32-frame 32x32 clips ``float32 [3, 3, 32, 32, 32]`` in ``[-1, 1]`` (two 16-frame clips each)."""
+    from harness.data.decode import decode_frames, to_model_range
+
+    return to_model_range(np.stack([decode_frames(p, start=8, num_frames=32, resolution=32) for p in sample_paths]))
+
+
+def test_boundary_jump_sees_a_seam_at_frame_16_only_for_a_16_frame_clip_tokenizer(long_clips):
+    """Perfect reconstructions but for frame 16: a 16-frame-clip tokenizer (boundary 16) reports the jump,
+    a whole-video tokenizer (no boundary) reports none; the boundaries are recorded in the protocol."""
+    from harness.registry import create_tokenizer
+    from harness.scoring import Scorer
+
+    seam = long_clips.clone()
+    noise = 0.3 * torch.randn(seam[:, :, 16].shape, generator=torch.Generator().manual_seed(0))
+    seam[:, :, 16] = (seam[:, :, 16] + noise).clamp(-1, 1)
+    clip_tokenizer = create_tokenizer("grid3d", size="tiny", channels=8)  # clip_frames 16 (supp. B.1)
+    whole_video = create_tokenizer("coordtok", size="tiny", frames=32, resolution=32)
+    results = {}
+    for name, tokenizer in (("grid3d", clip_tokenizer), ("coordtok", whole_video)):
+        scorer = Scorer(["psnr", "psnr_jump", "tdiff_jump"], boundaries=tokenizer.temporal_boundaries(32), label=name)
+        scorer.update(long_clips, seam, [{"clip": str(i)} for i in range(3)])
+        results[name] = scorer.compute()
+    summary, protocol = results["grid3d"]
+    assert protocol["psnr_jump"]["boundaries"] == [16] and protocol["tdiff_jump"]["boundaries"] == [16]
+    assert summary["psnr_jump"] < -20.0  # frames 15 | 16 average far below the 100 dB cap of the other frames
+    assert summary["tdiff_jump"] > 0.05
+    summary, protocol = results["coordtok"]
+    assert protocol["psnr_jump"]["boundaries"] == []
+    assert summary["psnr_jump"] == 0.0 and summary["tdiff_jump"] == 0.0
+    assert results["grid3d"][0]["psnr"] == summary["psnr"]  # the same frames, the same per-frame PSNR
+
+
+def test_videoflextok_boundaries_are_its_chunk_starts():
+    """17-frame chunks overlapping by one frame: chunk i > 0 adds frames 16 i + 1 .. 16 i + 16."""
+    from harness.registry import create_tokenizer
+
+    vae = {"name": "grid3d", "kwargs": {"size": "tiny", "channels": 8, "causal": True, "latent_channels": 16, "clip_frames": 17}}
+    model = create_tokenizer("videoflextok", size="tiny", vae=vae, n_max=4, enc_depth=1, enc_dim=32, enc_heads=2,
+                             dec_depth=1, dec_dim=32, dec_heads=2)
+    assert model.temporal_boundaries(17) == [] and model.temporal_boundaries(32) == [17]
+    assert model.temporal_boundaries(81) == [17, 33, 49, 65]
+
+
+def test_per_frame_metrics_give_the_scorer_their_frame_values(sample_videos, seam):
+    """PSNR, SSIM and LPIPS are means of their per-frame values; the scorer keeps those as the per-frame curves."""
+    from harness.scoring import Scorer
+
+    scorer = Scorer(["psnr", "ssim", "lpips", "tdiff"], label="curves")
+    scorer.update(sample_videos, seam["seam"], [{"clip": str(i)} for i in range(3)])
+    assert len(scorer.frame_rows) == 3 * 16 and set(scorer.frame_rows[0]) == {"clip", "frame", "psnr", "ssim", "lpips"}
+    curves = seam["curves"]
+    for key in ("psnr", "ssim", "lpips"):
+        table = torch.tensor([[r[key] for r in scorer.frame_rows if r["clip"] == str(i)] for i in range(3)], dtype=torch.float64)
+        assert torch.equal(table, curves[key])
+        assert torch.allclose(table.mean(dim=1), torch.tensor([r[key] for r in scorer.rows], dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def test_a_suite_writes_per_frame_curves_and_the_boundary_jump_of_its_tokenizer(tmp_path):
+    """Through the engine: the runner passes the tokenizer's boundaries (16 for grid3d's 16-frame clips on
+    32-frame videos), writes ``per_frame.csv``, and the leaderboard shows the temporal table with directions."""
+    import json
+
+    import pandas as pd
+    import yaml
+
+    from harness.config import load_suite
+    from harness.runner import SuiteRunner
+
+    suite = {
+        "name": "temporal", "seed": 0, "output_dir": str(tmp_path / "results"),
+        "data": {"dataset": "samples", "resolution": 32, "frames": 32},
+        "train": {"steps": 1, "batch_size": 2},
+        "evaluate": {"metrics": ["psnr", "ssim", "tdiff", "psnr_jump", "tdiff_jump"], "batch_size": 3},
+        "tokenizers": [{"id": "grid3d_tiny", "name": "grid3d", "kwargs": {"size": "tiny", "channels": 8}}],
+    }
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
+    results = SuiteRunner(load_suite(tmp_path / "suite.yaml"), show_progress=False).run()
+    record = json.loads((results / "grid3d_tiny" / "metrics.json").read_text())
+    assert record["temporal_boundaries"] == [16] and record["per_frame"] == "per_frame.csv"
+    assert record["protocol"]["metrics"]["psnr_jump"]["boundaries"] == [16]
+    frames = pd.read_csv(results / "grid3d_tiny" / "per_frame.csv")
+    per_video = pd.read_csv(results / "grid3d_tiny" / "per_video.csv")
+    assert list(frames.columns) == ["clip", "frame", "psnr", "ssim"] and len(frames) == 32 * len(per_video)
+    means = frames.groupby("clip", sort=False)["psnr"].mean()
+    assert np.allclose(means.loc[per_video["clip"]].to_numpy(), per_video["psnr"].to_numpy(), rtol=0, atol=1e-9)
+    board = (results / "leaderboard.md").read_text()
+    temporal = board[board.index("## Temporal fidelity"):board.index("## Costs")]
+    assert "PSNR jump ↑" in temporal and "tDiff jump ↓" in temporal and "tDiff ↓" in temporal
+    assert "PSNR jump" not in board[:board.index("## Temporal fidelity")]  # not in the main table
+    assert (results / "per_frame_curves.png").is_file() and "## Per-frame quality" in (results / "report.md").read_text()

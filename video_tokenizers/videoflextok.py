@@ -683,6 +683,11 @@ class VideoFlexTok(RegisterEncoder, FlowDecoder, VideoTokenizer):
         """Full-budget tokens of one video: ``timesteps(frames) x n_max``."""
         return self.timesteps(frames) * self.n_max
 
+    def temporal_boundaries(self, frames: int) -> list[int]:
+        """First frames of chunks 2, 3, ...: chunk ``i > 0`` adds frames ``16 i + 1 .. 16 i + 16`` (17-frame chunks
+        overlapping by one frame, decoded conditioned on the previous chunk), so boundaries are 17, 33, ..."""
+        return list(range(self.chunk_frames, frames, self.chunk_stride))
+
     def token_budgets(self) -> list[int]:
         """Registers per timestep that a suite sweeps: ``1, 2, 4, ..., n_max``."""
         return list(self.budgets)

@@ -70,6 +70,7 @@ class ReportData:
     suite: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     _tables: dict[int, pd.DataFrame | None] = field(default_factory=dict, repr=False)
+    _frame_tables: dict[int, pd.DataFrame | None] = field(default_factory=dict, repr=False)
     _intervals: dict[tuple[int, str], stats.Interval | None] = field(default_factory=dict, repr=False)
     #: metric keys a record names whose class was not found (shown without metadata, never silently left out)
     unresolved: set[str] = field(default_factory=set)
@@ -129,6 +130,14 @@ class ReportData:
             path = record.per_video_path
             self._tables[key] = pd.read_csv(path) if path is not None and path.is_file() else None
         return self._tables[key]
+
+    def per_frame(self, record: RunRecord) -> pd.DataFrame | None:
+        """The record's per-frame table (clip, frame, per-frame metrics; read once), or ``None`` without one."""
+        key = id(record)
+        if key not in self._frame_tables:
+            path = record.per_frame_path
+            self._frame_tables[key] = pd.read_csv(path) if path is not None and path.is_file() else None
+        return self._frame_tables[key]
 
     def interval(self, record: RunRecord, metric: str) -> stats.Interval | None:
         """95% percentile-bootstrap interval over videos of ``metric`` for ``record`` (computed once), or ``None``."""

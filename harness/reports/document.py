@@ -75,9 +75,14 @@ def build_sections(data: ReportData) -> tuple[list[Section], list[Path]]:
         written.append(write_leaderboard(data))
         rows = lb.sort_rows(lb.leaderboard_rows(data), specs=data.ranked)
         multi = len({r.get("suite") for r in rows}) > 1
-        specs = lb.row_specs(rows, data.ranked)
-        sections.append(Section("Leaderboard", "leaderboard", lb.interval_note(specs),
-                                table=lb.display_frame(rows, extras=False, suite=multi, specs=data.ranked)))
+        main = lb.table_specs(data)
+        sections.append(Section("Leaderboard", "leaderboard", lb.interval_note(lb.row_specs(rows, main)),
+                                table=lb.display_frame(rows, extras=False, suite=multi, specs=main)))
+        for table, heading in lb.SECOND_TABLES.items():
+            specs = lb.row_specs(rows, lb.table_specs(data, table))
+            if specs:
+                sections.append(Section(heading, table, lb.interval_note(specs),
+                                        table=lb.display_frame(rows, extras=False, suite=multi, specs=specs)))
         sections.append(Section("Costs", "costs", "Training (per step, peak memory added by the stage), reconstruction "
                                  "throughput, generator and codebook use.", table=lb.cost_frame(rows, suite=multi)))
         sections.append(Section("Protocol", "protocol", card=lb.protocol_card(data)))

@@ -357,11 +357,27 @@ def card_markdown(card: list[tuple[str, str]]) -> list[str]:
     return [f"- {key}: {value}" for key, value in card]
 
 
+#: the leaderboard's metric tables after the main one (a metric class's ``table``), with their titles
+SECOND_TABLES = {"temporal": "Temporal fidelity"}
+
+
+def table_specs(data: ReportData, table: str = "quality") -> list[MetricSpec]:
+    """The ranked metric columns of one leaderboard table (``MetricSpec.table``; unknown tables join the main one)."""
+    known = set(SECOND_TABLES)
+    return [s for s in data.ranked if (s.table if s.table in known else "quality") == table]
+
+
 def leaderboard_markdown(data: ReportData, title: str) -> str:
-    """The leaderboard page: main table, interval note, cost table, protocol card."""
+    """The leaderboard page: main table, interval note, temporal table, cost table, protocol card."""
     rows = sort_rows(leaderboard_rows(data), specs=data.ranked)
     multi = len({r.get("suite") for r in rows}) > 1
-    specs = row_specs(rows, data.ranked)
-    return "\n".join([f"# Leaderboard: {title}", "", display_frame(rows, extras=False, suite=multi, specs=data.ranked).to_markdown(index=False),
-                      "", interval_note(specs), "", "## Costs", "", cost_frame(rows, suite=multi).to_markdown(index=False), "",
+    main = table_specs(data)
+    lines = [f"# Leaderboard: {title}", "", display_frame(rows, extras=False, suite=multi, specs=main).to_markdown(index=False),
+             "", interval_note(row_specs(rows, main)), ""]
+    for table, heading in SECOND_TABLES.items():
+        specs = row_specs(rows, table_specs(data, table))
+        if specs:
+            lines += [f"## {heading}", "", display_frame(rows, extras=False, suite=multi, specs=specs).to_markdown(index=False),
+                      "", interval_note(specs), ""]
+    return "\n".join([*lines, "## Costs", "", cost_frame(rows, suite=multi).to_markdown(index=False), "",
                       "## Protocol", "", *card_markdown(protocol_card(data)), ""])

@@ -24,7 +24,7 @@ import pandas as pd
 from harness.io import write_png_atomic, write_text_atomic
 from harness.registry import MetricSpec
 from harness.reports.data import ReportData
-from harness.reports.stats import analysis_correlations, analysis_table, pareto_front
+from harness.reports.stats import analysis_correlations, analysis_table, bootstrap_band, pareto_front
 
 log = logging.getLogger("harness.report")
 
@@ -274,6 +274,40 @@ def quality_vs_tokens(data: ReportData) -> list[Figure]:
                                 {s.key: s for s in data.columns})
     return [Figure(path, "Quality vs tokens per video", "Every tokenizer and budget; circled points and the dashed staircase "
                    "are the Pareto front (fewer tokens, better quality).")]
+
+
+@register_plot("per_frame_curves")
+def per_frame_curves(data: ReportData) -> list[Figure]:
+    """PSNR, SSIM and LPIPS against the frame index: one line per row (mean over videos) with its 95% bootstrap
+    band over videos; dotted lines mark each tokenizer's clip / chunk boundaries."""
+    tables = {record.row: (record, data.per_frame(record)) for record in data.records}
+    tables = {row: (record, table) for row, (record, table) in tables.items() if table is not None and len(table)}
+    if not tables:
+        return []
+    keys = [k for k in dict.fromkeys(c for _, t in tables.values() for c in t.columns[2:]) if data.spec(k) is not None]
+    if not keys:
+        return []
+    plt = _pyplot()
+    colors = _colors(list(tables))
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.8 * len(keys), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for row, (record, table) in tables.items():
+            if key not in table:
+                continue
+            curves = table.pivot(index=table.columns[0], columns="frame", values=key)  # [videos, frames]
+            mean, low, high = bootstrap_band(curves.to_numpy())
+            frames = curves.columns.to_numpy()
+            ax.plot(frames, mean, color=colors[row], label=row, linewidth=1.2)
+            ax.fill_between(frames, low, high, color=colors[row], alpha=0.15, linewidth=0)
+            for boundary in record.temporal_boundaries or []:
+                ax.axvline(boundary - 0.5, color=colors[row], linestyle=":", linewidth=0.8, alpha=0.6)
+        ax.set_xlabel("frame")
+        ax.set_ylabel(data.spec(key).axis_label)
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path = _save(fig, data.results / "per_frame_curves.png")
+    return [Figure(path, "Per-frame quality", "Mean over evaluation videos per frame index, shaded: 95% bootstrap band "
+                   "over videos; dotted: first frame of each clip / chunk after the first (the tokenizer's boundaries).")]
 
 
 def analysis_metrics(data: ReportData) -> list[MetricSpec]:

@@ -26,6 +26,33 @@ class Interval(NamedTuple):
         return (self.high - self.low) / 2
 
 
+def bootstrap_band(values: np.ndarray, confidence: float = 0.95, resamples: int = 2_000,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over videos of a curve and its percentile-bootstrap band, the videos resampled together.
+
+    Args:
+        values: ``float [N videos, T]`` (e.g. per-frame PSNR); NaN entries are ignored in each mean.
+        confidence: coverage in ``(0, 1)``.
+        resamples: bootstrap resamples (numpy generator seeded with ``seed``).
+
+    Returns:
+        ``(mean, low, high)``, each ``float64 [T]``; with one video ``low == high == mean``.
+
+    Raises:
+        ValueError: ``values`` is not 2-D or has no video.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"bootstrap_band expects values [N videos, T] with N >= 1, got shape {x.shape}")
+    mean = np.nanmean(x, axis=0)
+    if x.shape[0] == 1:
+        return mean, mean.copy(), mean.copy()
+    rng = np.random.default_rng(seed)
+    means = np.nanmean(x[rng.integers(0, x.shape[0], size=(resamples, x.shape[0]))], axis=1)  # [R, T]
+    tail = (1 - confidence) / 2 * 100
+    return mean, np.percentile(means, tail, axis=0), np.percentile(means, 100 - tail, axis=0)
+
+
 def bootstrap_ci(values: Iterable[float], confidence: float = 0.95, resamples: int = 10_000, seed: int = 0,
                  chunk: int = 1000) -> Interval:
     """Percentile-bootstrap interval of the mean over videos (Efron & Tibshirani 1993, ch. 13).
