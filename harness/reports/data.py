@@ -69,8 +69,7 @@ class ReportData:
     records: list[RunRecord]
     suite: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
-    _tables: dict[int, pd.DataFrame | None] = field(default_factory=dict, repr=False)
-    _frame_tables: dict[int, pd.DataFrame | None] = field(default_factory=dict, repr=False)
+    _tables: dict[Path | None, pd.DataFrame | None] = field(default_factory=dict, repr=False)
     _intervals: dict[tuple[int, str], stats.Interval | None] = field(default_factory=dict, repr=False)
     #: metric keys a record names whose class was not found (shown without metadata, never silently left out)
     unresolved: set[str] = field(default_factory=set)
@@ -125,19 +124,16 @@ class ReportData:
 
     def per_video(self, record: RunRecord) -> pd.DataFrame | None:
         """The record's per-video table (read once), or ``None`` when it has none."""
-        key = id(record)
-        if key not in self._tables:
-            path = record.per_video_path
-            self._tables[key] = pd.read_csv(path) if path is not None and path.is_file() else None
-        return self._tables[key]
+        return self._table(record.per_video_path)
 
     def per_frame(self, record: RunRecord) -> pd.DataFrame | None:
         """The record's per-frame table (clip, frame, per-frame metrics; read once), or ``None`` without one."""
-        key = id(record)
-        if key not in self._frame_tables:
-            path = record.per_frame_path
-            self._frame_tables[key] = pd.read_csv(path) if path is not None and path.is_file() else None
-        return self._frame_tables[key]
+        return self._table(record.per_frame_path)
+
+    def _table(self, path: Path | None) -> pd.DataFrame | None:
+        if path not in self._tables:
+            self._tables[path] = pd.read_csv(path) if path is not None and path.is_file() else None
+        return self._tables[path]
 
     def interval(self, record: RunRecord, metric: str) -> stats.Interval | None:
         """95% percentile-bootstrap interval over videos of ``metric`` for ``record`` (computed once), or ``None``."""
