@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from harness.data.datasets import VideoDataset, VideoRecord
-from harness.data.decode import decode_frames
+from harness.data.decode import decode_frames, source_stamp
 from harness.io import save_numpy_atomic
 
 
@@ -41,8 +41,8 @@ class Clip:
         return f"{self.record.path.stem}_f{self.start:06d}"
 
     def cache_key(self) -> str:
-        stat = self.record.path.stat()
-        text = f"{self.record.path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}|{self.start}|{self.frames}|{self.stride}|{self.resolution}"
+        # a file keys by (path, size, mtime) as before; a frame folder by its images (harness.data.decode.source_stamp)
+        text = f"{source_stamp(self.record.path)}|{self.start}|{self.frames}|{self.stride}|{self.resolution}"
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
     def decode(self) -> np.ndarray:
