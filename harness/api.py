@@ -167,6 +167,23 @@ class VideoTokenizer(nn.Module):
         """Tokens in the layout a generator trains on; identity by default."""
         return tokens
 
+    #: whether :meth:`set_tiling` can switch tiled encoding/decoding on and off (the tiling check,
+    #: :func:`harness.clips.tiling_consistency`); pretrained VAEs that tile override it
+    supports_tiling: bool = False
+
+    @property
+    def tiling_enabled(self) -> bool:
+        """Whether tiled encoding/decoding is on."""
+        return False
+
+    def set_tiling(self, on: bool) -> None:
+        """Switch tiled encoding/decoding on or off (tokenizers with ``supports_tiling``).
+
+        Raises:
+            ValueError: the tokenizer does not tile.
+        """
+        raise ValueError(f"{type(self).__name__} has no switchable tiling")
+
     def temporal_boundaries(self, frames: int) -> list[int]:
         """First frames of the independently coded pieces of a ``frames``-frame video (clips, chunks, tiles) after
         the first, where reconstructions may jump (the boundary-jump metrics, ``metrics.temporal``).

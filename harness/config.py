@@ -103,6 +103,9 @@ class EvaluateConfig(Strict):
     batch_size: int = Field(2, ge=1)
     clip_batch: int = Field(8, ge=1)
     keep_reconstructions: bool = True
+    #: reconstruct the first evaluation batch with tiling off and on for tokenizers that can switch it
+    #: (``harness.clips.tiling_consistency``; recorded as ``tiling_consistency``)
+    tiling_check: bool = False
 
 
 class GenerationConfig(Strict):
@@ -269,14 +272,25 @@ class TokenizerEntry(TokenizerSpec):
     """One tokenizer of a suite: registered name (or ``module:Class``), constructor kwargs, overrides.
 
     ``train`` and ``generation`` override the suite's blocks key by key (see
-    :meth:`Suite.train_config` and :func:`generation_config`).
+    :meth:`Suite.train_config` and :func:`generation_config`). ``pretrained: true``
+    (or ``train: null``) makes the entry evaluation-only: the tokenizer loads its
+    weights itself (e.g. ``kwargs.pretrained`` of a diffusers VAE) and is not
+    trained; reconstruction, evaluation and generation run as for the others.
     """
 
     id: str
     train: TrainOverrides = Field(default_factory=TrainOverrides)
+    pretrained: bool = False
     budgets: list[int] | None = None
     generation: GenerationOverrides | None = None
     description: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _train_null_means_pretrained(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "train" in data and data["train"] is None:
+            data = {**data, "train": {}, "pretrained": True}
+        return data
 
     @field_validator("id")
     @classmethod

@@ -153,7 +153,8 @@ class FitResult:
         step_time_s: mean wall time per optimizer step of this session, the first step left out (s).
         last_losses: the last step's losses, averaged over processes.
         history: per-step values from step 0 (a resumed run includes the earlier steps): every loss name and
-            ``"lr"``; lists of floats of length ``steps``.
+            ``"lr"``; lists of floats of length ``steps``, NaN at steps where a loss was not reported (e.g. a
+            second training stage's loss before that stage).
     """
 
     steps: int
@@ -249,8 +250,7 @@ def fit(model: nn.Module, objective: nn.Module, optimizers: Sequence[torch.optim
             torch.cuda.synchronize(accelerator.device)
         times.append(time.perf_counter() - began)
         record = {**losses, "lr": float(optimizers[0].param_groups[0]["lr"])}
-        for name, value in record.items():
-            history.setdefault(name, []).append(value)
+        _append(history, record)
         bar.update(1)
         done = step + 1
         if done % schedule.log_every == 0 or done == schedule.steps:
@@ -270,6 +270,13 @@ def fit(model: nn.Module, objective: nn.Module, optimizers: Sequence[torch.optim
     steady = times[1:] or times
     return FitResult(steps=schedule.steps, resumed_from=start, step_time_s=sum(steady) / len(steady) if steady else None,
                      last_losses=losses, history=history)
+
+
+def _append(history: dict[str, list[float]], record: dict[str, float]) -> None:
+    """Add one step to the history; a loss missing at a step (another training stage) is NaN there."""
+    steps = len(next(iter(history.values()))) if history else 0
+    for name in [*history, *(k for k in record if k not in history)]:
+        history.setdefault(name, [float("nan")] * steps).append(record.get(name, float("nan")))
 
 
 def write_history(path: Path, history: dict[str, list[float]]) -> None:

@@ -165,6 +165,13 @@ class RunRecord:
     costs: Costs = field(default_factory=Costs)
     codebook: dict[str, Any] | None = None
     token_info: dict[str, Any] | None = None
+    #: evaluation-only entry (not trained here) and the identity of its weights (source, revision, sha256)
+    pretrained: bool = False
+    weights: dict[str, Any] | None = None
+    #: latent values per video (tokens x latent channels), for the input-values / latent-values compression
+    latent_values: int | None = None
+    #: PSNR of the reconstruction with tiling off vs on (``harness.clips.tiling_consistency``), when checked
+    tiling_consistency: dict[str, float] | None = None
     #: the suite's metrics in its order: ``{"name": value key, "metric": how the suite named it}`` (registered
     #: name, entry point or ``module:Class``); a list, since ``metrics.json`` is written with sorted keys
     metric_refs: list[dict[str, str]] | None = None

@@ -50,7 +50,7 @@ from accelerate import PartialState
 from torch import Tensor
 
 from harness.api import VideoTokenizer
-from harness.clips import reconstruct_video
+from harness.clips import reconstruct_video, tiling_consistency
 from harness.config import Suite, TokenizerEntry, generation_config, referenced_runs
 from harness.data.datasets import VideoDataset, build_dataset
 from harness.data.decode import to_model_range, to_uint8
@@ -212,7 +212,10 @@ class SuiteRunner:
         for key, neutral in LATER_TRAIN_FIELDS.items():
             if train.get(key) == neutral:
                 del train[key]
-        return {"name": entry.name, "kwargs": entry.kwargs, "train": train, "data": data, "seed": self.suite.seed}
+        fingerprint = {"name": entry.name, "kwargs": entry.kwargs, "train": train, "data": data, "seed": self.suite.seed}
+        if entry.pretrained:  # evaluation-only: no schedule
+            fingerprint.update(train=None, pretrained=True)
+        return fingerprint
 
     def write_config(self, entry: TokenizerEntry, run_dir: Path) -> None:
         """Write ``config.json``; refuse to mix results of a different training configuration."""
@@ -260,6 +263,8 @@ class SuiteRunner:
         run_dir = self.results / entry.id
         checkpoint, done = RunFolder(run_dir).checkpoint, RunFolder(run_dir).train
         cfg = self.suite.train_config(entry)
+        if entry.pretrained:
+            return self.pretrained_tokenizer(entry, seed, done)
         if not done.is_file():
             self.train_clips.preload()
         with StageMemory(self.device) as memory:
@@ -282,6 +287,24 @@ class SuiteRunner:
                     "wall_time_s": time.perf_counter() - started, "batch_size": cfg.batch_size,
                     "environment": environment_card(self.device, self.deterministic),
                 })
+        tokenizer.to(self.device).eval()
+        self._models[entry.id] = tokenizer
+        return tokenizer
+
+    def pretrained_tokenizer(self, entry: TokenizerEntry, seed: int, done: Path) -> VideoTokenizer:
+        """An evaluation-only entry: built (it loads its own weights) and not trained; ``train.json`` records
+        the weights' identity (``weights_identity()``: source, revision, sha256 of the weight files) when the
+        tokenizer reports one."""
+        with StageMemory(self.device) as memory:
+            with seeded(derive_seed(seed, "init")):
+                tokenizer = self.build_tokenizer(entry)
+        if not done.is_file():
+            identity = tokenizer.weights_identity() if hasattr(tokenizer, "weights_identity") else None
+            write_json_atomic(done, {
+                "steps": 0, "resumed_from": 0, "train_step_time_s": None, "batch_size": None, "pretrained": True,
+                "weights": identity, "peak_memory_mb": memory.peak_mb, "memory_kind": memory.kind, "last_losses": {},
+                "environment": environment_card(self.device, self.deterministic),
+            })
         tokenizer.to(self.device).eval()
         self._models[entry.id] = tokenizer
         return tokenizer
@@ -336,6 +359,11 @@ class SuiteRunner:
         infos = {key: value for r in records for key, value in r["info"].items()}
         if infos:
             summary["token_info"] = infos
+        if self.suite.evaluate.tiling_check and tokenizer.supports_tiling and batches:
+            real = to_model_range(np.stack([self.clip_cache.load(c) for c in batches[0]])).to(self.device)
+            with seeded(derive_seed(seed, "tiling_check")):
+                summary["tiling_consistency"] = tiling_consistency(tokenizer, real, self.suite.evaluate.clip_batch)
+            log.info("tiling check %s: %s", variant.folder, summary["tiling_consistency"])
         write_json_atomic(variant.files.reconstruct, summary)
 
     def reconstruct_batch(self, entry: TokenizerEntry, tokenizer: VideoTokenizer, variant: Variant, group: list[Clip],
@@ -460,6 +488,9 @@ class SuiteRunner:
                 encode_videos_per_s=recon.get("encode_videos_per_s"), decode_videos_per_s=recon.get("decode_videos_per_s")),
             codebook={k: v for k, v in recon.items() if k.startswith("codebook")} or None,
             token_info=recon.get("token_info"),
+            pretrained=bool(train.get("pretrained")), weights=train.get("weights"),
+            latent_values=_latent_values(tokenizer, tokens),
+            tiling_consistency=recon.get("tiling_consistency"),
             metric_refs=refs,
             per_video=PER_VIDEO_FILE,
             per_frame=PER_FRAME_FILE if folder.per_frame.is_file() else None,
@@ -489,6 +520,12 @@ class SuiteRunner:
                              num_classes=len(self.dataset.classes), seed=derive_seed(self.suite.seed, entry.id, "generation"),
                              real_seed=derive_seed(self.suite.seed, "generation", "real"), label=entry.id,
                              deterministic=self.deterministic, log_with=self.suite.train_config(entry).log_with)
+
+
+def _latent_values(tokenizer: VideoTokenizer, tokens: int | None) -> int | None:
+    """Latent values per video (tokens x latent channels) when the tokenizer names its ``latent_channels``."""
+    channels = getattr(tokenizer, "latent_channels", None)
+    return int(tokens) * channels if tokens and isinstance(channels, int) and not isinstance(channels, bool) else None
 
 
 def _all_finite(latents: Tensor | dict[str, Tensor] | None) -> bool:

@@ -220,3 +220,32 @@ def test_two_stage_training_on_real_videos(real_videos):
     assert all(h["stage"] == 2 and np.isfinite(h["lpips"]) and h["lpips"] > 0 for h in stage2)
     assert after_stage1 < 0.25 * initial and after_stage1 < mean_color, (initial, after_stage1, mean_color)
     assert np.isfinite(final)
+
+
+def test_loss_history_spans_both_stages_through_the_engine_loop(tmp_path):
+    """``harness.fit`` keeps one row per step although stage 2 adds a loss (LPIPS): the stage-1 steps hold NaN
+    there, and ``losses.csv`` has one line per step."""
+    import math
+
+    import pandas as pd
+
+    from harness.config import DataConfig, TrainConfig
+    from harness.data.datasets import build_dataset
+    from harness.data.sampling import TrainClips
+    from harness.fit import write_history
+    from harness.train import train_tokenizer
+
+    torch.manual_seed(0)
+    model = CoordTok(size="tiny", frames=16, resolution=32, stage1_steps=2, points_per_video=256, stage2_frames=2)
+    clips = TrainClips(build_dataset(DataConfig(dataset="samples", resolution=32, frames=16, cache_dir=str(tmp_path / "cache"))), seed=0)
+    result = train_tokenizer(model, clips, TrainConfig(steps=4, batch_size=2, checkpoint_every=4), tmp_path / "ckpt.pt", seed=0,
+                             show_progress=False)
+    history = result.history
+    assert {len(values) for values in history.values()} == {4}
+    stage2_only = [name for name, values in history.items() if math.isnan(values[0])]
+    assert stage2_only and all(not math.isnan(history[name][3]) for name in stage2_only)
+    write_history(tmp_path / "losses.csv", history)
+    table = pd.read_csv(tmp_path / "losses.csv")
+    assert list(table["step"]) == [1, 2, 3, 4] and table["loss"].notna().all()
+    resumed = torch.load(tmp_path / "ckpt.pt", map_location="cpu", weights_only=True)["history"]
+    assert all(len(values) == 4 for values in resumed.values())

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 
 pytest.importorskip("diffusers")
 
+from harness.clips import tiling_consistency  # noqa: E402
 from harness.errors import WeightsError  # noqa: E402
 from harness.registry import create_tokenizer  # noqa: E402
-from video_tokenizers.diffusers_vae import DiffusersVAE, tiling_consistency  # noqa: E402
+from video_tokenizers.diffusers_vae import DiffusersVAE  # noqa: E402
 
 C4 = dict(latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[2.0, 0.5, 1.5, 1.0])
 

@@ -377,8 +377,12 @@ class DiffusersVAE(VideoTokenizer):
 
     @property
     def supports_tiling(self) -> bool:
-        """Whether tiling can be switched on and off (what :func:`tiling_consistency` needs)."""
+        """Whether tiling can be switched on and off (what :func:`harness.clips.tiling_consistency` needs)."""
         return self.family.tiling
+
+    @property
+    def tiling_enabled(self) -> bool:
+        return bool(getattr(self.vae, "use_tiling", False))
 
     def set_tiling(self, on: bool) -> None:
         """Switch diffusers' spatial tiling on (with this tokenizer's tile settings) or off.
@@ -640,48 +644,6 @@ class DiffusersVAE(VideoTokenizer):
             "weights_sha256": identity["sha256"],
             "diffusers_version": _diffusers().__version__,
         }
-
-
-# --------------------------------------------------------------------------------------------------
-# Tiling check
-# --------------------------------------------------------------------------------------------------
-
-def tiling_consistency(tokenizer: DiffusersVAE, video: Tensor) -> dict[str, Any]:
-    """Reconstruct ``video`` with tiling off and on and compare.
-
-    Args:
-        tokenizer: a :class:`DiffusersVAE` whose class has switchable tiling (its tile settings are used when on).
-        video: ``float32 [B, 3, T, H, W]`` in ``[-1, 1]`` (split into the tokenizer's clips by the engine's rule).
-
-    Returns:
-        ``{"psnr_tiled_vs_untiled", "psnr_untiled", "psnr_tiled", "psnr_drop"}``, dB, the mean of
-        ``metrics.quality.per_frame_psnr`` over frames and videos (capped at its ``PSNR_CAP_DB``);
-        ``psnr_drop = psnr_untiled - psnr_tiled``. The tokenizer's tiling state is restored.
-
-    Raises:
-        ValueError: the tokenizer is not a diffusers VAE with switchable tiling.
-    """
-    from harness.clips import reconstruct_video
-    from metrics.quality import per_frame_psnr
-
-    if not isinstance(tokenizer, DiffusersVAE) or not tokenizer.supports_tiling:
-        name = getattr(tokenizer, "model_class_name", type(tokenizer).__name__)
-        raise ValueError(f"tiling_consistency needs a diffusers VAE with switchable tiling "
-                         f"({', '.join(k for k, f in FAMILIES.items() if f.tiling)}), got {name}")
-    check_video(video)
-    was_on = bool(tokenizer.vae.use_tiling)
-    try:
-        tokenizer.set_tiling(False)
-        untiled, _ = reconstruct_video(tokenizer, video)
-        tokenizer.set_tiling(True)
-        tiled, _ = reconstruct_video(tokenizer, video)
-    finally:
-        tokenizer.set_tiling(was_on)
-    video = video.to(untiled.device)
-    off = per_frame_psnr(video, untiled).mean().item()
-    on = per_frame_psnr(video, tiled).mean().item()
-    return {"psnr_tiled_vs_untiled": per_frame_psnr(untiled, tiled).mean().item(), "psnr_untiled": off,
-            "psnr_tiled": on, "psnr_drop": off - on}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -73,6 +73,12 @@ def leaderboard_rows(records: "list[RunRecord] | ReportData", intervals: bool = 
                     groups = convention.get("groups") if isinstance(convention, dict) else None
                     if groups:
                         row[f"{spec.key}_groups"] = groups
+        if record.latent_values and record.protocol.frames and record.protocol.resolution:
+            # input values / latent values (3 T H W / (tokens x latent channels)), as video VAEs are compared
+            row["value_compression"] = 3 * record.protocol.frames * record.protocol.resolution ** 2 / record.latent_values
+        if record.pretrained:
+            row["pretrained"] = True
+            row["weights"] = _weights_text(record.weights)
         gen = record.generation.generator if record.generation else {}
         if gen:
             row.update({"generator": gen.get("name"), "generator_params": gen.get("params"),
@@ -173,8 +179,10 @@ def display_frame(rows: list[dict[str, Any]], metrics: list[str] | None = None, 
     out = []
     for row in rows:
         line = {"suite": row.get("suite")} if suite else {}
-        line.update({"tokenizer": row["row"], "model": row["tokenizer"], "tokens/video": row["tokens_per_video"],
+        line.update({"tokenizer": row["row"], "model": row["tokenizer"] + (" (pretrained)" if row.get("pretrained") else ""),
+                     "tokens/video": row["tokens_per_video"],
                      "pixels/token": f"{row['compression_ratio']:.1f}" if row.get("compression_ratio") else "–",
+                     "compression": f"{row['value_compression']:.0f}x" if row.get("value_compression") else "–",
                      "params (M)": f"{row['parameters'] / 1e6:.2f}" if row.get("parameters") else "–"})
         for spec in chosen:
             line[spec.header] = metric_text(row, spec)
@@ -182,6 +190,15 @@ def display_frame(rows: list[dict[str, Any]], metrics: list[str] | None = None, 
             line.update({k: v for k, v in _cost_line(row).items() if k != "tokenizer"})
         out.append(line)
     return pd.DataFrame(out).fillna("–")
+
+
+def _weights_text(weights: dict[str, Any] | None) -> str:
+    """``source@revision sha256:<12 hex>[, ...]`` of a pretrained row's weights (``weights_identity``)."""
+    if not weights:
+        return "weights not recorded"
+    source = f"{weights.get('source')}" + (f"@{weights['revision']}" if weights.get("revision") else "")
+    hashes = ", ".join(f"{name} sha256:{digest[:12]}" for name, digest in sorted((weights.get("sha256") or {}).items()))
+    return f"{source} ({hashes})" if hashes else source
 
 
 def _cost_line(row: dict[str, Any]) -> dict[str, str]:
@@ -336,6 +353,9 @@ def protocol_card(data: ReportData) -> list[tuple[str, str]]:
                      if (r.token_info or {}).get("padded_frames")})
     card += [(f"padded frames of {tid}", f"videos padded by {n} repeated last frame(s) to the tokenizer's native length and "
               f"the reconstruction cropped back before scoring") for tid, n in padded]
+    card += [(f"pretrained weights of {r.row}", _weights_text(r.weights)) for r in records if r.pretrained]
+    card += [(f"tiling check of {r.row}", ", ".join(f"{k} {v:.2f} dB" for k, v in r.tiling_consistency.items()))
+             for r in records if r.tiling_consistency]
     seeds = _distinct([p.seed for p in protocols])
     card.append(("seeds", f"suite seed {seeds} (clip choice, training); bootstrap seed {CI_SEED}"))
     card.append(("code version", _distinct([p.code_version for p in protocols])))

@@ -424,7 +424,7 @@ def loss_curves(data: ReportData) -> list[Figure]:
         losses = [c for c in table.columns if c not in ("step", "lr")]
         for name in losses:
             ax.plot(table["step"], table[name], label=name, linewidth=1.0)
-        if all((table[c] > 0).all() for c in losses):
+        if all((table[c].dropna() > 0).all() for c in losses):
             ax.set_yscale("log")
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("step")
