@@ -8,6 +8,7 @@ A suite's results folder::
 
     results/<suite>/
       suite.json, eval_clips.json, leaderboard.md, report.md, report.html, *.png
+      stage_times.csv                  wall time per tokenizer and stage of the last run (train ... report)
       <tokenizer id>/                  a RunFolder
         config.json                    resolved config and code version
         checkpoint.pt                  model + optimizers + step + RNG states (resumable)
@@ -38,6 +39,7 @@ from typing import Any
 # ----------------------------------------------------------------------------- layout
 
 SUITE_FILE = "suite.json"
+STAGE_TIMES_FILE = "stage_times.csv"
 EVAL_CLIPS_FILE = "eval_clips.json"
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"

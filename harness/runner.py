@@ -38,10 +38,11 @@ import json
 import logging
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -60,7 +61,7 @@ from harness.fit import write_history
 from harness.generation.tree import tree_leaves
 from harness.io import save_numpy_atomic, write_csv_atomic, write_json_atomic
 from harness.memory import StageMemory
-from harness.records import EVAL_CLIPS_FILE, PER_FRAME_FILE, PER_VIDEO_FILE, SUITE_FILE, Costs, Protocol, RunFolder, RunRecord
+from harness.records import EVAL_CLIPS_FILE, PER_FRAME_FILE, PER_VIDEO_FILE, STAGE_TIMES_FILE, SUITE_FILE, Costs, Protocol, RunFolder, RunRecord
 from harness.registry import METRICS, TOKENIZERS
 from harness.results import values_sha256
 from harness.scoring import Scorer
@@ -168,27 +169,34 @@ class SuiteRunner:
             self.results.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.results / SUITE_FILE, self.suite.model_dump(mode="json"))
             self.write_eval_clip_index()
+        times = StageTimes()
         for entry in self.suite.tokenizers:
             started = time.perf_counter()
             log.info("== %s (%s)", entry.id, entry.name)
             if main:
                 self.write_config(entry, self.results / entry.id)
             state.wait_for_everyone()
-            tokenizer = self.trained_tokenizer(entry)
+            with times.stage(entry.id, "train"):
+                tokenizer = self.trained_tokenizer(entry)
             if main:
                 for variant in self.variants(entry):
                     if self.evaluation_current(variant):
                         log.info("evaluate: reusing %s", variant.files.metrics)
                         continue
-                    self.reconstruct(entry, tokenizer, variant)
-                    self.evaluate(entry, tokenizer, variant)
+                    with times.stage(entry.id, "reconstruct"):
+                        self.reconstruct(entry, tokenizer, variant)
+                    with times.stage(entry.id, "evaluate"):
+                        self.evaluate(entry, tokenizer, variant)
             state.wait_for_everyone()
-            self.generate(entry, tokenizer)  # every process trains the generator; the main process scores it
+            with times.stage(entry.id, "generate"):
+                self.generate(entry, tokenizer)  # every process trains the generator; the main process scores it
             log.info("== %s done in %.1f s", entry.id, time.perf_counter() - started)
         if main:
             from harness.report import write_reports
 
-            write_reports(self.results)
+            with times.stage("(suite)", "report"):
+                write_reports(self.results)
+            times.write(self.results / STAGE_TIMES_FILE)
         return self.results
 
     def write_eval_clip_index(self) -> None:
@@ -520,6 +528,35 @@ class SuiteRunner:
                              num_classes=len(self.dataset.classes), seed=derive_seed(self.suite.seed, entry.id, "generation"),
                              real_seed=derive_seed(self.suite.seed, "generation", "real"), label=entry.id,
                              deterministic=self.deterministic, log_with=self.suite.train_config(entry).log_with)
+
+
+class StageTimes:
+    """Wall time per tokenizer and stage of one ``run`` (seconds; stages reused from disk take ~0)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], float] = {}
+
+    @contextmanager
+    def stage(self, tokenizer: str, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            key = (tokenizer, stage)
+            self.rows[key] = self.rows.get(key, 0.0) + time.perf_counter() - started
+
+    def table(self) -> pd.DataFrame:
+        """One row per tokenizer, one column per stage and ``total`` (s)."""
+        frame = pd.Series(self.rows).unstack(fill_value=0.0)
+        frame = frame[[s for s in ("train", "reconstruct", "evaluate", "generate", "report") if s in frame]]
+        frame["total"] = frame.sum(axis=1)
+        return frame.rename_axis("tokenizer").round(1)
+
+    def write(self, path: Path) -> None:
+        """``stage_times.csv`` and the same table in the log."""
+        table = self.table()
+        write_csv_atomic(path, table.reset_index())
+        log.info("wall time per stage (s):\n%s", table.to_markdown())
 
 
 def _latent_values(tokenizer: VideoTokenizer, tokens: int | None) -> int | None:

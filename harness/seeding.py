@@ -29,7 +29,8 @@ path                                      what it seeds
 ``id, "reconstruct", budget, batch``      encode / decode of one fixed batch of evaluation clips
 ``id, "generation"``                      the generation stage's own seed ``g``, from which:
 ``g, "encode", k``                        its k-th batch of training clips to encode
-``g, "step", step``                       generator training batch, noise and label dropout
+``g, "step", step``                       generator training batch (global, split by position) and noise
+``g, "train", step, micro``               global RNGs of one generator micro-batch (label dropout)
 ``g, "sample", k``                        classes, noise and decoding of the k-th sample batch
 ``"generation", "real", k``               the k-th batch of real clips for gFVD (shared by all
                                           tokenizers, so their real statistics are one set)

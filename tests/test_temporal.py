@@ -373,3 +373,6 @@ def test_a_suite_writes_per_frame_curves_and_the_boundary_jump_of_its_tokenizer(
     assert "PSNR jump ↑" in temporal and "tDiff jump ↓" in temporal and "tDiff ↓" in temporal
     assert "PSNR jump" not in board[:board.index("## Temporal fidelity")]  # not in the main table
     assert (results / "per_frame_curves.png").is_file() and "## Per-frame quality" in (results / "report.md").read_text()
+    times = pd.read_csv(results / "stage_times.csv").set_index("tokenizer")  # the run's wall time per stage
+    assert list(times.columns) == ["train", "reconstruct", "evaluate", "generate", "report", "total"]
+    assert times.loc["grid3d_tiny", "evaluate"] > 0 and times.loc["(suite)", "report"] > 0
