@@ -560,9 +560,12 @@ class StageTimes:
 
 
 def _latent_values(tokenizer: VideoTokenizer, tokens: int | None) -> int | None:
-    """Latent values per video (tokens x latent channels) when the tokenizer names its ``latent_channels``."""
+    """Latent values per video (tokens x latent channels) of a continuous tokenizer that names its
+    ``latent_channels``; ``None`` for discrete tokens (their values are code indices: pixels/token says it)."""
     channels = getattr(tokenizer, "latent_channels", None)
-    return int(tokens) * channels if tokens and isinstance(channels, int) and not isinstance(channels, bool) else None
+    if not tokenizer.continuous or not tokens or not isinstance(channels, int) or isinstance(channels, bool):
+        return None
+    return int(tokens) * channels
 
 
 def _all_finite(latents: Tensor | dict[str, Tensor] | None) -> bool:

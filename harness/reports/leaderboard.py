@@ -182,7 +182,7 @@ def display_frame(rows: list[dict[str, Any]], metrics: list[str] | None = None, 
         line.update({"tokenizer": row["row"], "model": row["tokenizer"] + (" (pretrained)" if row.get("pretrained") else ""),
                      "tokens/video": row["tokens_per_video"],
                      "pixels/token": f"{row['compression_ratio']:.1f}" if row.get("compression_ratio") else "–",
-                     "compression": f"{row['value_compression']:.0f}x" if row.get("value_compression") else "–",
+                     "compression (values)": f"{row['value_compression']:.0f}x" if row.get("value_compression") else "–",
                      "params (M)": f"{row['parameters'] / 1e6:.2f}" if row.get("parameters") else "–"})
         for spec in chosen:
             line[spec.header] = metric_text(row, spec)
