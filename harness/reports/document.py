@@ -82,7 +82,7 @@ def build_sections(data: ReportData) -> tuple[list[Section], list[Path]]:
             specs = lb.row_specs(rows, lb.table_specs(data, table))
             if specs:
                 sections.append(Section(heading, table, lb.interval_note(specs),
-                                        table=lb.display_frame(rows, extras=False, suite=multi, specs=specs)))
+                                        table=lb.display_frame(rows, extras=False, suite=multi, specs=specs, identity=False)))
         sections.append(Section("Costs", "costs", "Training (per step, peak memory added by the stage), reconstruction "
                                  "throughput, generator and codebook use.", table=lb.cost_frame(rows, suite=multi)))
         sections.append(Section("Protocol", "protocol", card=lb.protocol_card(data)))

@@ -169,21 +169,24 @@ def metric_text(row: dict[str, Any], spec: MetricSpec) -> str:
 
 
 def display_frame(rows: list[dict[str, Any]], metrics: list[str] | None = None, extras: bool = True, suite: bool = False,
-                  specs: Iterable[MetricSpec] | None = None) -> pd.DataFrame:
+                  specs: Iterable[MetricSpec] | None = None, identity: bool = True) -> pd.DataFrame:
     """Formatted main leaderboard (strings): identity, tokens per video and the metric columns.
 
-    ``extras`` appends the cost columns (:func:`cost_frame`), for callers that want one wide table.
+    ``extras`` appends the cost columns (:func:`cost_frame`), for callers that want one wide table;
+    ``identity=False`` keeps only the row name before the metrics (the second tables, so they fit the page).
     """
     specs = list(specs) if specs is not None else _specs_of_rows(rows)
     chosen = row_specs(rows, specs) if metrics is None else [next(s for s in specs if s.key == m) for m in metrics]
     out = []
     for row in rows:
         line = {"suite": row.get("suite")} if suite else {}
-        line.update({"tokenizer": row["row"], "model": row["tokenizer"] + (" (pretrained)" if row.get("pretrained") else ""),
-                     "tokens/video": row["tokens_per_video"],
-                     "pixels/token": f"{row['compression_ratio']:.1f}" if row.get("compression_ratio") else "–",
-                     "compression (values)": f"{row['value_compression']:.0f}x" if row.get("value_compression") else "–",
-                     "params (M)": f"{row['parameters'] / 1e6:.2f}" if row.get("parameters") else "–"})
+        line["tokenizer"] = row["row"]
+        if identity:
+            line.update({"model": row["tokenizer"] + (" (pretrained)" if row.get("pretrained") else ""),
+                         "tokens/video": row["tokens_per_video"],
+                         "pixels/token": f"{row['compression_ratio']:.1f}" if row.get("compression_ratio") else "–",
+                         "compression (values)": f"{row['value_compression']:.0f}x" if row.get("value_compression") else "–",
+                         "params (M)": f"{row['parameters'] / 1e6:.2f}" if row.get("parameters") else "–"})
         for spec in chosen:
             line[spec.header] = metric_text(row, spec)
         if extras:
@@ -397,7 +400,7 @@ def leaderboard_markdown(data: ReportData, title: str) -> str:
     for table, heading in SECOND_TABLES.items():
         specs = row_specs(rows, table_specs(data, table))
         if specs:
-            lines += [f"## {heading}", "", display_frame(rows, extras=False, suite=multi, specs=specs).to_markdown(index=False),
+            lines += [f"## {heading}", "", display_frame(rows, extras=False, suite=multi, specs=specs, identity=False).to_markdown(index=False),
                       "", interval_note(specs), ""]
     return "\n".join([*lines, "## Costs", "", cost_frame(rows, suite=multi).to_markdown(index=False), "",
                       "## Protocol", "", *card_markdown(protocol_card(data)), ""])
