@@ -52,10 +52,10 @@ class Tokens:
     def to(self, device: torch.device | str) -> "Tokens":
         """Return a copy with every tensor moved to ``device``."""
         return Tokens(
-            latents=_move(self.latents, device),
+            latents=move_to(self.latents, device),
             num_tokens=self.num_tokens,
-            indices=_move(self.indices, device),
-            info=_move(self.info, device),
+            indices=move_to(self.indices, device),
+            info=move_to(self.info, device),
         )
 
     @property
@@ -64,11 +64,12 @@ class Tokens:
         return int(first.shape[0])
 
 
-def _move(value: Any, device: torch.device | str) -> Any:
+def move_to(value: Any, device: torch.device | str) -> Any:
+    """``value`` with every tensor (also inside mappings) moved to ``device``; other values as they are."""
     if isinstance(value, Tensor):
         return value.to(device)
     if isinstance(value, Mapping):
-        return {k: _move(v, device) for k, v in value.items()}
+        return {k: move_to(v, device) for k, v in value.items()}
     return value
 
 

@@ -48,6 +48,7 @@ from accelerate.utils import DistributedDataParallelKwargs, gather_object
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from harness.api import move_to
 from harness.errors import NonFiniteError
 from harness.io import torch_save_atomic, write_csv_atomic
 from harness.seeding import derive_seed, rng_state, seed_everything, set_rng_state
@@ -227,7 +228,7 @@ def fit(model: nn.Module, objective: nn.Module, optimizers: Sequence[torch.optim
         for index in range(plan.accumulation):
             offset = plan.offset(index)
             seed_everything(derive_seed(seed, "train", step, offset))
-            args = _to_device(batch(step, offset, plan.size), accelerator.device)
+            args = tuple(move_to(a, accelerator.device) for a in batch(step, offset, plan.size))
             last = index == plan.accumulation - 1
             with accelerator.no_sync(objective) if not last and plan.world > 1 else nullcontext():
                 out = objective(*args)
@@ -284,17 +285,6 @@ def write_history(path: Path, history: dict[str, list[float]]) -> None:
     frame = pd.DataFrame(history)
     frame.insert(0, "step", range(1, len(frame) + 1))
     write_csv_atomic(path, frame)
-
-
-def _to_device(args: tuple, device: torch.device) -> tuple:
-    def move(value: Any) -> Any:
-        if isinstance(value, Tensor):
-            return value.to(device)
-        if isinstance(value, dict):
-            return {k: move(v) for k, v in value.items()}
-        return value
-
-    return tuple(move(a) for a in args)
 
 
 def _finite(value: float) -> bool:

@@ -631,10 +631,16 @@ class BoundaryJump(VideoMetric):
         super().__init__(**kwargs)
         self.boundaries = sorted(int(b) for b in (boundaries or ()))
 
+    #: what the value measures, recorded in the protocol with the boundaries
+    method = ""
+
     def update(self, real: Tensor, fake: Tensor) -> None:
         check_video(real, "real")
         _check_frames(self.name, real)
         super().update(real, fake)
+
+    def protocol(self) -> dict[str, Any]:
+        return {self.name: {"method": self.method, "boundaries": self.boundaries}}
 
 
 @register_metric("psnr_jump")
@@ -651,16 +657,11 @@ class PSNRJump(BoundaryJump):
     higher_is_better = True
     unit = "dB"
     digits = 2
+    method = ("per video: mean PSNR of frames t-1 and t for every boundary t in (0, T) minus mean PSNR of the "
+              "other frames (per-frame PSNR as the psnr metric); mean over videos; 0 without boundaries")
 
     def video_values(self, real: Tensor, fake: Tensor) -> Tensor:
         return boundary_jump(per_frame_psnr(real, fake), self.boundaries)
-
-    def protocol(self) -> dict[str, Any]:
-        return {self.name: {
-            "method": "per video: mean PSNR of frames t-1 and t for every boundary t in (0, T) minus mean PSNR of the "
-                      "other frames (per-frame PSNR as the psnr metric); mean over videos; 0 without boundaries",
-            "boundaries": self.boundaries,
-        }}
 
 
 @register_metric("tdiff_jump")
@@ -675,13 +676,9 @@ class TDiffJump(BoundaryJump):
     title = "tDiff jump"
     higher_is_better = False
     digits = 4
+    method = ("per video: mean tDiff of the pairs (t-1, t) for every boundary t in (0, T) minus mean tDiff of "
+              "the other consecutive pairs (RGB in [0,1]); mean over videos; 0 without boundaries")
 
     def video_values(self, real: Tensor, fake: Tensor) -> Tensor:
         return crossing_jump(pair_tdiff(real, fake), self.boundaries)
 
-    def protocol(self) -> dict[str, Any]:
-        return {self.name: {
-            "method": "per video: mean tDiff of the pairs (t-1, t) for every boundary t in (0, T) minus mean tDiff of "
-                      "the other consecutive pairs (RGB in [0,1]); mean over videos; 0 without boundaries",
-            "boundaries": self.boundaries,
-        }}

@@ -129,6 +129,8 @@ class TimeSplitDataset(VideoDataset):
             self.train.append(VideoRecord(path, label, 0, n - held_out))
             self.eval.append(VideoRecord(path, label, n - held_out, n))
         self.dropped = too_short
+        if self.cfg.max_train_videos:  # the first n training ranges; evaluation keeps all
+            self.train = self.train[: self.cfg.max_train_videos]
         if not self.train:
             raise DataError(f"no video is long enough for {self.cfg.eval_clips_per_video} evaluation clip(s) plus one training clip "
                             f"of {self.clip_span} frames: {', '.join(too_short)}")
@@ -416,8 +418,6 @@ class MCLJCV(TimeSplitDataset):
         if not paths:
             raise DataError(f"no MCL-JCV sequence (videoSRC<NN>_<W>x<H>_<fps>.yuv) under {cfg.root}; {MCL_JCV_HELP}")
         self._split_in_time(paths)
-        if cfg.max_train_videos:
-            self.train = self.train[: cfg.max_train_videos]
 
     def protocol(self) -> dict[str, Any]:
         return {"dataset": self.cfg.dataset, "fold": None,
@@ -491,8 +491,6 @@ class Kinetics600(TimeSplitDataset):
         labels = [label for label, (_, videos) in enumerate(classes) for _ in videos]
         _check_unique_stems(paths, "kinetics600")
         self._split_in_time(paths, labels)
-        if cfg.max_train_videos:
-            self.train = self.train[: cfg.max_train_videos]
 
     def protocol(self) -> dict[str, Any]:
         return {"dataset": self.cfg.dataset, "fold": None,
@@ -582,8 +580,6 @@ class TokenBench(TimeSplitDataset):
         sources = [_tokenbench_source(root, p) for p in paths]
         self.classes = sorted(set(sources))
         self._split_in_time(paths, [self.classes.index(s) for s in sources])
-        if cfg.max_train_videos:
-            self.train = self.train[: cfg.max_train_videos]
 
     def protocol(self) -> dict[str, Any]:
         return {"dataset": self.cfg.dataset, "fold": None,
