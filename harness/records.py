@@ -183,6 +183,8 @@ class RunRecord:
     per_frame: str | None = None
     #: first frames of the tokenizer's clips / chunks / tiles after the first (``temporal_boundaries``)
     temporal_boundaries: list[int] | None = None
+    #: which process reconstructed and scored which clips (``harness.shards.shard_record``): several processes only
+    shards: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     # read side only (never written)
     folder: Path | None = None

@@ -26,10 +26,17 @@ reconstructions or metric values stop the stage with
 :class:`harness.errors.NonFiniteError` naming the tokenizer and clip.
 
 Under ``torchrun`` / ``accelerate launch`` every process trains (tokenizers
-and generators, :func:`harness.fit.fit`); the main process reconstructs,
-evaluates, samples and scores alone with metrics that do not
-synchronize (``sync_on_compute=False``) while the others wait at a barrier
-(process-group timeout :data:`STAGE_WAIT_TIMEOUT`).
+and generators, :func:`harness.fit.fit`) and every process reconstructs and
+scores a contiguous, disjoint share of the evaluation batches (and samples a
+share of the gFVD sample batches, :mod:`harness.generation.stage`): the
+batches and their seeds do not depend on the number of processes, the metric
+states are reduced with their ``dist_reduce_fx`` and the per-video rows
+gathered in rank order (:class:`harness.scoring.Scorer`), so the values equal
+the one-process values (up to the order of floating-point sums). ``metrics.json``
+records which rank handled which clips (``shards``). The main process writes
+the summaries and reports; the others wait at barriers (process-group timeout
+:data:`STAGE_WAIT_TIMEOUT`). The results folder must be on a file system all
+processes share.
 """
 from __future__ import annotations
 
@@ -65,6 +72,7 @@ from harness.records import EVAL_CLIPS_FILE, PER_FRAME_FILE, PER_VIDEO_FILE, STA
 from harness.registry import METRICS, TOKENIZERS
 from harness.results import values_sha256
 from harness.scoring import Scorer
+from harness.shards import gather_lists, my_share, shard_record, world_size
 from harness.seeding import configure_determinism, derive_seed, environment_card, resolve_deterministic, seeded
 from harness.train import count_parameters, train_tokenizer
 
@@ -159,8 +167,9 @@ class SuiteRunner:
         """Run every stage of every tokenizer, then the reports; returns the results folder.
 
         Under ``torchrun`` / ``accelerate launch`` every process trains the
-        tokenizers and the generators (DDP); reconstruction, evaluation,
-        sampling, gFVD and reports run on the main process while the others wait.
+        tokenizers and the generators (DDP) and reconstructs, scores and samples
+        a disjoint share of the clips and samples (:mod:`harness.shards`); the
+        main process writes the summaries and the reports.
         """
         configure_determinism(self.deterministic)
         state = PartialState(cpu=self.device.type == "cpu", timeout=STAGE_WAIT_TIMEOUT)
@@ -178,18 +187,16 @@ class SuiteRunner:
             state.wait_for_everyone()
             with times.stage(entry.id, "train"):
                 tokenizer = self.trained_tokenizer(entry)
-            if main:
-                for variant in self.variants(entry):
-                    if self.evaluation_current(variant):
-                        log.info("evaluate: reusing %s", variant.files.metrics)
-                        continue
-                    with times.stage(entry.id, "reconstruct"):
-                        self.reconstruct(entry, tokenizer, variant)
-                    with times.stage(entry.id, "evaluate"):
-                        self.evaluate(entry, tokenizer, variant)
-            state.wait_for_everyone()
+            for variant in self.variants(entry):  # every process reconstructs and scores its share of the clips
+                if self.evaluation_current(variant):
+                    log.info("evaluate: reusing %s", variant.files.metrics)
+                    continue
+                with times.stage(entry.id, "reconstruct"):
+                    self.reconstruct(entry, tokenizer, variant)
+                with times.stage(entry.id, "evaluate"):
+                    self.evaluate(entry, tokenizer, variant)
             with times.stage(entry.id, "generate"):
-                self.generate(entry, tokenizer)  # every process trains the generator; the main process scores it
+                self.generate(entry, tokenizer)  # every process trains the generator and samples its share
             log.info("== %s done in %.1f s", entry.id, time.perf_counter() - started)
         if main:
             from harness.report import write_reports
@@ -337,7 +344,9 @@ class SuiteRunner:
 
         Batch ``k`` runs under ``derive_seed(suite seed, id, "reconstruct", budget, k)`` and is done when
         ``recon/batch_<k>.json`` and its clips' files exist, so a killed stage resumes to the same files.
-        ``reconstruct.json`` sums the batch records (tokens per video, encode/decode time, code counts).
+        Every process reconstructs its share of the batches (:func:`harness.shards.my_share`); the main
+        process then writes ``reconstruct.json``, the sum of the batch records (tokens per video,
+        encode/decode time, code counts) with the largest peak memory of the processes.
 
         Raises:
             NonFiniteError: non-finite latents or reconstructions (names the tokenizer and clips).
@@ -346,12 +355,22 @@ class SuiteRunner:
         recon_dir.mkdir(parents=True, exist_ok=True)
         seed = derive_seed(self.suite.seed, entry.id, "reconstruct", variant.budget)
         batches = self.eval_batches()
-        todo = [k for k, group in enumerate(batches) if not _batch_done(recon_dir, k, group)]
+        todo = [k for k in my_share(len(batches), "reconstruction batches") if not _batch_done(recon_dir, k, batches[k])]
         log.info("reconstruct: %s (%d of %d batches to do)", variant.folder, len(todo), len(batches))
         with StageMemory(self.device) as memory:
             for k in todo:
                 with seeded(derive_seed(seed, k)):
                     self.reconstruct_batch(entry, tokenizer, variant, batches[k], recon_dir / f"batch_{k:05d}.json")
+        peaks = [peak for worked, peak in gather_lists([(bool(todo), memory.peak_mb)]) if worked]
+        state = PartialState()
+        if state.is_main_process:
+            self.summarize_reconstruction(tokenizer, variant, batches, seed, max(peaks) if peaks else None, memory.kind)
+        state.wait_for_everyone()
+
+    def summarize_reconstruction(self, tokenizer: VideoTokenizer, variant: Variant, batches: list[list[Clip]], seed: int,
+                                 peak_memory_mb: float | None, memory_kind: str) -> None:
+        """``reconstruct.json`` from every batch record (main process), and the tiling check when asked."""
+        recon_dir = variant.files.recon
         records = [json.loads((recon_dir / f"batch_{k:05d}.json").read_text()) for k in range(len(batches))]
         summary: dict[str, Any] = {"tokens_per_video": records[0]["tokens_per_video"] if records else
                                    tokenizer.num_tokens(self.suite.data.frames, self.suite.data.resolution, self.suite.data.resolution)}
@@ -359,8 +378,8 @@ class SuiteRunner:
         encode_s, decode_s = sum(r["encode_s"] for r in records), sum(r["decode_s"] for r in records)
         summary.update({"videos_timed": videos, "encode_videos_per_s": videos / max(encode_s, 1e-9),
                         "decode_videos_per_s": videos / max(decode_s, 1e-9)})
-        if todo:
-            summary.update({"peak_memory_mb": memory.peak_mb, "memory_kind": memory.kind})
+        if peak_memory_mb is not None:
+            summary.update({"peak_memory_mb": peak_memory_mb, "memory_kind": memory_kind})
         size = tokenizer.codebook_size()
         if size is not None and any(r["codes"] for r in records):
             summary.update(_codebook_summary(size, records))
@@ -412,7 +431,8 @@ class SuiteRunner:
     def scorer(self, label: str, boundaries: list[int]) -> Scorer:
         """The suite's metrics as a :class:`harness.scoring.Scorer` for a tokenizer with these temporal boundaries,
         real FVD statistics cached per dataset and seed."""
-        scorer = Scorer(self.suite.evaluate.metrics, self.device, self.suite.evaluate.metric_kwargs, label, boundaries)
+        scorer = Scorer(self.suite.evaluate.metrics, self.device, self.suite.evaluate.metric_kwargs, label, boundaries,
+                        synchronize=world_size() > 1)
         key = {"dataset": self.dataset.fingerprint(), "seed": self.suite.seed, "clips": len(self.eval_clips)}
         scorer.use_real_cache(key, self.dataset.cache_dir / "fvd")
         return scorer
@@ -444,30 +464,41 @@ class SuiteRunner:
     def evaluate(self, entry: TokenizerEntry, tokenizer: VideoTokenizer, variant: Variant) -> None:
         """Score the reconstructions against the real clips; write ``metrics.json`` and ``per_video.csv``.
 
+        Every process scores its share of the evaluation batches (:func:`harness.shards.my_share`); the
+        summary reduces over all of them and the main process writes the files, with ``shards`` (which
+        rank scored which clips) in ``metrics.json`` when there are several processes.
+
         Raises:
             NonFiniteError: a metric value (summary or per video) is NaN or infinite; nothing is written.
         """
         log.info("evaluate: %s", variant.folder)
         scorer = self.scorer(f"{entry.id}{variant.label_suffix}", tokenizer.temporal_boundaries(self.suite.data.frames))
         recon_dir = variant.files.recon
-        for group in self.eval_batches():
+        batches = self.eval_batches()
+        mine = [batches[k] for k in my_share(len(batches), "evaluation batches")]
+        for group in mine:
             real = to_model_range(np.stack([self.clip_cache.load(c) for c in group])).to(self.device)
             fake = to_model_range(np.stack([np.load(recon_dir / f"{c.clip_id}.npy") for c in group])).to(self.device)
             scorer.update(real, fake, [{"clip": c.clip_id, "video": str(c.record.path.name), "start": c.start,
                                         "label": c.record.label} for c in group])
-        summary, protocol = scorer.compute()
-        write_csv_atomic(variant.files.per_video, pd.DataFrame(scorer.rows))
-        if scorer.frame_rows:
-            write_csv_atomic(variant.files.per_frame, pd.DataFrame(scorer.frame_rows))
-        else:  # no per-frame metric now: a table of an earlier evaluation must not be read as this one's
-            variant.files.per_frame.unlink(missing_ok=True)
-        write_json_atomic(variant.files.metrics, self.result_record(entry, tokenizer, variant, summary, protocol))
-        if not self.suite.evaluate.keep_reconstructions:
-            for path in recon_dir.glob("*.npy"):
-                path.unlink()
+        summary, protocol = scorer.compute()  # collective: reduces over every process's share
+        shards = shard_record([c.clip_id for group in mine for c in group])
+        state = PartialState()
+        if state.is_main_process:
+            write_csv_atomic(variant.files.per_video, pd.DataFrame(scorer.rows))
+            if scorer.frame_rows:
+                write_csv_atomic(variant.files.per_frame, pd.DataFrame(scorer.frame_rows))
+            else:  # no per-frame metric now: a table of an earlier evaluation must not be read as this one's
+                variant.files.per_frame.unlink(missing_ok=True)
+            write_json_atomic(variant.files.metrics, self.result_record(entry, tokenizer, variant, summary, protocol,
+                                                                        shards if shards["world_size"] > 1 else None))
+            if not self.suite.evaluate.keep_reconstructions:
+                for path in recon_dir.glob("*.npy"):
+                    path.unlink()
+        state.wait_for_everyone()
 
     def result_record(self, entry: TokenizerEntry, tokenizer: VideoTokenizer, variant: Variant,
-                      summary: dict[str, Any], protocol: dict[str, Any]) -> dict[str, Any]:
+                      summary: dict[str, Any], protocol: dict[str, Any], shards: dict[str, Any] | None = None) -> dict[str, Any]:
         """The row's :class:`harness.records.RunRecord` as written to ``metrics.json``."""
         data = self.suite.data
         folder = variant.files
@@ -503,6 +534,7 @@ class SuiteRunner:
             per_video=PER_VIDEO_FILE,
             per_frame=PER_FRAME_FILE if folder.per_frame.is_file() else None,
             temporal_boundaries=tokenizer.temporal_boundaries(data.frames),
+            shards=shards,
         )
         return record.to_json()
 

@@ -2,8 +2,12 @@
 summaries and protocols computed once. The runner's ``evaluate`` stage, ``harness compare`` and the
 generation stage's gFVD all score through :class:`Scorer`.
 
-Scoring runs on one process (the main process of a multi-process run, or a
-single process): the metrics are built with ``sync_on_compute=False``. Every
+A single process scores alone (``synchronize=False``, metrics built with
+``sync_on_compute=False``). A sharded stage (:mod:`harness.shards`) builds a
+``Scorer(synchronize=True)`` on every process: each feeds its share of the
+videos, and ``compute`` (collective) reduces the metric states with their
+``dist_reduce_fx`` and gathers the per-video and per-frame rows in rank
+order, so every process returns the values of the whole set. Every
 value is checked: a non-finite per-video value or summary raises
 :class:`harness.errors.NonFiniteError` naming ``label``, the metric and the
 video, before anything is written.
@@ -20,6 +24,7 @@ from torch import Tensor
 from harness.errors import NonFiniteError
 from harness.registry import METRICS
 from harness.results import check_finite
+from harness.shards import gather_lists
 
 
 class Scorer:
@@ -33,6 +38,8 @@ class Scorer:
         boundaries: the scored tokenizer's clip / chunk / tile starts
             (``VideoTokenizer.temporal_boundaries``), given to metrics with ``uses_boundaries``
             (the boundary-jump metrics of :mod:`metrics.temporal`).
+        synchronize: every process of the run scores a share and ``compute`` reduces over all of them
+            (call it on every process); ``False`` scores this process's videos alone.
 
     Raises:
         KeyError, ImportError: an unknown metric reference (from the registry).
@@ -40,13 +47,14 @@ class Scorer:
 
     def __init__(self, names: Iterable[str], device: torch.device | str = "cpu",
                  metric_kwargs: Mapping[str, Mapping[str, Any]] | None = None, label: str = "scores",
-                 boundaries: Sequence[int] | None = None) -> None:
+                 boundaries: Sequence[int] | None = None, synchronize: bool = False) -> None:
         kwargs = metric_kwargs or {}
         self.label = label
+        self.synchronize = synchronize
         self.metrics = {}
         for name in names:
             extra = {"boundaries": list(boundaries or ())} if getattr(METRICS.get(name), "uses_boundaries", False) else {}
-            self.metrics[name] = METRICS.create(name, sync_on_compute=False, **extra, **kwargs.get(name, {})).to(device)
+            self.metrics[name] = METRICS.create(name, sync_on_compute=synchronize, **extra, **kwargs.get(name, {})).to(device)
         #: one dict per scored video: the caller's identifying columns plus one column per per-video metric
         self.rows: list[dict[str, Any]] = []
         #: one dict per scored frame: the video's first identifying column, ``frame`` and one column per
@@ -104,7 +112,8 @@ class Scorer:
 
     def compute(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """``(summary, protocol)`` over everything fed: each metric's values (``<name>``, ``<name>_n``, ...) and
-        its protocol text. Real statistics seen for the first time are written to their cache.
+        its protocol text. Real statistics seen for the first time are written to their cache. With
+        ``synchronize``, :attr:`rows` and :attr:`frame_rows` become every process's rows in rank order.
 
         Raises:
             NonFiniteError: a summary value is NaN or infinite.
@@ -116,5 +125,7 @@ class Scorer:
             protocol.update(metric.protocol())
         for metric in self._real_cached:
             metric.save_real_cache()  # a no-op when the statistics came from the cache
+        if self.synchronize:
+            self.rows, self.frame_rows = gather_lists(self.rows), gather_lists(self.frame_rows)
         check_finite(summary, f"{self.label}: metrics")
         return summary, protocol

@@ -76,6 +76,13 @@ class VideoMetric(Metric):
         made local with ``sync_on_compute=False`` (what a stage that runs on one rank passes)."""
         return self.sync_on_compute and bool(self.distributed_available_fn())
 
+    def _sync_dist(self, *args: Any, **kwargs: Any) -> None:
+        # a process that scored no video would send torchmetrics' empty placeholder in the metric's default
+        # float32, which does not match the other processes' float64 values in the gather
+        if self.per_video and isinstance(self.values, list) and not self.values:
+            self.values.append(torch.zeros(0, dtype=torch.float64, device=self.device))
+        super()._sync_dist(*args, **kwargs)
+
     def video_values(self, real: Tensor, fake: Tensor) -> Tensor:
         """Per-video values ``float64 [B]`` of a batch (per-video metrics); per-frame metrics: the frames' mean."""
         if self.per_frame:
@@ -101,7 +108,9 @@ class VideoMetric(Metric):
         self.values.append(values)
 
     def compute(self) -> dict[str, float]:
-        values = dim_zero_cat(self.values) if self.values else torch.zeros(0, dtype=torch.float64)
+        values = self.values  # a list of batches, or one tensor once synchronized over processes
+        if isinstance(values, list):
+            values = dim_zero_cat(values) if values else torch.zeros(0, dtype=torch.float64)
         return {self.name: float(values.mean()) if values.numel() else float("nan"), f"{self.name}_n": int(values.numel())}
 
     def protocol(self) -> dict[str, Any]:

@@ -40,9 +40,12 @@ through :func:`harness.seeding.derive_seed` (module table there).
    ``cfg.real_cache_dir``) and the ``cfg.num_samples`` generated videos.
    Fewer than 256 samples per set are marked not comparable.
 
-Under several processes the main process encodes, samples and scores (its
-metrics do not synchronize: ``sync_on_compute=False``) while the others wait;
-all train the generator. The result, with the environment card and the
+Under several processes the main process encodes the tokens, all train the
+generator, and every process samples a contiguous, disjoint share of the
+sample batches and feeds a share of the real batches (:mod:`harness.shards`;
+batch ``k`` keeps its seed, so the samples are the same for any number of
+processes); the FVD states are summed over processes and ``shards`` in the
+result records which process sampled which sample indices. The result, with the environment card and the
 sha256 of its values, is written atomically to
 ``generation/metrics.json``; when that file exists the stage returns it
 without any work (stage resume). Every file it reads back loads with
@@ -78,6 +81,7 @@ from harness.registry import GENERATORS, METRICS
 from harness.results import check_finite, values_sha256
 from harness.scoring import Scorer
 from harness.seeding import derive_seed, environment_card, seeded
+from harness.shards import gather_lists, my_share, shard_record, world_size
 from metrics.base import MIN_COMPARABLE_N  # the one "not comparable below N" threshold
 
 log = logging.getLogger("harness.generation")
@@ -241,7 +245,8 @@ def _write_gif(video: Tensor, path: Path, fps: int) -> None:
 
 def _real_statistics(scorer: Scorer, train_clips: ClipSource, cfg: GenerationConfig, run_dir: Path,
                      device: torch.device, real_seed: int) -> None:
-    """Feed the ``cfg.num_real`` real clips to the gFVD metrics, or load their cached statistics."""
+    """Feed the ``cfg.num_real`` real clips to the gFVD metrics (this process's share of the batches), or load
+    their cached statistics."""
     cache_dir = Path(cfg.real_cache_dir) if cfg.real_cache_dir else Path(run_dir).parent / ".fvd_real_cache"
     sizes = _batches(cfg.num_real, cfg.sample_batch_size)
     first, _ = train_clips(sizes[0], derive_seed(real_seed, 0))
@@ -251,8 +256,8 @@ def _real_statistics(scorer: Scorer, train_clips: ClipSource, cfg: GenerationCon
     if scorer.use_real_cache(key, cache_dir):
         log.info("generation: real FVD statistics from the cache %s", cache_dir)
         return
-    for k, n in enumerate(sizes):
-        scorer.update_real((first if k == 0 else train_clips(n, derive_seed(real_seed, k))[0]).to(device))
+    for k in my_share(len(sizes), "real-clip batches"):
+        scorer.update_real((first if k == 0 else train_clips(sizes[k], derive_seed(real_seed, k))[0]).to(device))
 
 
 # --------------------------------------------------------------------------- the stage
@@ -279,8 +284,8 @@ def run_generation_stage(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg
         log_with: the tracker of the generator's losses (``train.log_with``; :mod:`harness.fit`).
 
     Every process of a multi-process run calls the stage: the main process encodes the tokens, all train the
-    generator (DDP through :func:`harness.fit.fit`), the main process samples and scores while the others
-    wait; every process returns the result.
+    generator (DDP through :func:`harness.fit.fit`) and sample and score a share of the batches, the main
+    process writes the result; every process returns it.
 
     Returns:
         ``{"gfvd_16f": float, "gfvd_16f_n": int, "gfvd_16f_n_real": int, ... (one set per protocol),
@@ -355,20 +360,20 @@ def _run(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConf
     with StageMemory(device) as memory:
         train = train_generator(model, ema, data, labels, layout.continuous, cfg, out / "checkpoint.pt", metadata,
                                 seed=seed, label=label, log_with=log_with)
-    if not state.is_main_process:  # the main process samples and scores; the others wait for its result
-        state.wait_for_everyone()
-        tokenizer.train(was_training)
-        return json.loads(metrics_path.read_text())
-    write_history(files.generation_losses, train.history)
+    if state.is_main_process:
+        write_history(files.generation_losses, train.history)
     ema_model = ema.module.eval()
 
-    # 4. samples and 5. gFVD
-    scorer = Scorer(cfg.fvd_protocols, device, label=f"{label} generation")
+    # 4. samples and 5. gFVD, every process a share of the sample batches
+    scorer = Scorer(cfg.fvd_protocols, device, label=f"{label} generation", synchronize=world_size() > 1)
     _real_statistics(scorer, train_clips, cfg, run_dir, device, real_seed)
     samples_dir = out / "samples"
     example = tree_index(data, 0)
-    written, sample_time = 0, 0.0
-    for k, n in enumerate(_batches(cfg.num_samples, cfg.sample_batch_size)):
+    sizes = _batches(cfg.num_samples, cfg.sample_batch_size)
+    mine = my_share(len(sizes), "sample batches")
+    sample_time = 0.0
+    for k in mine:
+        n, first = sizes[k], k * cfg.sample_batch_size
         batch_seed = derive_seed(seed, "sample", k)
         gen = torch.Generator(device=device).manual_seed(batch_seed)
         y = torch.randint(classes, (n,), generator=gen, device=device) if conditional \
@@ -382,13 +387,18 @@ def _run(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConf
             videos = decode(tokenizer, tokens, layout)
         if not torch.isfinite(videos).all():
             raise NonFiniteError(f"{label}: generated videos of sample batch {k} are not finite (diverged generator?)")
-        for i in range(min(n, cfg.num_gif_samples - written)):
+        for i in range(max(0, min(n, cfg.num_gif_samples - first))):
             suffix = f"_class{int(y[i])}" if conditional else ""
-            _write_gif(videos[i], samples_dir / f"sample_{written:03d}{suffix}.gif", cfg.gif_fps)
-            written += 1
+            _write_gif(videos[i], samples_dir / f"sample_{first + i:03d}{suffix}.gif", cfg.gif_fps)
         scorer.update_fake(videos)
 
-    values, protocol = scorer.compute()
+    values, protocol = scorer.compute()  # collective: reduces over every process's share
+    sample_time = sum(gather_lists([sample_time]))
+    shards = shard_record([str(i) for k in mine for i in range(k * cfg.sample_batch_size, k * cfg.sample_batch_size + sizes[k])])
+    if not state.is_main_process:  # the main process writes the result; the others read it
+        state.wait_for_everyone()
+        tokenizer.train(was_training)
+        return json.loads(metrics_path.read_text())
     result: dict[str, Any] = {"g" + key: value for key, value in values.items()}
     comparable = bool(scorer.metrics)
     for metric in scorer.metrics.values():
@@ -424,6 +434,8 @@ def _run(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConf
         "sample_time_s_per_video": sample_time / max(1, cfg.num_samples),
         "conditional": conditional, "num_classes": classes, "ema": cfg.ema,
     }
+    if shards["world_size"] > 1:
+        result["shards"] = shards  # which process sampled which samples (indices)
     check_finite(result, f"{label}: generation metrics")
     result["environment"] = environment_card(device, deterministic)
     result["gfvd_values_sha256"] = values_sha256(result)
