@@ -67,6 +67,11 @@ class DataConfig(Strict):
     max_train_videos: int | None = Field(None, ge=1)
     extensions: list[str] = [".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".ogv"]
     memory_cache: bool = True
+    #: pre-decoded clip store (harness.data.store, docs/datasets.md "Clip store"): every video decoded once into a
+    #: memory-mapped uint8 file that training and evaluation clips are read from (the same bytes as decoding them);
+    #: ``auto`` uses it when ``memory_cache`` is false (large datasets), ``on`` always, ``off`` never (every clip
+    #: decoded); the clips are the same either way. YAML reads a bare on/off (or true/false) as a boolean: same meaning
+    store: Literal["auto", "on", "off", True, False] = "auto"
     num_workers: int = Field(0, ge=0)
     cache_dir: str | None = None
 

@@ -63,6 +63,7 @@ from harness.config import Suite, TokenizerEntry, generation_config, referenced_
 from harness.data.datasets import VideoDataset, build_dataset
 from harness.data.decode import to_model_range, to_uint8
 from harness.data.sampling import Clip, ClipCache, TrainClips, evaluation_clips
+from harness.data.store import ClipStore, open_store, prepare_store
 from harness.errors import NonFiniteError
 from harness.fit import write_history
 from harness.generation.tree import tree_leaves
@@ -129,6 +130,8 @@ class SuiteRunner:
         self._dataset: VideoDataset | None = None
         self._eval_clips: list[Clip] | None = None
         self._train_clips: TrainClips | None = None
+        self._store: ClipStore | None = None
+        self._store_ready = False
         self._models: dict[str, VideoTokenizer] = {}
         self.deterministic = resolve_deterministic(suite.deterministic, self.device.type)
         self._evaluation_fingerprint: str | None = None
@@ -151,15 +154,41 @@ class SuiteRunner:
         return self._eval_clips
 
     @property
+    def store(self) -> ClipStore | None:
+        """The dataset's clip store (``data.store``, :mod:`harness.data.store`), or ``None``: built (or resumed) on
+        first use in a single process; :meth:`run` builds it on the local main process before the others open it.
+        Not built for a suite in which no tokenizer trains and no generator runs (evaluation clips alone are
+        decoded once into the evaluation-clip cache anyway)."""
+        if not self._store_ready:
+            self._store = prepare_store(self.dataset) if self.uses_training_clips() else None
+            self._store_ready = True
+        return self._store
+
+    def uses_training_clips(self) -> bool:
+        """Whether some tokenizer of the suite trains here or some generation stage runs."""
+        return any(not entry.pretrained or getattr(generation_config(self.suite, entry), "enabled", False)
+                   for entry in self.suite.tokenizers)
+
+    def prepare_store(self, state: PartialState) -> None:
+        """Build the clip store on each node's main process, then open it (checked complete) on the others."""
+        if state.is_local_main_process:
+            _ = self.store
+        state.wait_for_everyone()
+        if not state.is_local_main_process:
+            self._store = open_store(self.dataset) if self.uses_training_clips() else None
+            self._store_ready = True
+
+    @property
     def train_clips(self) -> TrainClips:
-        """The seeded training clip source, shared by every tokenizer (decoded ranges stay in memory)."""
+        """The seeded training clip source, shared by every tokenizer (from the clip store, or decoded ranges kept
+        in memory, or decoded per clip)."""
         if self._train_clips is None:
-            self._train_clips = TrainClips(self.dataset, derive_seed(self.suite.seed, "train_clips"))
+            self._train_clips = TrainClips(self.dataset, derive_seed(self.suite.seed, "train_clips"), store=self.store)
         return self._train_clips
 
     @property
     def clip_cache(self) -> ClipCache:
-        return ClipCache(self.dataset.cache_dir)
+        return ClipCache(self.dataset.cache_dir, store=self.store)
 
     # ------------------------------------------------------------------ driver
 
@@ -174,6 +203,7 @@ class SuiteRunner:
         configure_determinism(self.deterministic)
         state = PartialState(cpu=self.device.type == "cpu", timeout=STAGE_WAIT_TIMEOUT)
         main = state.is_main_process
+        self.prepare_store(state)
         if main:
             self.results.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.results / SUITE_FILE, self.suite.model_dump(mode="json"))
@@ -220,7 +250,7 @@ class SuiteRunner:
 
     def train_fingerprint(self, entry: TokenizerEntry) -> dict[str, Any]:
         data = self.suite.data.model_dump(mode="json")
-        for key in ("max_eval_videos", "num_workers", "cache_dir", "memory_cache"):
+        for key in ("max_eval_videos", "num_workers", "cache_dir", "memory_cache", "store"):  # how clips are supplied
             data.pop(key)
         train = self.suite.train_config(entry).model_dump(mode="json")
         train.pop("log_with")  # where curves are logged does not change the model

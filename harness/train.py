@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from harness.api import VideoTokenizer
 from harness.clips import split_into_clips
 from harness.config import TrainConfig, stage0_cache_problem
+from harness.data.decode import to_model_range
 from harness.data.sampling import TrainClipDataset, TrainClips
 from harness.fit import BatchFn, FitResult, MicroBatches, Schedule, fit, make_accelerator, micro_batches
 from harness.io import torch_save_atomic
@@ -139,15 +140,17 @@ def train_tokenizer(tokenizer: VideoTokenizer, clips: TrainClips, cfg: TrainConf
             raise ValueError(f"train.stage0_cache_clips: {problem}")
         cached = stage0_cache(objective, clips, cfg.stage0_cache_clips, checkpoint.with_name(STAGE0_CACHE_FILE),
                               accelerator, plan.size, seed)
-    batch = clip_batches(clips, cfg, plan, cached, seed)
+    batch = clip_batches(clips, cfg, plan, cached, seed, accelerator.device)
     return fit(tokenizer, objective, optimizers, batch, Schedule.of(cfg), checkpoint, seed, accelerator, label=label,
                show_progress=show_progress, tracker_config={"tokenizer": label, **_scalars(cfg.model_dump())})
 
 
-def clip_batches(clips: TrainClips, cfg: TrainConfig, plan: MicroBatches, cached: Tensor | None, seed: int) -> BatchFn:
+def clip_batches(clips: TrainClips, cfg: TrainConfig, plan: MicroBatches, cached: Tensor | None, seed: int,
+                 device: torch.device | str = "cpu") -> BatchFn:
     """The :data:`harness.fit.BatchFn` of tokenizer training: rows of step ``s``'s global batch as
     ``(video float32 [size, 3, T, H, W] in [-1, 1], s, stage0)``, from the stage-0 cache, from DataLoader
-    workers (``data.num_workers``) or decoded in this process; all three give the same rows."""
+    workers (``data.num_workers``) or decoded in this process; all three give the same rows. Workers hand
+    over ``uint8`` clips (a quarter of the bytes of float32), converted to ``[-1, 1]`` on ``device``."""
     loader = None
 
     def batch(step: int, offset: int, size: int) -> tuple:
@@ -156,11 +159,11 @@ def clip_batches(clips: TrainClips, cfg: TrainConfig, plan: MicroBatches, cached
             return stage0_batch(cached, seed, step, cfg.batch_size, offset, size), step, True
         if clips.cfg.num_workers:
             if loader is None:  # created at the first step this session trains (after a resume, too)
-                dataset = TrainClipDataset(clips, length=(cfg.steps + 1) * cfg.batch_size)
+                dataset = TrainClipDataset(clips, length=(cfg.steps + 1) * cfg.batch_size, model_range=False)
                 sampler = _StepSampler(step, cfg.steps, cfg.batch_size, plan.rank, plan.size * plan.accumulation)
                 loader = iter(torch.utils.data.DataLoader(dataset, batch_size=size, sampler=sampler,
                                                           num_workers=clips.cfg.num_workers, persistent_workers=False))
-            return next(loader)[0], step, False
+            return to_model_range(next(loader)[0].to(device)), step, False
         first = step * cfg.batch_size + offset
         return clips.batch(list(range(first, first + size)))[0], step, False
 

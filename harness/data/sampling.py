@@ -9,6 +9,9 @@ and clip protocol, so repeated evaluations never decode again.
 
 Training clips are a pure function of ``(seed, index)``: the training stream
 is reproducible and resumes at any step without data-loader state.
+
+Both read frames from a :class:`harness.data.store.ClipStore` when given one
+(``data.store``) instead of decoding: the same bytes, without the decoding.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import torch
 
 from harness.data.datasets import VideoDataset, VideoRecord
 from harness.data.decode import decode_frames, source_stamp
+from harness.data.store import ClipStore
 from harness.io import save_numpy_atomic
 
 
@@ -70,11 +74,12 @@ def evaluation_clips(dataset: VideoDataset, seed: int) -> list[Clip]:
 
 
 class ClipCache:
-    """Decoded evaluation clips on disk (``uint8 [T, H, W, 3]`` ``.npy``), decoded once."""
+    """Decoded evaluation clips on disk (``uint8 [T, H, W, 3]`` ``.npy``), decoded once (read from ``store`` when given)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, store: ClipStore | None = None) -> None:
         self.root = Path(root) / "clips"
         self.root.mkdir(parents=True, exist_ok=True)
+        self.store = store
 
     def path(self, clip: Clip) -> Path:
         return self.root / f"{clip.cache_key()}.npy"
@@ -83,7 +88,7 @@ class ClipCache:
         path = self.path(clip)
         if path.is_file():
             return np.load(path)
-        frames = clip.decode()
+        frames = self.store.frames(clip.record, clip.start, clip.frames, clip.stride) if self.store else clip.decode()
         save_numpy_atomic(path, frames)
         return frames
 
@@ -94,13 +99,16 @@ class TrainClips:
     A video is chosen uniformly, then a start uniformly inside its training
     range. With ``memory_cache`` the training range of each video is decoded
     once and kept in memory (small datasets); otherwise each clip is decoded
-    on demand (large datasets, with data-loader workers).
+    on demand (large datasets, with data-loader workers). With a ``store``
+    (:func:`harness.data.store.prepare_store`) frames are read from it instead
+    of decoded; the clips are the same.
     """
 
-    def __init__(self, dataset: VideoDataset, seed: int) -> None:
+    def __init__(self, dataset: VideoDataset, seed: int, store: ClipStore | None = None) -> None:
         self.dataset = dataset
         self.cfg = dataset.cfg
         self.seed = seed
+        self.store = store
         self.records = dataset.train
         if not self.records:
             raise ValueError("the dataset has no training videos")
@@ -115,7 +123,12 @@ class TrainClips:
 
     def _decode_range(self, index: int) -> np.ndarray:
         record = self.records[index]
-        return decode_frames(record.path, record.start, record.stop - record.start, 1, self.cfg.resolution)
+        return self._frames(record, record.start, record.stop - record.start, 1)
+
+    def _frames(self, record: VideoRecord, start: int, num: int, stride: int) -> np.ndarray:
+        if self.store is not None:
+            return self.store.frames(record, start, num, stride)
+        return decode_frames(record.path, start, num, stride, self.cfg.resolution)
 
     def clip(self, index: int) -> tuple[np.ndarray, int]:
         """``(uint8 [T, H, W, 3], label)`` of training sample ``index``."""
@@ -128,7 +141,7 @@ class TrainClips:
             offset = start - record.start
             frames = self._decoded(which)[offset : offset + span : self.cfg.frame_stride]
         else:
-            frames = decode_frames(record.path, start, self.cfg.frames, self.cfg.frame_stride, self.cfg.resolution)
+            frames = self._frames(record, start, self.cfg.frames, self.cfg.frame_stride)
         return frames, record.label
 
     def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,10 +153,15 @@ class TrainClips:
 
 
 class TrainClipDataset(torch.utils.data.Dataset):
-    """Map-style view of :class:`TrainClips` for ``DataLoader`` workers: item ``i`` is sample ``i``."""
+    """Map-style view of :class:`TrainClips` for ``DataLoader`` workers: item ``i`` is sample ``i``.
 
-    def __init__(self, clips: TrainClips, length: int) -> None:
-        self.clips, self.length = clips, length
+    Items are ``(float32 [3, T, H, W] in [-1, 1], label)``; with ``model_range=False`` ``(uint8 [T, H, W, 3], label)``,
+    a quarter of the bytes to move between processes, for converting after the transfer (``to_model_range``,
+    e.g. on the GPU): with the clip store, the conversion in the worker costs more than reading the clip.
+    """
+
+    def __init__(self, clips: TrainClips, length: int, model_range: bool = True) -> None:
+        self.clips, self.length, self.model_range = clips, length, model_range
 
     def __len__(self) -> int:
         return self.length
@@ -152,4 +170,4 @@ class TrainClipDataset(torch.utils.data.Dataset):
         from harness.data.decode import to_model_range
 
         frames, label = self.clips.clip(index)
-        return to_model_range(frames), label
+        return (to_model_range(frames) if self.model_range else torch.from_numpy(frames)), label
