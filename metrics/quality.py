@@ -15,9 +15,12 @@ VALID filtering, which MAGVIT uses, and scikit-image's
 ``skimage.metrics.structural_similarity(x, y, channel_axis=-1,
 gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1)``,
 which TokenBench uses; RGB SSIM is the mean over the three channels. The map
-is computed by ``torchmetrics`` (``return_full_image=True``) in float64 and
-cropped; averaging torchmetrics' whole reflect-padded map instead (its
-default, and this harness's protocol before) gives a different value.
+is computed here in float64 over the valid region only, the separable Gaussian
+window applied as two band-matrix products (BLAS; CPU 2D convolutions in
+float64, as in ``torchmetrics``' SSIM, are about 20x slower, and float32 moves
+per-frame values by up to 3e-5). Averaging ``torchmetrics``' whole
+reflect-padded map instead (its default, and this harness's protocol before
+issue 9) gives a different value.
 
 PSNR is computed by ``torchmetrics`` with a per-frame reduction (not the
 pooled-MSE PSNR of torchmetrics' default or of CoordTok's training monitor).
@@ -26,8 +29,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from harness.registry import register_metric
 from metrics.base import VideoMetric, frames_of, to_unit_range
@@ -39,6 +44,8 @@ SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 #: pixels on each side excluded from the SSIM mean: window positions not wholly inside the frame
 SSIM_BORDER = (SSIM_WINDOW - 1) // 2
+#: frames whose SSIM maps are computed at once (bounds memory at high resolutions)
+SSIM_CHUNK = 64
 
 
 def per_frame_psnr(real: Tensor, fake: Tensor) -> Tensor:
@@ -72,14 +79,33 @@ def per_frame_ssim(real: Tensor, fake: Tensor) -> Tensor:
     b, _, t, h, w = real.shape
     if min(h, w) < SSIM_WINDOW:
         raise ValueError(f"SSIM needs frames of at least {SSIM_WINDOW}x{SSIM_WINDOW} (its Gaussian window), got {h}x{w}")
-    x, y = frames_of(to_unit_range(fake)).double(), frames_of(to_unit_range(real)).double()
-    _, ssim_map = structural_similarity_index_measure(
-        x, y, gaussian_kernel=True, sigma=SSIM_SIGMA, kernel_size=SSIM_WINDOW, data_range=1.0, k1=0.01, k2=0.03,
-        reduction="none", return_full_image=True,
-    )
-    border = SSIM_BORDER
-    valid = ssim_map[..., border:h - border, border:w - border]  # [B * T, 3, H - 10, W - 10]
-    return valid.mean(dim=(2, 3)).mean(dim=1).reshape(b, t)
+    x, y = frames_of(to_unit_range(fake)).double(), frames_of(to_unit_range(real)).double()  # [B * T, 3, H, W]
+    rows, cols = _gaussian_band(h, x.device), _gaussian_band(w, x.device)
+    values = [_ssim_map(x[i : i + SSIM_CHUNK], y[i : i + SSIM_CHUNK], rows, cols).mean(dim=(2, 3)).mean(dim=1)
+              for i in range(0, x.shape[0], SSIM_CHUNK)]
+    return torch.cat(values).reshape(b, t)
+
+
+def _gaussian_band(n: int, device: torch.device) -> Tensor:
+    """``float64 [n - 10, n]``: row ``i`` holds the normalized 11-tap Gaussian (sigma 1.5) over pixels ``i..i+10``, so
+    ``band @ x`` filters ``x`` along that axis at the window positions wholly inside the frame (the valid region)."""
+    offsets = torch.arange(SSIM_WINDOW, dtype=torch.float64) - SSIM_BORDER
+    window = torch.exp(-offsets**2 / (2 * SSIM_SIGMA**2))
+    window = window / window.sum()
+    band = torch.stack([F.pad(window, (i, n - SSIM_WINDOW - i)) for i in range(n - SSIM_WINDOW + 1)])
+    return band.to(device)
+
+
+def _ssim_map(x: Tensor, y: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """The SSIM map of Wang et al. 2004 (k1 0.01, k2 0.03, data range 1, population statistics) over the valid
+    region, ``float64 [N, 3, H - 10, W - 10]``, for frames ``float64 [N, 3, H, W]`` in ``[0, 1]``."""
+    def blur(z: Tensor) -> Tensor:  # separable Gaussian as two matrix products: float64 BLAS instead of a 2D convolution
+        return rows @ z @ cols.T
+
+    c1, c2 = 0.01**2, 0.03**2
+    mu_x, mu_y = blur(x), blur(y)
+    var_x, var_y, cov = blur(x * x) - mu_x**2, blur(y * y) - mu_y**2, blur(x * y) - mu_x * mu_y
+    return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
 
 
 @register_metric("psnr")
@@ -129,4 +155,4 @@ class SSIM(VideoMetric):
         return {"ssim": "per frame, RGB (mean over channels), Gaussian window 11 sigma 1.5, k1 0.01 k2 0.03, data range 1 "
                         "on [0,1], valid region, 5-pixel border excluded, equal to scikit-image "
                         "structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False), "
-                        "mean over frames then videos (Wang et al. 2004; SSIM map by torchmetrics)"}
+                        "mean over frames then videos (Wang et al. 2004; float64 valid-region SSIM map)"}
