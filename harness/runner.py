@@ -95,7 +95,7 @@ def code_version() -> str:
 LATER_TRAIN_FIELDS = {"stage0_cache_clips": 0}
 
 
-#: how long processes wait for each other at a barrier (the main process evaluates and generates alone)
+#: how long processes wait for each other at a barrier (the clip store build, the main process writing summaries and reports)
 STAGE_WAIT_TIMEOUT = timedelta(hours=12)
 
 
