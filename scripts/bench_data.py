@@ -13,8 +13,8 @@ it builds the clip store in a fresh cache folder and prints
   same clips (checked byte-equal): ``TrainClips.clip`` in this process, then a
   ``torch.utils.data.DataLoader`` with 1 and ``--workers`` workers over
   ``TrainClipDataset`` with ``uint8`` items (``model_range=False``) and with
-  ``float32`` items in ``[-1, 1]`` (the default, what training's loader yields
-  today: the conversion runs in the worker and the loader moves 4x the bytes); the ratio
+  ``float32`` items in ``[-1, 1]`` (``model_range=True``: the conversion runs in the worker and the
+  loader moves 4x the bytes; training's loader takes ``uint8`` items and converts on the device); the ratio
   store/decode for the same workers, and the supply rate per worker (frames/s
   divided by workers);
 * for the paper batch (256 clips x 128 frames a step) at ``--steps-per-second``:
