@@ -95,7 +95,7 @@ def preprocess(videos: Tensor) -> Tensor:
     frames = levels.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
     if (h, w) != (INPUT_SIZE, INPUT_SIZE):
         frames = F.interpolate(frames, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False, antialias=False)
-    frames = frames / 127.5 - 1.0
+    frames = frames.clamp(0.0, 255.0) / 127.5 - 1.0  # float rounding in the resize can overshoot 255 by ~1e-5
     return frames.reshape(b, t, c, INPUT_SIZE, INPUT_SIZE).permute(0, 2, 1, 3, 4)
 
 

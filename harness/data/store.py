@@ -117,7 +117,6 @@ def _build_entry(source: str, target: str, frames: int, resolution: int) -> dict
     Raises:
         VideoDecodeError: the source cannot be decoded or has fewer than ``frames`` frames.
     """
-    torch.set_num_threads(1)  # one core per pool worker
     chunk = max(1, CHUNK_BYTES // decode_frames(source, 0, 1)[0].nbytes)
     shape = (frames, resolution, resolution, 3)
     header = io.BytesIO()
@@ -236,7 +235,7 @@ class ClipStore:
             log.info("clip store %s: removed %d temporary file(s) of a stopped build", self.root, report.temp_removed)
         log.info("clip store %s: %d entries reused, %d to decode with %d worker(s)", self.root, report.reused, len(todo), workers)
         last_save = time.monotonic()
-        pool = ProcessPoolExecutor(max_workers=workers)
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=torch.set_num_threads, initargs=(1,))  # a core each
         try:
             futures = {pool.submit(_build_entry, str(path), str(self.root / name), frames, self.resolution): (path, name, stamp)
                        for path, name, frames, stamp in todo}
