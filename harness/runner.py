@@ -608,17 +608,17 @@ class StageTimes:
             self.rows[key] = self.rows.get(key, 0.0) + time.perf_counter() - started
 
     def table(self) -> pd.DataFrame:
-        """One row per tokenizer, one column per stage and ``total`` (s)."""
+        """One row per tokenizer, one column per stage and ``total`` (s, unrounded)."""
         frame = pd.Series(self.rows).unstack(fill_value=0.0)
         frame = frame[[s for s in ("train", "reconstruct", "evaluate", "generate", "report") if s in frame]]
         frame["total"] = frame.sum(axis=1)
-        return frame.rename_axis("tokenizer").round(1)
+        return frame.rename_axis("tokenizer")
 
     def write(self, path: Path) -> None:
-        """``stage_times.csv`` and the same table in the log."""
+        """``stage_times.csv`` and the same table in the log (rounded to 0.1 s there)."""
         table = self.table()
         write_csv_atomic(path, table.reset_index())
-        log.info("wall time per stage (s):\n%s", table.to_markdown())
+        log.info("wall time per stage (s):\n%s", table.round(1).to_markdown())
 
 
 def _latent_values(tokenizer: VideoTokenizer, tokens: int | None) -> int | None:
