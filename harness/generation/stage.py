@@ -371,9 +371,10 @@ def _run(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConf
     example = tree_index(data, 0)
     sizes = _batches(cfg.num_samples, cfg.sample_batch_size)
     mine = my_share(len(sizes), "sample batches")
-    sample_time = 0.0
+    sample_time, sampled = 0.0, []
     for k in mine:
         n, first = sizes[k], k * cfg.sample_batch_size
+        sampled.extend(range(first, first + n))
         batch_seed = derive_seed(seed, "sample", k)
         gen = torch.Generator(device=device).manual_seed(batch_seed)
         y = torch.randint(classes, (n,), generator=gen, device=device) if conditional \
@@ -394,7 +395,7 @@ def _run(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConf
 
     values, protocol = scorer.compute()  # collective: reduces over every process's share
     sample_time = sum(gather_lists([sample_time]))
-    shards = shard_record([str(i) for k in mine for i in range(k * cfg.sample_batch_size, k * cfg.sample_batch_size + sizes[k])])
+    shards = shard_record([str(i) for i in sampled])
     if not state.is_main_process:  # the main process writes the result; the others read it
         state.wait_for_everyone()
         tokenizer.train(was_training)
