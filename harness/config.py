@@ -172,7 +172,9 @@ class GenerationConfig(Strict):
         log_every: steps between loss log lines.
         cpu_threads: on a CPU device, torch intra-op threads for the stage
             (restored afterwards); ``None`` leaves the setting alone. Tiny
-            generators run several times faster with 1 thread on a shared machine.
+            generators run several times faster with 1 thread on a machine shared
+            with other jobs; on an idle one all cores are faster (samples_cpu's
+            generate stage: 112 s with 1 thread, 86 s with 2, on 2 cores).
     """
 
     enabled: bool = False

@@ -648,5 +648,5 @@ def _codebook_summary(size: int, records: list[dict[str, Any]]) -> dict[str, flo
     for record in records:
         if record["codes"]:
             codes, counts = record["codes"]
-            usage.counts.index_add_(0, torch.tensor(codes), torch.tensor(counts, dtype=torch.float64))
+            usage.update(torch.tensor(codes), counts=torch.tensor(counts, dtype=torch.float64))
     return usage.compute()

@@ -27,8 +27,9 @@ class CodebookUsage(Metric):
     Args:
         codebook_size: number of codes (``tokenizer.codebook_size()``), a positive int.
 
-    ``update(indices)``: an integer tensor of any shape (or a dict of such
-    tensors, e.g. one per plane), values in ``[0, codebook_size)``.
+    ``update(indices, counts=None)``: an integer tensor of any shape (or a dict
+    of such tensors, e.g. one per plane), values in ``[0, codebook_size)``;
+    ``counts`` (same shape) tallies each index that many times.
 
     Raises:
         ValueError: non-integer indices or indices out of range (the message gives the range).
@@ -45,7 +46,9 @@ class CodebookUsage(Metric):
         self.codebook_size = codebook_size
         self.add_state("counts", default=torch.zeros(codebook_size, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, indices: Tensor | dict[str, Tensor]) -> None:
+    def update(self, indices: Tensor | dict[str, Tensor], counts: Tensor | None = None) -> None:
+        """Add codes; with ``counts`` (same shape as ``indices``), code ``indices[i]`` is added ``counts[i]`` times
+        (tallies already aggregated, e.g. the per-batch records of a reconstruction run)."""
         if isinstance(indices, dict):
             for value in indices.values():
                 self.update(value)
@@ -59,7 +62,8 @@ class CodebookUsage(Metric):
         low, high = int(flat.min()), int(flat.max())
         if low < 0 or high >= self.codebook_size:
             raise ValueError(f"codebook indices must lie in [0, {self.codebook_size}), got [{low}, {high}]")
-        self.counts += torch.bincount(flat, minlength=self.codebook_size).to(self.counts)
+        weights = None if counts is None else counts.detach().flatten().to(torch.float64)
+        self.counts += torch.bincount(flat, weights=weights, minlength=self.codebook_size).to(self.counts)
 
     def compute(self) -> dict[str, float]:
         total = self.counts.sum()

@@ -1,6 +1,8 @@
 """Grid and triplane baselines (issue 6): token counts, VQ decoding, codebook usage, GAN losses, training on real clips."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,7 @@ import torch
 from harness.api import Tokens
 from harness.clips import reconstruct_video
 from harness.data.decode import decode_frames, to_model_range
+from harness.runner import _codebook_summary
 from metrics.codebook import CodebookUsage
 from video_tokenizers.frame2d_vq import Frame2dVQ
 from video_tokenizers.grid3d_vq import GRID3D_VQ_PRESETS, Grid3dVQ
@@ -108,6 +111,18 @@ def test_codebook_usage_extremes_and_errors():
         one.update(torch.tensor([8]))
     with pytest.raises(ValueError, match="integer"):
         one.update(torch.zeros(3))
+
+
+def test_codebook_usage_from_tallies_equals_raw_codes():
+    codes = torch.tensor([0, 3, 3, 3, 5, 5])
+    raw, tallied = CodebookUsage(8), CodebookUsage(8)
+    raw.update(codes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # tallies go through update(): no "compute before update" warning
+        tallied.update(torch.tensor([0, 3, 5]), counts=torch.tensor([1.0, 3.0, 2.0], dtype=torch.float64))
+        assert tallied.compute() == raw.compute()
+        records = [{"codes": [[0, 3], [1, 1]]}, {"codes": []}, {"codes": [[3, 5], [2, 2]]}]  # reconstruction batches
+        assert _codebook_summary(8, records) == raw.compute()
 
 
 def test_bad_inputs_raise_clear_errors():
