@@ -180,6 +180,37 @@ def measure_step(name: str, kwargs: dict[str, Any], frames: int, resolution: int
     }
 
 
+#: side of the float32 matrices of :func:`matmul_peak_gflops`
+PEAK_SIZE = 2048
+
+
+def synchronize(device: str) -> None:
+    """Wait for the queued kernels of ``device`` (a no-op on the CPU), so that wall-clock timings are complete."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def matmul_peak_gflops(device: str, reps: int = 10) -> float:
+    """Best float32 ``torch.mm`` throughput of two 2048x2048 matrices on ``device``, GFLOP/s (``2 n^3`` per
+    product): the reference that benchmarks state their throughput against (``scripts/bench_fvd.py``,
+    ``scripts/bench_train.py``), since machines of one kind differ in speed by 2-4x."""
+    import torch
+
+    gen = torch.Generator().manual_seed(1)
+    a, b = (torch.randn(PEAK_SIZE, PEAK_SIZE, generator=gen).to(device) for _ in range(2))
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        synchronize(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * PEAK_SIZE**3 / best / 1e9
+
+
 # --------------------------------------------------------------------------------------------
 # The sweep
 # --------------------------------------------------------------------------------------------

@@ -61,6 +61,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from harness.profile import PEAK_SIZE, matmul_peak_gflops, synchronize  # noqa: E402  (after the path insert)
+
 
 def memory_child(n: int, batch: int = 16) -> dict:
     """Accumulate FVD statistics of ``n`` feature-like clips per set and compute the distance (in this process)."""
@@ -105,34 +107,6 @@ def memory_benchmark(ns: tuple[int, ...] = (100, 1000)) -> list[dict]:
 I3D_FRAMES = (16, 64)
 #: side of the random input clips (resized to 224x224 like every FVD input)
 CLIP_SIZE = 128
-#: side of the float32 matrices of the matmul peak
-PEAK_SIZE = 2048
-
-
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def matmul_peak_gflops(device: str, reps: int = 10) -> float:
-    """Best float32 ``torch.mm`` throughput of two 2048x2048 matrices on ``device``, GFLOP/s (``2 n^3`` per product)."""
-    import torch
-
-    gen = torch.Generator().manual_seed(1)
-    a, b = (torch.randn(PEAK_SIZE, PEAK_SIZE, generator=gen).to(device) for _ in range(2))
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(reps):
-        _sync(device)
-        start = time.perf_counter()
-        torch.mm(a, b)
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * PEAK_SIZE**3 / best / 1e9
-
-
 def i3d_gflop(batch: int, frames: int) -> float:
     """GFLOP of one I3D forward pass on ``float32 [batch, 3, frames, 224, 224]``: its convolutions, 2 per multiply-add."""
     import torch
@@ -201,10 +175,10 @@ def i3d_benchmark(device: str, reps: dict[int, int], use_jax: bool) -> tuple[lis
             best = {name: float("inf") for name in runs}
             for _ in range(reps[frames]):
                 for name, run in runs.items():
-                    _sync(device)
+                    synchronize(device)
                     start = time.perf_counter()
                     run()
-                    _sync(device)
+                    synchronize(device)
                     best[name] = min(best[name], time.perf_counter() - start)
         row = {"frames": frames, "batch": batch, "batches_timed": reps[frames], "gflop_per_clip": i3d_gflop(1, frames)}
         row.update({f"{name}_clips_per_s": batch / seconds for name, seconds in best.items()})

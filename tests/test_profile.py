@@ -48,3 +48,19 @@ def test_profile_costs_grid_scales_with_clips_coordtok_does_not(tmp_path):
     paths = write_cost_report(df, tmp_path / "out")
     assert all(p.stat().st_size > 0 for p in paths.values())
     assert "Growth" in paths["md"].read_text()
+
+
+def test_bench_train_measures_both_ends_of_a_two_stage_schedule(capsys):
+    """scripts/bench_train.py times CoordTok at its first step (stage 1) and last step (stage 2, with LPIPS on whole
+    frames), so the two rows differ in FLOPs."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_train.py"
+    spec = importlib.util.spec_from_file_location("bench_train", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--only", "coordtok_tiny", "--steps", "1", "--warmup", "0"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("coordtok_tiny")]
+    assert [row[1] for row in rows] == ["0", "399"]
+    stage1_gflop, stage2_gflop = (float(row[4]) for row in rows)
+    assert stage2_gflop > 10 * stage1_gflop > 0
