@@ -195,7 +195,8 @@ def synchronize(device: str) -> None:
 def matmul_peak_gflops(device: str, reps: int = 10) -> float:
     """Best float32 ``torch.mm`` throughput of two 2048x2048 matrices on ``device``, GFLOP/s (``2 n^3`` per
     product): the reference that benchmarks state their throughput against (``scripts/bench_fvd.py``,
-    ``scripts/bench_train.py``), since machines of one kind differ in speed by 2-4x."""
+    ``scripts/bench_train.py``), since machines of one kind differ in speed by 2-4x. It is not the hardware's
+    limit: wide convolutions in oneDNN can run faster than this product on AVX-512 CPUs."""
     import torch
 
     gen = torch.Generator().manual_seed(1)
