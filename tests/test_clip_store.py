@@ -185,6 +185,24 @@ def test_damaged_entries_are_detected_and_rebuilt(carphones, tmp_path):
     assert store_state(store) == good
 
 
+def test_adding_a_video_reuses_the_other_entries(carphones, tmp_path):
+    """One store per frame protocol: a dataset that gains a video decodes only that one, and the smaller dataset's
+    store (same folder) stays complete afterwards."""
+    cache = tmp_path / "cache"
+    small = ClipStore(folder_dataset(carphones, cache))
+    assert small.build(workers=2, progress=False).built == 3
+    before = store_state(small)
+    shutil.copy(carphones / "a.mp4", carphones / "d.mp4")
+    large = ClipStore(folder_dataset(carphones, cache))
+    assert large.root == small.root
+    report = large.build(workers=1, progress=False)
+    assert (report.reused, report.built, report.rebuilt) == (3, 1, [])
+    after = store_state(large)
+    assert {name: after["files"][name] for name in before["files"]} == before["files"] and len(after["files"]) == 4
+    (carphones / "d.mp4").unlink()
+    assert ClipStore(folder_dataset(carphones, cache)).check().build(workers=1, progress=False).built == 0
+
+
 # --------------------------------------------------------------------------- config
 
 

@@ -16,10 +16,13 @@ Layout (``<cache>`` is :func:`harness.io.cache_root`)::
         manifest.json          {"protocol": {...}, "entries": {"<name>.npy": {...}}}
         <name>.npy             uint8 [T, R, R, 3]: frames 0..T-1 of one video at stride 1
 
-* ``<key>``: sha256 of the sorted source stamps of all the dataset's videos
-  (:func:`harness.data.decode.source_stamp`: path, size, mtime), the resolution
-  and :data:`RESIZE` (a video that changes, is added or removed gives a new store);
-* ``<name>``: sha256 of ``<source stamp>|<resolution>``;
+* ``<key>``: sha256 of the resolution and :data:`RESIZE`: one store per
+  frame protocol, shared by every dataset and every subset of one
+  (``max_train_videos`` runs reuse the entries a full run decoded, and back);
+* ``<name>``: sha256 of ``<source stamp>|<resolution>``
+  (:func:`harness.data.decode.source_stamp`: path, size, mtime), so a video
+  that changes gets a new entry, and adding or removing videos leaves the
+  other entries in use;
 * ``T``: the frames the dataset's records use (the largest ``stop``: every frame
   of the video for every dataset of the harness);
 * each manifest entry: ``source`` (path), ``stamp``, ``frames`` (T), ``shape``
@@ -152,7 +155,7 @@ class ClipStore:
         for record in [*dataset.train, *dataset.eval]:
             frames[record.path] = max(frames.get(record.path, 0), record.stop)
         stamps = {path: source_stamp(path) for path in frames}
-        key = json.dumps([sorted(stamps.values()), self.resolution, RESIZE])
+        key = json.dumps([self.resolution, RESIZE])
         self.root = dataset.cache_dir / "clip_store" / f"r{self.resolution}_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
         #: video path -> (entry file name, frames, source stamp)
         self.entries = {path: (hashlib.sha256(f"{stamps[path]}|{self.resolution}".encode()).hexdigest()[:24] + ".npy",
@@ -220,13 +223,13 @@ class ClipStore:
             temp.unlink()
             report.temp_removed += 1
         recorded = self._load_manifest()
-        entries, todo = {}, []
+        entries, todo = dict(recorded), []  # entries of other datasets (or subsets) sharing the store stay recorded
         for path, (name, frames, stamp) in self.entries.items():
             problem = self._problem(name, frames, recorded.get(name), verify)
             if problem is None:
-                entries[name] = recorded[name]
                 report.reused += 1
                 continue
+            entries.pop(name, None)
             if problem != NOT_BUILT:
                 log.warning("clip store: rebuilding %s (%s): %s", self.root / name, path, problem)
                 report.rebuilt.append((name, problem))
