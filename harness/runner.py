@@ -237,13 +237,17 @@ class SuiteRunner:
         return self.results
 
     def write_eval_clip_index(self) -> None:
-        """``eval_clips.json``: every evaluation clip's id, source and cached ``uint8 [T, H, W, 3]`` file (for reports)."""
+        """``eval_clips.json``: every evaluation clip's id, source and cached ``uint8 [T, H, W, 3]`` file (for reports;
+        ``null`` with the clip store, whose frames reports decode again for the few clips they show)."""
         index = []
+        cache = self.clip_cache
         for clip in self.eval_clips:
-            self.clip_cache.load(clip)
+            path = cache.path(clip)
+            if path is not None:
+                cache.load(clip)
             index.append({"clip": clip.clip_id, "video": str(clip.record.path), "start": clip.start, "frames": clip.frames,
                           "stride": clip.stride, "resolution": clip.resolution, "label": clip.record.label,
-                          "cached": str(self.clip_cache.path(clip))})
+                          "cached": None if path is None else str(path)})
         write_json_atomic(self.results / EVAL_CLIPS_FILE, index)
 
     # ------------------------------------------------------------------ config

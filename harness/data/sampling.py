@@ -74,21 +74,26 @@ def evaluation_clips(dataset: VideoDataset, seed: int) -> list[Clip]:
 
 
 class ClipCache:
-    """Decoded evaluation clips on disk (``uint8 [T, H, W, 3]`` ``.npy``), decoded once (read from ``store`` when given)."""
+    """Evaluation clips, ``uint8 [T, H, W, 3]``: cut from ``store`` when given (nothing is written: the store
+    already holds the frames), else decoded once into ``<root>/clips/<key>.npy``."""
 
     def __init__(self, root: Path, store: ClipStore | None = None) -> None:
         self.root = Path(root) / "clips"
-        self.root.mkdir(parents=True, exist_ok=True)
         self.store = store
+        if store is None:
+            self.root.mkdir(parents=True, exist_ok=True)
 
-    def path(self, clip: Clip) -> Path:
-        return self.root / f"{clip.cache_key()}.npy"
+    def path(self, clip: Clip) -> Path | None:
+        """The clip's ``.npy`` file (``None`` with a store)."""
+        return None if self.store else self.root / f"{clip.cache_key()}.npy"
 
     def load(self, clip: Clip) -> np.ndarray:
+        if self.store:
+            return self.store.frames(clip.record, clip.start, clip.frames, clip.stride)
         path = self.path(clip)
         if path.is_file():
             return np.load(path)
-        frames = self.store.frames(clip.record, clip.start, clip.frames, clip.stride) if self.store else clip.decode()
+        frames = clip.decode()
         save_numpy_atomic(path, frames)
         return frames
 

@@ -60,8 +60,8 @@ def pick_clips(table: pd.DataFrame, metric: str = "psnr") -> dict[str, tuple[str
 
 def load_real_clip(entry: dict[str, Any]) -> np.ndarray:
     """The real clip of an ``eval_clips.json`` entry, ``uint8 [T, H, W, 3]`` (cache, else decoded again)."""
-    cached = Path(entry.get("cached", ""))
-    if cached.is_file():
+    cached = entry.get("cached")  # null when the run read its clips from the clip store
+    if cached and Path(cached).is_file():
         return np.load(cached)
     from harness.data.decode import decode_frames
 
