@@ -243,7 +243,7 @@ class SuiteRunner:
         cache = self.clip_cache
         for clip in self.eval_clips:
             path = cache.path(clip)
-            if path is not None:
+            if path is not None and not path.is_file():
                 cache.load(clip)
             index.append({"clip": clip.clip_id, "video": str(clip.record.path), "start": clip.start, "frames": clip.frames,
                           "stride": clip.stride, "resolution": clip.resolution, "label": clip.record.label,
@@ -285,18 +285,8 @@ class SuiteRunner:
     # ------------------------------------------------------------------ train
 
     def build_tokenizer(self, entry: TokenizerEntry) -> VideoTokenizer:
-        """Instantiate ``entry`` with :func:`harness.config.tokenizer_kwargs` (``frames`` / ``resolution`` from
-        ``data`` when the constructor takes them); ``"run:<id>"`` kwargs become that run's trained, frozen tokenizer."""
-        from harness.config import tokenizer_kwargs
-
-        kwargs = tokenizer_kwargs(self.suite, entry)
-        for key, value in kwargs.items():
-            if isinstance(value, str) and value.startswith("run:"):
-                frozen = self._models[value[4:]]
-                frozen.requires_grad_(False)
-                frozen.eval()
-                kwargs[key] = frozen
-        return TOKENIZERS.create(entry.name, **kwargs)
+        """:func:`build_tokenizer` with this suite and the tokenizers trained so far."""
+        return build_tokenizer(self.suite, entry, self._models)
 
     def trained_tokenizer(self, entry: TokenizerEntry) -> VideoTokenizer:
         """Train (or resume, or reuse) ``entry`` and return the model on the device in eval mode.
@@ -623,6 +613,26 @@ class StageTimes:
         table = self.table()
         write_csv_atomic(path, table.reset_index())
         log.info("wall time per stage (s):\n%s", table.round(1).to_markdown())
+
+
+def build_tokenizer(suite: Suite, entry: TokenizerEntry, models: dict[str, VideoTokenizer]) -> VideoTokenizer:
+    """Instantiate ``entry`` with :func:`harness.config.tokenizer_kwargs` (``frames`` / ``resolution`` from
+    ``data`` when the constructor takes them); ``"run:<id>"`` kwargs become ``models[<id>]``, frozen (no gradients,
+    eval mode).
+
+    Raises:
+        KeyError: a ``"run:<id>"`` whose tokenizer is not in ``models``.
+    """
+    from harness.config import tokenizer_kwargs
+
+    kwargs = tokenizer_kwargs(suite, entry)
+    for key, value in kwargs.items():
+        if isinstance(value, str) and value.startswith("run:"):
+            frozen = models[value[4:]]
+            frozen.requires_grad_(False)
+            frozen.eval()
+            kwargs[key] = frozen
+    return TOKENIZERS.create(entry.name, **kwargs)
 
 
 def _latent_values(tokenizer: VideoTokenizer, tokens: int | None) -> int | None:

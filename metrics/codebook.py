@@ -32,7 +32,8 @@ class CodebookUsage(Metric):
     ``counts`` (same shape) tallies each index that many times.
 
     Raises:
-        ValueError: non-integer indices or indices out of range (the message gives the range).
+        ValueError: non-integer indices or indices out of range (the message gives the range); ``counts`` of
+            another shape than ``indices``, or with a dict of indices.
     """
 
     name = "codebook"
@@ -50,6 +51,8 @@ class CodebookUsage(Metric):
         """Add codes; with ``counts`` (same shape as ``indices``), code ``indices[i]`` is added ``counts[i]`` times
         (tallies already aggregated, e.g. the per-batch records of a reconstruction run)."""
         if isinstance(indices, dict):
+            if counts is not None:
+                raise ValueError("codebook counts go with one tensor of indices, not a dict")
             for value in indices.values():
                 self.update(value)
             return
@@ -62,6 +65,8 @@ class CodebookUsage(Metric):
         low, high = int(flat.min()), int(flat.max())
         if low < 0 or high >= self.codebook_size:
             raise ValueError(f"codebook indices must lie in [0, {self.codebook_size}), got [{low}, {high}]")
+        if counts is not None and counts.shape != indices.shape:
+            raise ValueError(f"codebook counts must have the indices' shape {tuple(indices.shape)}, got {tuple(counts.shape)}")
         weights = None if counts is None else counts.detach().flatten().to(torch.float64)
         self.counts += torch.bincount(flat, weights=weights, minlength=self.codebook_size).to(self.counts)
 

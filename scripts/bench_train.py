@@ -1,8 +1,8 @@
 """Benchmark of training-step cost: wall time, FLOPs and the fraction of the machine's matmul peak per tokenizer.
 
 For every tokenizer of a suite (default ``suites/samples_cpu.yaml``), built
-with the suite's kwargs as ``python -m harness run`` builds it (a ``run:<id>``
-reference becomes that tokenizer, untrained and frozen), it times one
+with the suite's kwargs by :func:`harness.runner.build_tokenizer`, as ``python -m
+harness run`` builds it (a ``run:<id>`` reference becomes that tokenizer, untrained and frozen), it times one
 optimizer step of the harness's training objective
 (:class:`harness.train.TrainingObjective`: forward, backward of ``loss`` plus
 ``disc_loss``, then AdamW on the tokenizer's and the discriminator's
@@ -42,25 +42,10 @@ import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from harness.config import Suite, TokenizerEntry, load_suite, tokenizer_kwargs  # noqa: E402
+from harness.config import load_suite  # noqa: E402
 from harness.profile import matmul_peak_gflops  # noqa: E402
-from harness.registry import TOKENIZERS  # noqa: E402
+from harness.runner import build_tokenizer  # noqa: E402
 from harness.train import TrainingObjective, split_parameters  # noqa: E402
-
-
-def build(suite: Suite, entry: TokenizerEntry, built: dict[str, torch.nn.Module]) -> torch.nn.Module:
-    """The tokenizer of ``entry`` (seeded by its position in the suite), its ``run:<id>`` kwargs replaced by the
-    frozen, untrained tokenizers they name.
-
-    Raises:
-        KeyError: a ``run:<id>`` that names no earlier tokenizer of the suite.
-    """
-    kwargs = tokenizer_kwargs(suite, entry)
-    for key, value in kwargs.items():
-        if isinstance(value, str) and value.startswith("run:"):
-            kwargs[key] = built[value[4:]].eval().requires_grad_(False)
-    torch.manual_seed(len(built))
-    return TOKENIZERS.create(entry.name, **kwargs)
 
 
 def time_steps(objective: TrainingObjective, optimizers: list, args: tuple, step: int, warmup: int,
@@ -105,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     built: dict[str, torch.nn.Module] = {}
     rows = []
     for entry in suite.tokenizers:
-        tokenizer = built[entry.id] = build(suite, entry, built)
+        torch.manual_seed(len(built))  # untrained weights: seeded by the tokenizer's position in the suite
+        tokenizer = built[entry.id] = build_tokenizer(suite, entry, built)
         if only and entry.id not in only:
             continue
         cfg = suite.train_config(entry)

@@ -123,6 +123,10 @@ def test_codebook_usage_from_tallies_equals_raw_codes():
         assert tallied.compute() == raw.compute()
         records = [{"codes": [[0, 3], [1, 1]]}, {"codes": []}, {"codes": [[3, 5], [2, 2]]}]  # reconstruction batches
         assert _codebook_summary(8, records) == raw.compute()
+    with pytest.raises(ValueError, match="shape"):
+        tallied.update(torch.tensor([0, 3]), counts=torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="dict"):
+        tallied.update({"xy": torch.tensor([0])}, counts=torch.tensor([1.0]))
 
 
 def test_bad_inputs_raise_clear_errors():
