@@ -93,6 +93,15 @@ class VideoTokenizer(nn.Module):
       engine can then compute the front end once per training clip
       (``train.stage0_cache_clips``) instead of at every step, as DiT-style
       trainers do with precomputed VAE latents.
+    * ``unused_parameters``: ``True`` when some trainable parameters may get
+      no gradient at some training step (a discriminator before its start
+      step, a module one stage skips). Under DDP the engine then has DDP search
+      the autograd graph for them at every step (``find_unused_parameters``,
+      https://pytorch.org/docs/stable/generated/torch.nn.parallel.DistributedDataParallel.html),
+      an extra traversal per step and a warning when none is found; with
+      ``False``, an unused parameter stops the next step with DDP's error. The
+      default ``True`` is the safe one for plugins; the harness's families
+      declare what holds for them (checked in ``tests/test_engine.py``).
 
     Subclasses implement the four methods below. ``training_losses`` returns a
     dict of scalar tensors that must hold ``"loss"`` (what the optimizer
@@ -110,6 +119,7 @@ class VideoTokenizer(nn.Module):
     continuous: bool = True
     flexible: bool = False
     frozen_stage0: bool = False
+    unused_parameters: bool = True
 
     def encode(self, video: Tensor, num_tokens: int | None = None) -> Tokens:
         """Encode ``video`` ``float32 [B, 3, T, H, W]`` in ``[-1, 1]`` into tokens.

@@ -123,13 +123,15 @@ def resolve_mixed_precision(setting: str, device_type: str) -> str:
     return setting
 
 
-def make_accelerator(mixed_precision: str = "no", log_with: LogWith = "none",
+def make_accelerator(model: nn.Module, mixed_precision: str = "no", log_with: LogWith = "none",
                      project_dir: Path | None = None) -> Accelerator:
-    """A fresh Accelerator for one model's training on the current process group.
+    """A fresh Accelerator for training ``model`` on the current process group.
 
     Each model of a suite may ask for its own mixed precision and tracker, so the accelerator state is reset
-    (the process group stays). Some parameters legitimately get no gradient on some steps (a discriminator
-    before its start step, CoordTok stage 1 vs 2), which DDP is told about.
+    (the process group stays). DDP searches for parameters without a gradient at every step
+    (``find_unused_parameters``) unless the model declares ``unused_parameters = False`` (every trainable
+    parameter gets a gradient at every step, :class:`harness.api.VideoTokenizer`); models without the
+    attribute (plugins) are searched.
 
     Raises:
         ImportError: ``log_with="tensorboard"`` without the ``tensorboard`` package (``pip install tensorboard``).
@@ -139,9 +141,10 @@ def make_accelerator(mixed_precision: str = "no", log_with: LogWith = "none",
     trackers = None if log_with == "none" else log_with
     if log_with == "tensorboard":
         import tensorboard  # noqa: F401  (a clear error here instead of Accelerate's warning and silence)
+    search = bool(getattr(model, "unused_parameters", True))
     return Accelerator(mixed_precision=resolve_mixed_precision(mixed_precision, device_type),
                        cpu=device_type == "cpu", log_with=trackers, project_dir=project_dir,
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=search)])
 
 
 @dataclass

@@ -127,7 +127,7 @@ def train_tokenizer(tokenizer: VideoTokenizer, clips: TrainClips, cfg: TrainConf
         NonFiniteError: a loss is NaN or infinite (on any process); the checkpoint on disk is the last good one.
     """
     if accelerator is None:
-        accelerator = make_accelerator(cfg.mixed_precision, cfg.log_with, checkpoint.parent)
+        accelerator = make_accelerator(tokenizer, cfg.mixed_precision, cfg.log_with, checkpoint.parent)
     plan = micro_batches(cfg.batch_size, cfg.micro_batch_size, accelerator.num_processes, accelerator.process_index)
     main_params, disc_params = split_parameters(tokenizer)
     optimizers = [torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)

@@ -247,6 +247,73 @@ def test_readme_worked_example_is_the_plugin_file():
 # --------------------------------------------------------------------------- distributed
 
 
+def parameters_without_gradient(model: torch.nn.Module, objective: torch.nn.Module, *args) -> list[str]:
+    """Names of ``model``'s trainable parameters that one backward of ``objective(*args)`` leaves without a gradient."""
+    model.zero_grad(set_to_none=True)
+    out = objective(*args)
+    (out["loss"] + out.get("disc_loss", 0.0)).backward()
+    return [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+
+
+GAN_LOSS = {"gan": "hinge", "disc_start": 2, "perceptual_weight": 0.0, "disc_channels": 8}
+
+
+@pytest.mark.parametrize("case", ["samples_cpu", "grid3d_vq", "frame2d_vq", "pvdm"])
+def test_declared_unused_parameters_hold_at_first_and_last_steps(case):
+    """``unused_parameters = False`` lets DDP skip its per-step search, so it must hold at every step: every
+    tokenizer of the demo suite trains every parameter at its first and last step (CoordTok: stages 1 and 2); with a GAN from step 2
+    the tokenizer declares ``True`` and the discriminator is indeed idle at step 0, with ``disc_start: 0`` ``False``."""
+    from harness.runner import build_tokenizer
+    from harness.train import TrainingObjective
+    from harness.registry import create_tokenizer
+
+    torch.manual_seed(0)
+    video = torch.rand(1, 3, 32, 64, 64) * 2 - 1
+    if case == "samples_cpu":
+        suite = load_suite(REPO / "suites" / "samples_cpu.yaml")
+        built: dict = {}
+        for entry in suite.tokenizers:
+            tokenizer = built[entry.id] = build_tokenizer(suite, entry, built)
+            steps = suite.train_config(entry).steps
+            assert tokenizer.unused_parameters is False, entry.id
+            for step in (0, steps - 1):
+                assert parameters_without_gradient(tokenizer, TrainingObjective(tokenizer).train(), video, step) == [], \
+                    (entry.id, step)
+        return
+    kwargs = {"size": "tiny", "channels": 8} if case != "pvdm" else {"size": "tiny"}
+    video = video[:, :, :16, :32, :32]
+    late = create_tokenizer(case, **kwargs, loss=GAN_LOSS)
+    assert late.unused_parameters is True
+    idle = parameters_without_gradient(late, TrainingObjective(late).train(), video, 0)
+    assert idle and all(name.startswith("discriminator.") for name in idle), idle
+    assert parameters_without_gradient(late, TrainingObjective(late).train(), video, 2) == []
+    early = create_tokenizer(case, **kwargs, loss={**GAN_LOSS, "disc_start": 0})
+    assert early.unused_parameters is False
+    assert parameters_without_gradient(early, TrainingObjective(early).train(), video, 0) == []
+
+
+@pytest.mark.parametrize("layout", ["triplane", "grid", "ar"])
+def test_generators_train_every_parameter_as_declared(layout):
+    """SiT (triplane and grid latents, class dropout) and the AR transformer declare ``unused_parameters = False``."""
+    from harness.generation.ar import ARTransformer
+    from harness.generation.sit import SiT
+    from harness.generation.stage import GeneratorObjective
+
+    torch.manual_seed(0)
+    y = torch.randint(0, 3, (4,))
+    if layout == "ar":
+        model, x = ARTransformer(vocab_size=64, seq_len=20, size="tiny", num_classes=3, class_dropout=0.5), \
+            torch.randint(0, 64, (4, 20))
+    else:
+        example = {"xy": torch.zeros(4, 8, 8), "xt": torch.zeros(4, 16, 8), "yt": torch.zeros(4, 16, 8)} \
+            if layout == "triplane" else torch.zeros(4, 4, 8, 8)
+        model = SiT(example, size="tiny", patch=2, num_classes=3, class_dropout=0.5)
+        x = {k: torch.randn(4, *v.shape) for k, v in example.items()} if layout == "triplane" else torch.randn(4, 4, 4, 8, 8)
+    assert model.unused_parameters is False
+    for _ in range(3):  # class dropout draws differ between the calls
+        assert parameters_without_gradient(model, GeneratorObjective(model, layout != "ar"), x, y) == []
+
+
 @pytest.mark.parametrize("mode, port", [("grid3d", 29531), ("videoflextok_stage0", 29532), ("generator", 29533)])
 def test_two_cpu_processes_keep_identical_parameters(tmp_path, mode, port):
     """Tokenizers and generators train through the one ``fit`` loop; after DDP training both ranks agree exactly."""

@@ -264,6 +264,7 @@ class CoordTok(VideoTokenizer):
 
     clip_frames = None
     continuous = True
+    unused_parameters = False  # both stages train every parameter
 
     def __init__(self, size: str = "tiny", encoder_layers: int | None = None, cross_layers: int | None = None,
                  decoder_layers: int | None = None, width: int | None = None, heads: int | None = None,

@@ -34,6 +34,8 @@ class Grid3dAutoencoder(VideoTokenizer):
         causal: causal time axis, first frame on its own.
     """
 
+    unused_parameters = False  # no stage skips a module (the VQ subclass's discriminator: VQAutoencoderMixin)
+
     def __init__(self, size: str | None = "tiny", channels: int | None = None, channel_mult: Sequence[int] | None = None,
                  num_res_blocks: int | None = None, time_down: Sequence[bool] | None = None, latent_channels: int = 8,
                  moments: int = 1, clip_frames: int | None = 16, causal: bool = False) -> None:

@@ -48,6 +48,11 @@ class VQAutoencoderMixin:
 
     continuous = False
 
+    @property
+    def unused_parameters(self) -> bool:
+        """``True`` only while a discriminator waits for ``disc_start`` (:class:`harness.api.VideoTokenizer`)."""
+        return self.objective.discriminator_waits(self.discriminator)
+
     def _init_vq(self, dim: int, codebook_size: int, commitment_weight: float, ema_decay: float, kmeans_init: bool,
                  threshold_ema_dead_code: float, rotation_trick: bool, recipe: str,
                  loss: Mapping[str, Any] | None) -> None:

@@ -392,6 +392,11 @@ class AutoencoderLoss:
     def gan_active(self, discriminator: nn.Module | None, step: int) -> bool:
         return discriminator is not None and self.config.gan is not None and step >= self.config.disc_start
 
+    def discriminator_waits(self, discriminator: nn.Module | None) -> bool:
+        """Whether ``discriminator`` gets no gradient at the first steps (``disc_start > 0``): the tokenizer's
+        ``unused_parameters`` (:class:`harness.api.VideoTokenizer`)."""
+        return self.gan_active(discriminator, self.config.disc_start) and self.config.disc_start > 0
+
     def perceptual(self, video: Tensor, recon: Tensor) -> Tensor:
         """LPIPS between ``recon`` and ``video`` on one random frame per video, or on all frames."""
         if self.config.perceptual_frames == "all":

@@ -118,6 +118,11 @@ class PVDMAutoencoder(VideoTokenizer):
 
     continuous = True
 
+    @property
+    def unused_parameters(self) -> bool:
+        """``True`` only while a discriminator waits for ``disc_start`` (:class:`harness.api.VideoTokenizer`)."""
+        return self.objective.discriminator_waits(self.discriminator)
+
     def __init__(self, size: str | None = "tiny", dim: int | None = None, depth: int | None = None,
                  num_heads: int | None = None, proj_depth: int | None = None, patch_size: int | None = None,
                  plane_channels: int | None = None, recipe: str = "pvdm", loss: Mapping[str, Any] | None = None,

@@ -408,6 +408,7 @@ class VideoFlexTok(RegisterEncoder, FlowDecoder, VideoTokenizer):
     continuous = False
     flexible = True
     frozen_stage0 = True
+    unused_parameters = False  # mask and null tokens enter through torch.where at every step
 
     def __init__(self, size: str | None = "tiny", vae: VideoTokenizer | Mapping[str, Any] | None = None,
                  n_max: int | None = None, enc_depth: int | None = None, enc_dim: int | None = None,

@@ -92,6 +92,8 @@ class ARTransformer(nn.Module):
     where position ``i`` predicts ``idx[:, i]`` from the class token and ``idx[:, :i]``.
     """
 
+    unused_parameters = False  # every parameter gets a gradient at every step (DDP need not search)
+
     def __init__(self, vocab_size: int, seq_len: int, size: str = "tiny", num_classes: int = 1,
                  class_dropout: float = 0.0, mlp_ratio: float = 4.0) -> None:
         super().__init__()

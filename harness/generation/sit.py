@@ -236,6 +236,8 @@ class SiT(nn.Module):
     discarded by SiT's velocity loss anyway).
     """
 
+    unused_parameters = False  # every parameter gets a gradient at every step (DDP need not search)
+
     def __init__(self, example: Latents, size: str = "tiny", patch: int = 2, patch_t: int = 1, num_classes: int = 1,
                  class_dropout: float = 0.0, mlp_ratio: float = 4.0) -> None:
         super().__init__()

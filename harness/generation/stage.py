@@ -224,7 +224,7 @@ def train_generator(model: nn.Module, ema: ModelEmaV3, data: Latents, labels: Te
     Raises:
         NonFiniteError: a non-finite loss (named with ``label`` and the step); the last checkpoint is kept.
     """
-    accelerator = make_accelerator("no", log_with, checkpoint.parent)  # CoordTok-SiT trains in fp32 (supp. A.2)
+    accelerator = make_accelerator(model, "no", log_with, checkpoint.parent)  # CoordTok-SiT trains in fp32 (supp. A.2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     batch = latent_batches(data, labels, continuous, cfg.batch_size, seed, accelerator.device)
     return fit(model, GeneratorObjective(model, continuous), [optimizer], batch, Schedule.of(cfg), checkpoint, seed,
