@@ -180,8 +180,8 @@ def measure_step(name: str, kwargs: dict[str, Any], frames: int, resolution: int
     }
 
 
-#: side of the float32 matrices of :func:`matmul_peak_gflops`
-PEAK_SIZE = 2048
+#: side of the float32 matrices of :func:`matmul_rate_gflops`
+MATMUL_SIZE = 2048
 
 
 def synchronize(device: str) -> None:
@@ -192,7 +192,7 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_peak_gflops(device: str, reps: int = 10) -> float:
+def matmul_rate_gflops(device: str, reps: int = 10) -> float:
     """Best float32 ``torch.mm`` throughput of two 2048x2048 matrices on ``device``, GFLOP/s (``2 n^3`` per
     product): the reference that benchmarks state their throughput against (``scripts/bench_fvd.py``,
     ``scripts/bench_train.py``), since machines of one kind differ in speed by 2-4x. It is not the hardware's
@@ -200,7 +200,7 @@ def matmul_peak_gflops(device: str, reps: int = 10) -> float:
     import torch
 
     gen = torch.Generator().manual_seed(1)
-    a, b = (torch.randn(PEAK_SIZE, PEAK_SIZE, generator=gen).to(device) for _ in range(2))
+    a, b = (torch.randn(MATMUL_SIZE, MATMUL_SIZE, generator=gen).to(device) for _ in range(2))
     torch.mm(a, b)
     best = float("inf")
     for _ in range(reps):
@@ -209,7 +209,7 @@ def matmul_peak_gflops(device: str, reps: int = 10) -> float:
         torch.mm(a, b)
         synchronize(device)
         best = min(best, time.perf_counter() - start)
-    return 2 * PEAK_SIZE**3 / best / 1e9
+    return 2 * MATMUL_SIZE**3 / best / 1e9
 
 
 # --------------------------------------------------------------------------------------------

