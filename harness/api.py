@@ -103,6 +103,13 @@ class VideoTokenizer(nn.Module):
       default ``True`` is the safe one for plugins; the harness's families
       declare what holds for them (checked in ``tests/test_engine.py``).
 
+    * ``variable_length``: ``True`` when ``encode`` and ``training_losses``
+      take ``n_frames`` (``int64 [B]``, real frames of each video; frames at
+      and after ``n_frames[b]`` are padding, ``data.short_videos: pad``) as a
+      keyword argument (CoordTok, whose official loader pads videos shorter
+      than 128 frames). The engine passes it only to such tokenizers
+      (:func:`harness.clips.length_kwargs`); others see padded videos.
+
     Subclasses implement the four methods below. ``training_losses`` returns a
     dict of scalar tensors that must hold ``"loss"`` (what the optimizer
     minimizes); it may hold ``"disc_loss"`` when the tokenizer has an
@@ -120,6 +127,7 @@ class VideoTokenizer(nn.Module):
     flexible: bool = False
     frozen_stage0: bool = False
     unused_parameters: bool = True
+    variable_length: bool = False
 
     def encode(self, video: Tensor, num_tokens: int | None = None) -> Tokens:
         """Encode ``video`` ``float32 [B, 3, T, H, W]`` in ``[-1, 1]`` into tokens.

@@ -37,16 +37,23 @@ def merge_clips(clips: Tensor, batch: int, pad: int) -> Tensor:
     return video[:, :, : video.shape[2] - pad] if pad else video
 
 
+def length_kwargs(tokenizer: VideoTokenizer, n_frames: Tensor | None) -> dict[str, Tensor]:
+    """``{"n_frames": n_frames}`` for a ``variable_length`` tokenizer given real frame counts, else ``{}``: the
+    engine's one rule for passing ``n_frames`` (``int64 [B]``) to ``encode`` and ``training_losses``."""
+    return {"n_frames": n_frames} if n_frames is not None and tokenizer.variable_length else {}
+
+
 @torch.no_grad()
 def encode_video(tokenizer: VideoTokenizer, video: Tensor, num_tokens: int | None = None,
-                 clip_batch: int = 8) -> list[Tokens]:
+                 clip_batch: int = 8, n_frames: Tensor | None = None) -> list[Tokens]:
     """Tokens of a whole video batch, one :class:`Tokens` per group of clips.
 
-    Tokenizers without ``clip_frames`` get the whole video in one call.
+    Tokenizers without ``clip_frames`` get the whole video in one call (with ``n_frames``, ``int64 [B]`` real
+    frames per video, when the tokenizer is ``variable_length``); clip tokenizers encode padded clips too.
     """
     check_video(video)
     if not tokenizer.clip_frames or tokenizer.clip_frames == video.shape[2]:
-        return [tokenizer.encode(video, num_tokens=num_tokens)]
+        return [tokenizer.encode(video, num_tokens=num_tokens, **length_kwargs(tokenizer, n_frames))]
     clips, _ = split_into_clips(video, tokenizer.clip_frames)
     return [tokenizer.encode(chunk, num_tokens=num_tokens) for chunk in clips.split(clip_batch)]
 
@@ -54,12 +61,14 @@ def encode_video(tokenizer: VideoTokenizer, video: Tensor, num_tokens: int | Non
 @torch.no_grad()
 def reconstruct_video(tokenizer: VideoTokenizer, video: Tensor, num_tokens: int | None = None,
                       clip_batch: int = 8, on_tokens: Callable[[Tokens], None] | None = None,
-                      timings: dict[str, float] | None = None) -> tuple[Tensor, int]:
+                      timings: dict[str, float] | None = None, n_frames: Tensor | None = None) -> tuple[Tensor, int]:
     """Reconstruct ``video`` ``float32 [B, 3, T, H, W]`` in ``[-1, 1]``, clip by clip when needed.
 
     ``on_tokens`` is called with every :class:`Tokens` produced (for example to
     count codebook usage); ``timings`` accumulates wall-clock seconds spent in
-    ``encode_s`` and ``decode_s``.
+    ``encode_s`` and ``decode_s``. ``n_frames`` (``int64 [B]``, real frames of
+    padded videos) goes to ``variable_length`` whole-video tokenizers; others
+    reconstruct the padding too (scores exclude it).
 
     Returns:
         the reconstruction (same shape, clamped to ``[-1, 1]``) and the number
@@ -74,7 +83,7 @@ def reconstruct_video(tokenizer: VideoTokenizer, video: Tensor, num_tokens: int 
     parts, per_clip = [], 0
     for chunk in [clips] if whole else clips.split(clip_batch):
         began = time.perf_counter()
-        tokens = tokenizer.encode(chunk, num_tokens=num_tokens)
+        tokens = tokenizer.encode(chunk, num_tokens=num_tokens, **(length_kwargs(tokenizer, n_frames) if whole else {}))
         _synchronize(chunk.device)
         middle = time.perf_counter()
         parts.append(tokenizer.decode(tokens))

@@ -74,6 +74,25 @@ class DataConfig(Strict):
     store: Literal["auto", "on", "off", True, False] = "auto"
     num_workers: int = Field(0, ge=0)
     cache_dir: str | None = None
+    #: frame resize (harness.data.decode.RESIZE_METHODS): ``bilinear_antialias``, or ``bicubic_pil`` as CoordTok's
+    #: loader (tools/datasets.py VideoTimeSplit: torchvision Resize(R, BICUBIC) + CenterCrop on PIL images)
+    resize: Literal["bilinear_antialias", "bicubic_pil"] = "bilinear_antialias"
+    #: videos shorter than one clip: ``drop`` them (StyleGAN-V discard_short_videos) or ``pad`` them to the clip length
+    #: (last frame repeated) and pass their real frame count ``n_frames`` to tokenizers and metrics, which score real
+    #: frames only (CoordTok tools/datasets.py VideoTimeSplit); ``pad`` applies to datasets of whole videos
+    #: (ucf101, davis2017, kinetics600, tokenbench, mcl_jcv), not to those split in time
+    short_videos: Literal["drop", "pad"] = "drop"
+    #: evaluation clips: a seeded list of this many (video, start) clips drawn with replacement from the evaluation
+    #: videos (CoordTok supp. B.1, MAGVIT: 10,000 random 128-frame clips); ``None``: ``eval_clips_per_video`` per video
+    eval_clips: int | None = Field(None, ge=1)
+    #: a given evaluation list (lines ``relpath start end``, paths relative to ``data.root``; CoordTok's
+    #: evallist.txt), used as is instead of drawing clips
+    eval_list: str | None = None
+
+    @field_validator("eval_list")
+    @classmethod
+    def _expand_list_path(cls, value: str | None) -> str | None:
+        return os.path.expanduser(value) if value else value
 
     @field_validator("root")
     @classmethod

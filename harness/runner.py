@@ -62,7 +62,7 @@ from harness.clips import reconstruct_video, tiling_consistency
 from harness.config import Suite, TokenizerEntry, generation_config, referenced_runs
 from harness.data.datasets import VideoDataset, build_dataset
 from harness.data.decode import to_model_range, to_uint8
-from harness.data.sampling import Clip, ClipCache, TrainClips, evaluation_clips
+from harness.data.sampling import EVAL_LIST_FILE, Clip, ClipCache, TrainClips, evaluation_clips, write_eval_list
 from harness.data.store import ClipStore, open_store, prepare_store
 from harness.errors import NonFiniteError
 from harness.fit import write_history
@@ -242,7 +242,9 @@ class SuiteRunner:
 
     def write_eval_clip_index(self) -> None:
         """``eval_clips.json``: every evaluation clip's id, source and cached ``uint8 [T, H, W, 3]`` file (for reports;
-        ``null`` with the clip store, whose frames reports decode again for the few clips they show)."""
+        ``null`` with the clip store, whose frames reports decode again for the few clips they show) and real frame
+        count when padded; ``eval_list.txt``: the same clips as ``relpath start end`` lines, which ``data.eval_list``
+        reads back (:func:`harness.data.sampling.write_eval_list`)."""
         index = []
         cache = self.clip_cache
         for clip in self.eval_clips:
@@ -251,8 +253,9 @@ class SuiteRunner:
                 cache.load(clip)
             index.append({"clip": clip.clip_id, "video": str(clip.record.path), "start": clip.start, "frames": clip.frames,
                           "stride": clip.stride, "resolution": clip.resolution, "label": clip.record.label,
-                          "cached": None if path is None else str(path)})
+                          "cached": None if path is None else str(path), **({"n_frames": clip.n_frames} if clip.length else {})})
         write_json_atomic(self.results / EVAL_CLIPS_FILE, index)
+        write_eval_list(self.results / EVAL_LIST_FILE, self.eval_clips, self.suite.data.root)
 
     # ------------------------------------------------------------------ config
 
@@ -438,7 +441,8 @@ class SuiteRunner:
         timings: dict[str, float] = {}
         real = to_model_range(np.stack([self.clip_cache.load(c) for c in group])).to(self.device)
         recon, tokens_per_video = reconstruct_video(tokenizer, real, num_tokens=variant.budget,
-                                                    clip_batch=self.suite.evaluate.clip_batch, on_tokens=on_tokens, timings=timings)
+                                                    clip_batch=self.suite.evaluate.clip_batch, on_tokens=on_tokens, timings=timings,
+                                                    n_frames=_n_frames(group, self.device))
         for clip, video in zip(group, recon):
             if not torch.isfinite(video).all():
                 raise NonFiniteError(f"{entry.id}{variant.label_suffix}: non-finite reconstruction of clip {clip.clip_id} "
@@ -462,6 +466,8 @@ class SuiteRunner:
         scorer = Scorer(self.suite.evaluate.metrics, self.device, self.suite.evaluate.metric_kwargs, label, boundaries,
                         synchronize=world_size() > 1)
         key = {"dataset": self.dataset.fingerprint(), "seed": self.suite.seed, "clips": len(self.eval_clips)}
+        if self.suite.data.eval_clips or self.suite.data.eval_list:  # a drawn or given list: key by the clips themselves
+            key["clip_list"] = fingerprint([(str(c.record.path), c.start, c.n_frames) for c in self.eval_clips])
         scorer.use_real_cache(key, self.dataset.cache_dir / "fvd")
         return scorer
 
@@ -508,7 +514,7 @@ class SuiteRunner:
             real = to_model_range(np.stack([self.clip_cache.load(c) for c in group])).to(self.device)
             fake = to_model_range(np.stack([np.load(recon_dir / f"{c.clip_id}.npy") for c in group])).to(self.device)
             scorer.update(real, fake, [{"clip": c.clip_id, "video": str(c.record.path.name), "start": c.start,
-                                        "label": c.record.label} for c in group])
+                                        "label": c.record.label} for c in group], **_length_kwargs(group, self.device))
         summary, protocol = scorer.compute()  # collective: reduces over every process's share
         shards = shard_record([c.clip_id for group in mine for c in group])
         state = PartialState()
@@ -646,6 +652,19 @@ def _latent_values(tokenizer: VideoTokenizer, tokens: int | None) -> int | None:
     if not tokenizer.continuous or not tokens or not isinstance(channels, int) or isinstance(channels, bool):
         return None
     return int(tokens) * channels
+
+
+def _n_frames(clips: list[Clip], device: torch.device) -> Tensor | None:
+    """Real frames of each clip, ``int64 [B]``, or ``None`` when no clip is padded."""
+    if all(c.length is None for c in clips):
+        return None
+    return torch.tensor([c.n_frames for c in clips], dtype=torch.long, device=device)
+
+
+def _length_kwargs(clips: list[Clip], device: torch.device) -> dict[str, Tensor]:
+    """``{"n_frames": ...}`` for a batch holding padded clips, else ``{}`` (metrics then score whole clips)."""
+    n_frames = _n_frames(clips, device)
+    return {} if n_frames is None else {"n_frames": n_frames}
 
 
 def _all_finite(latents: Tensor | dict[str, Tensor] | None) -> bool:

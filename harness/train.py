@@ -23,7 +23,7 @@ from accelerate import Accelerator
 from torch import Tensor, nn
 
 from harness.api import VideoTokenizer
-from harness.clips import split_into_clips
+from harness.clips import length_kwargs, split_into_clips
 from harness.config import TrainConfig, stage0_cache_problem
 from harness.data.decode import to_model_range
 from harness.data.sampling import TrainClipDataset, TrainClips
@@ -39,28 +39,40 @@ class TrainingObjective(nn.Module):
     (CoordTok supp. B.1 baselines train on 16-frame clips): a training video
     whose length is a multiple of it is split into clips along the batch, any
     other length contributes one window of ``clip_frames`` frames at a random
-    offset.
+    offset. With ``n_frames`` (padded short videos, ``data.short_videos: pad``)
+    such tokenizers train on real frames only: split clips that reach into the
+    padding are dropped (each video keeps at least its first clip) and the
+    random window lies inside the shortest video; a ``variable_length``
+    tokenizer gets ``n_frames`` itself (:func:`harness.clips.length_kwargs`).
     """
 
     def __init__(self, tokenizer: VideoTokenizer) -> None:
         super().__init__()
         self.tokenizer = tokenizer
 
-    def native_clips(self, video: Tensor) -> Tensor:
+    def native_clips(self, video: Tensor, n_frames: Tensor | None = None) -> Tensor:
         clip, frames = self.tokenizer.clip_frames, video.shape[2]
         if not clip or clip == frames:
             return video
         if clip > frames:
             raise ValueError(f"training clips have {frames} frames, fewer than the tokenizer's native clip of {clip} frames")
+        real = frames if n_frames is None else int(n_frames.min())
         if frames % clip == 0:
-            return split_into_clips(video, clip)[0]
-        offset = int(torch.randint(0, frames - clip + 1, ()))
+            clips = split_into_clips(video, clip)[0]
+            if real >= frames:
+                return clips
+            ends = (torch.arange(frames // clip, device=n_frames.device) + 1) * clip
+            keep = (ends[None, :] <= n_frames[:, None]) | (ends[None, :] == clip)  # [B, n]: clips of real frames
+            return clips[keep.flatten().to(clips.device)]
+        offset = int(torch.randint(0, max(real, clip) - clip + 1, ()))
         return video[:, :, offset : offset + clip]
 
-    def forward(self, video: Tensor, step: int, stage0: bool = False) -> dict[str, Tensor]:
+    def forward(self, video: Tensor, step: int, stage0: bool = False, n_frames: Tensor | None = None) -> dict[str, Tensor]:
         if stage0:  # ``video`` holds cached stage-0 features
             return self.tokenizer.stage0_losses(video, step)
-        return self.tokenizer.training_losses(self.native_clips(video), step)
+        if self.tokenizer.variable_length:
+            return self.tokenizer.training_losses(video, step, **length_kwargs(self.tokenizer, n_frames))
+        return self.tokenizer.training_losses(self.native_clips(video, n_frames), step)
 
 
 def stage0_cache(objective: TrainingObjective, clips: TrainClips, count: int, path: Path, accelerator: Accelerator,
@@ -75,9 +87,9 @@ def stage0_cache(objective: TrainingObjective, clips: TrainClips, count: int, pa
         tokenizer = objective.tokenizer
         parts = []
         for first in range(0, count, batch_size):
-            video, _ = clips.batch(list(range(first, min(first + batch_size, count))))
+            video, _, n_frames = clips.batch(list(range(first, min(first + batch_size, count))))
             with seeded(derive_seed(seed, "stage0_cache", first)):
-                parts.append(tokenizer.stage0_features(objective.native_clips(video.to(accelerator.device))).cpu())
+                parts.append(tokenizer.stage0_features(objective.native_clips(video.to(accelerator.device), n_frames)).cpu())
         torch_save_atomic(path, torch.cat(parts))
     accelerator.wait_for_everyone()
     return torch.load(path, map_location="cpu", weights_only=True)
@@ -148,24 +160,26 @@ def train_tokenizer(tokenizer: VideoTokenizer, clips: TrainClips, cfg: TrainConf
 def clip_batches(clips: TrainClips, cfg: TrainConfig, plan: MicroBatches, cached: Tensor | None, seed: int,
                  device: torch.device | str = "cpu") -> BatchFn:
     """The :data:`harness.fit.BatchFn` of tokenizer training: rows of step ``s``'s global batch as
-    ``(video float32 [size, 3, T, H, W] in [-1, 1], s, stage0)``, from the stage-0 cache, from DataLoader
-    workers (``data.num_workers``) or decoded in this process; all three give the same rows. Workers hand
-    over ``uint8`` clips (a quarter of the bytes of float32), converted to ``[-1, 1]`` on ``device``."""
+    ``(video float32 [size, 3, T, H, W] in [-1, 1], s, stage0, n_frames int64 [size] or None)``, from the stage-0
+    cache, from DataLoader workers (``data.num_workers``) or decoded in this process; all three give the same rows.
+    Workers hand over ``uint8`` clips (a quarter of the bytes of float32), converted to ``[-1, 1]`` on ``device``."""
     loader = None
 
     def batch(step: int, offset: int, size: int) -> tuple:
         nonlocal loader
         if cached is not None:
-            return stage0_batch(cached, seed, step, cfg.batch_size, offset, size), step, True
+            return stage0_batch(cached, seed, step, cfg.batch_size, offset, size), step, True, None
         if clips.cfg.num_workers:
             if loader is None:  # created at the first step this session trains (after a resume, too)
                 dataset = TrainClipDataset(clips, length=(cfg.steps + 1) * cfg.batch_size, model_range=False)
                 sampler = _StepSampler(step, cfg.steps, cfg.batch_size, plan.rank, plan.size * plan.accumulation)
                 loader = iter(torch.utils.data.DataLoader(dataset, batch_size=size, sampler=sampler,
                                                           num_workers=clips.cfg.num_workers, persistent_workers=False))
-            return to_model_range(next(loader)[0].to(device)), step, False
+            frames, _, n_frames = next(loader)
+            return to_model_range(frames.to(device)), step, False, n_frames
         first = step * cfg.batch_size + offset
-        return clips.batch(list(range(first, first + size)))[0], step, False
+        videos, _, n_frames = clips.batch(list(range(first, first + size)))
+        return videos, step, False, n_frames
 
     return batch
 

@@ -69,7 +69,7 @@ def test_store_clips_equal_decoded_clips(sample_store, tmp_path):
     assert store_active(dataset.cfg) and len(store.entries) == 3
     decoded, stored = TrainClips(dataset, seed=7), TrainClips(dataset, seed=7, store=store)
     for index in range(6):  # same video and start draws, same bytes
-        (a, label_a), (b, label_b) = decoded.clip(index), stored.clip(index)
+        (a, label_a, n_a), (b, label_b, n_b) = decoded.clip(index), stored.clip(index)
         assert b.dtype == np.uint8 and b.shape == (16, RES, RES, 3)
         assert label_a == label_b and np.array_equal(a, b)
     items, uint8_items = TrainClipDataset(decoded, 6), TrainClipDataset(stored, 6, model_range=False)
@@ -260,9 +260,11 @@ def test_entries_built_in_chunks_equal_one_decode(sample_paths, tmp_path, monkey
 
     bikes = sample_paths[1]  # 640x272
     monkeypatch.setattr(store, "CHUNK_BYTES", 640 * 272 * 3 * 7)
-    record = store._build_entry(str(bikes), str(tmp_path / "bikes.npy"), 30, RES)
-    assert np.array_equal(np.load(tmp_path / "bikes.npy"), decode_frames(bikes, 0, 30, 1, RES))
-    assert record["bytes"] == (tmp_path / "bikes.npy").stat().st_size and record["shape"] == [30, RES, RES, 3]
+    for resize in ("bilinear_antialias", "bicubic_pil"):
+        target = tmp_path / f"bikes_{resize}.npy"
+        record = store._build_entry(str(bikes), str(target), 30, RES, resize)
+        assert np.array_equal(np.load(target), decode_frames(bikes, 0, 30, 1, RES, resize))
+        assert record["bytes"] == target.stat().st_size and record["shape"] == [30, RES, RES, 3]
 
 
 def test_open_store_before_the_build_names_the_store(carphones, tmp_path):

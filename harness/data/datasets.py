@@ -94,6 +94,11 @@ class VideoDataset:
     def check_root(cls, cfg: "DataConfig", source: str) -> None:
         """Raise :class:`DataError` (named path, what to get) when the data cannot be found."""
 
+    def keeps(self, frames: int) -> bool:
+        """Whether a whole video of ``frames`` frames is used: at least one clip long, or any length with
+        ``data.short_videos: pad`` (padded clips with their real frame count)."""
+        return frames >= self.clip_span or (self.cfg.short_videos == "pad" and frames >= 1)
+
     @property
     def clip_span(self) -> int:
         """Frames a clip covers in the source video: ``(frames - 1) * stride + 1``."""
@@ -104,10 +109,12 @@ class VideoDataset:
         return {"dataset": self.cfg.dataset, "fold": None, "split": None}
 
     def fingerprint(self) -> str:
-        """A hash of the evaluation set (files, ranges, clip protocol) for cache keys."""
+        """A hash of the evaluation set (files, ranges, clip protocol, resize and short-video rule when they are not
+        the defaults, so that earlier hashes stay valid) for cache keys."""
+        extra = [self.cfg.resize, self.cfg.short_videos] if (self.cfg.resize, self.cfg.short_videos) != ("bilinear_antialias", "drop") else []
         text = json.dumps([self.cfg.dataset, self.cfg.fold, self.cfg.resolution, self.cfg.frames, self.cfg.frame_stride,
                            self.cfg.eval_clips_per_video, self.cfg.max_eval_videos,
-                           [(r.key, r.start, r.stop) for r in self.eval]])
+                           [(r.key, r.start, r.stop) for r in self.eval], *extra])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -118,6 +125,9 @@ class TimeSplitDataset(VideoDataset):
         return {"dataset": self.cfg.dataset, "fold": None, "split": "held-out tail frames of each video"}
 
     def _split_in_time(self, paths: list[Path], labels: list[int] | None = None) -> None:
+        if self.cfg.short_videos == "pad":
+            raise DataError(f"data.short_videos: pad keeps whole videos shorter than a clip, but dataset "
+                            f"{self.cfg.dataset!r} splits each video in time (evaluation tail, training head); use 'drop'")
         counts = frame_counts(paths, self.cache_dir)
         held_out = self.cfg.eval_clips_per_video * self.clip_span
         too_short = []
@@ -187,7 +197,8 @@ class UCF101(VideoDataset):
 
     Class indices come from ``classInd.txt`` (1-based there, 0-based here) and
     are kept for class-conditional generation. Videos shorter than one clip are
-    dropped and counted (StyleGAN-V's ``discard_short_videos``).
+    dropped and counted (StyleGAN-V's ``discard_short_videos``), or with
+    ``data.short_videos: pad`` kept and padded (CoordTok's ``VideoTimeSplit``).
     """
 
     def __init__(self, cfg: "DataConfig") -> None:
@@ -217,7 +228,7 @@ class UCF101(VideoDataset):
         counts = frame_counts(paths, self.cache_dir)
         records = []
         for name, path in zip(names, paths):
-            if counts[path] < self.clip_span:
+            if not self.keeps(counts[path]):
                 self.dropped.append(f"{path} ({counts[path]} frames)")
                 continue
             label = class_index[name.split("/")[0]]
@@ -257,11 +268,12 @@ def _layout_error(title: str, root: Path, source: str, problem: str, help_text: 
 
 
 def _whole_video_records(dataset: VideoDataset, paths: list[Path], labels: list[int]) -> list[VideoRecord]:
-    """One record per video over all its frames; videos shorter than one clip go to ``dataset.dropped``."""
+    """One record per video over all its frames; videos shorter than one clip go to ``dataset.dropped`` unless
+    ``data.short_videos: pad`` keeps them (:meth:`VideoDataset.keeps`)."""
     counts = frame_counts(paths, dataset.cache_dir)
     records = []
     for path, label in zip(paths, labels):
-        if counts[path] < dataset.clip_span:
+        if not dataset.keeps(counts[path]):
             dataset.dropped.append(f"{path} ({counts[path]} frames)")
             continue
         records.append(VideoRecord(path, label, 0, counts[path]))

@@ -19,9 +19,21 @@ dataset, the clip cache and the training clips accept all three):
   BT.709 limited-range matrix, chroma upsampled by repetition (nearest).
 
 Every frame is then converted to RGB, the shorter side resized to the target
-resolution (bilinear, antialiased) and center-cropped to a square
-(:func:`resize_center_crop`, the one resize of the harness). Decoded data is
-``uint8 [T, H, W, 3]``.
+resolution and center-cropped to a square (:func:`resize_center_crop`, the one
+resize of the harness), by one of two methods (suite key ``data.resize``,
+:data:`RESIZE_METHODS`):
+
+* ``bilinear_antialias`` (default): torch bilinear with antialiasing on the
+  uint8 frames, long side ``round(long * R / short)``, crop offset
+  ``floor((size - R) / 2)``;
+* ``bicubic_pil``: CoordTok's official loader (huiwon-jang/CoordTok 8475272,
+  ``tools/datasets.py`` ``VideoTimeSplit``: ``torchvision.transforms.Resize(R,
+  BICUBIC)`` then ``CenterCrop(R)`` on PIL images), done here with the same
+  torchvision functions on PIL images, so the rules are torchvision's (long side
+  ``int(long * R / short)``, crop offset ``round((size - R) / 2)``, PIL's
+  antialiased bicubic). docs/fidelity.md, data protocol.
+
+Decoded data is ``uint8 [T, H, W, 3]``.
 """
 from __future__ import annotations
 
@@ -199,14 +211,30 @@ def source_stamp(path: str | Path) -> str:
     return f"{path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}"
 
 
-def resize_center_crop(frames: np.ndarray, resolution: int) -> np.ndarray:
-    """Resize the shorter side to ``resolution`` and center-crop a square.
+#: the resize methods of ``data.resize`` (module docstring): name -> what it does, as results record it
+RESIZE_METHODS = {
+    "bilinear_antialias": "shorter side bilinear (torch, antialiased), center crop",
+    "bicubic_pil": "shorter side PIL bicubic + center crop through torchvision (CoordTok tools/datasets.py VideoTimeSplit)",
+}
+
+
+def resize_center_crop(frames: np.ndarray, resolution: int, method: str = "bilinear_antialias") -> np.ndarray:
+    """Resize the shorter side to ``resolution`` and center-crop a square (module docstring, :data:`RESIZE_METHODS`).
 
     Args:
         frames: ``uint8 [T, H, W, 3]``.
+        resolution: the square side in pixels.
+        method: ``"bilinear_antialias"`` or ``"bicubic_pil"``.
     Returns:
         ``uint8 [T, resolution, resolution, 3]``.
+
+    Raises:
+        ValueError: an unknown ``method``.
     """
+    if method == "bicubic_pil":
+        return _resize_crop_pil(frames, resolution)
+    if method != "bilinear_antialias":
+        raise ValueError(f"unknown resize method {method!r}; expected one of {sorted(RESIZE_METHODS)}")
     t, h, w, _ = frames.shape
     scale = resolution / min(h, w)
     new_h, new_w = max(resolution, round(h * scale)), max(resolution, round(w * scale))
@@ -218,8 +246,21 @@ def resize_center_crop(frames: np.ndarray, resolution: int) -> np.ndarray:
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
+def _resize_crop_pil(frames: np.ndarray, resolution: int) -> np.ndarray:
+    """CoordTok's frame transform: ``Resize(resolution, BICUBIC)`` and ``CenterCrop(resolution)`` on PIL images."""
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    out = []
+    for frame in frames:
+        image = TF.resize(Image.fromarray(frame), resolution, interpolation=InterpolationMode.BICUBIC)
+        out.append(np.asarray(TF.center_crop(image, resolution)))
+    return np.stack(out)
+
+
 def decode_frames(path: str | Path, start: int = 0, num_frames: int | None = None, stride: int = 1,
-                  resolution: int | None = None) -> np.ndarray:
+                  resolution: int | None = None, resize: str = "bilinear_antialias") -> np.ndarray:
     """Decode frames ``start, start + stride, ...`` (``num_frames`` of them, or to the end).
 
     Args:
@@ -229,6 +270,7 @@ def decode_frames(path: str | Path, start: int = 0, num_frames: int | None = Non
         stride: keep every ``stride``-th frame.
         resolution: square output size (shorter side resized, center crop);
             ``None`` keeps the decoded size.
+        resize: the resize method (:data:`RESIZE_METHODS`, suite key ``data.resize``).
 
     Returns:
         ``uint8 [T, H, W, 3]`` RGB.
@@ -247,7 +289,7 @@ def decode_frames(path: str | Path, start: int = 0, num_frames: int | None = Non
         if not indices:
             raise VideoDecodeError(f"no decodable frames in video {path}")
         frames = _folder_frames(path, indices) if path.is_dir() else _yuv_frames(path, indices)
-        return resize_center_crop(frames, resolution) if resolution else frames
+        return resize_center_crop(frames, resolution, resize) if resolution else frames
     kept = []
     for index, frame in enumerate(_video_frames(path)):
         if stop is not None and index >= stop:
@@ -259,7 +301,7 @@ def decode_frames(path: str | Path, start: int = 0, num_frames: int | None = Non
     if not kept:
         raise VideoDecodeError(f"no decodable frames in video {path}")
     frames = np.stack(kept)
-    return resize_center_crop(frames, resolution) if resolution else frames
+    return resize_center_crop(frames, resolution, resize) if resolution else frames
 
 
 def to_model_range(clip: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ Decoding and resizing is the cost of the data pipeline (UCF-101's 320x240 ->
 every decoded training range in each process's memory. The store decodes each
 video source of a dataset (training and evaluation records) once, with the
 harness's one decode and resize (:func:`harness.data.decode.decode_frames` with
-``resolution``, i.e. :func:`harness.data.decode.resize_center_crop`), and keeps
+``resolution`` and ``data.resize``, i.e. :func:`harness.data.decode.resize_center_crop`), and keeps
 it on disk; clips are then slices of a ``numpy.load(mmap_mode="r")`` array, so
 a clip read from the store equals the clip decoded on the fly, byte for byte,
 and every process of a node shares one copy of the frames through the page cache.
@@ -16,7 +16,8 @@ Layout (``<cache>`` is :func:`harness.io.cache_root`)::
         manifest.json          {"protocol": {...}, "entries": {"<name>.npy": {...}}}
         <name>.npy             uint8 [T, R, R, 3]: frames 0..T-1 of one video at stride 1
 
-* ``<key>``: sha256 of the resolution and :data:`RESIZE`: one store per
+* ``<key>``: sha256 of the resolution and the resize method
+  (:data:`harness.data.decode.RESIZE_METHODS`): one store per
   frame protocol, shared by every dataset and every subset of one
   (``max_train_videos`` runs reuse the entries a full run decoded, and back);
 * ``<name>``: sha256 of ``<source stamp>|<resolution>``
@@ -67,7 +68,7 @@ import torch
 from tqdm import tqdm
 
 from harness.data.datasets import DataError, VideoDataset, VideoRecord
-from harness.data.decode import VideoDecodeError, decode_frames, source_stamp
+from harness.data.decode import RESIZE_METHODS, VideoDecodeError, decode_frames, source_stamp
 from harness.io import write_atomic, write_json_atomic
 
 if TYPE_CHECKING:
@@ -75,8 +76,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: the resize of every stored frame: :func:`harness.data.decode.resize_center_crop` (part of the store key)
-RESIZE = "resize_center_crop: shorter side bilinear antialiased, center crop"
 #: what ``crc32`` in the manifest is
 CHECKSUM = "zlib.crc32 over the .npy file bytes"
 #: seconds between manifest writes during a build (also written at its end)
@@ -111,8 +110,9 @@ def _file_crc32(path: Path) -> int:
     return crc
 
 
-def _build_entry(source: str, target: str, frames: int, resolution: int) -> dict[str, Any]:
-    """Decode frames ``0..frames-1`` of ``source`` at ``resolution`` into ``target`` (``uint8 [frames, R, R, 3]`` ``.npy``).
+def _build_entry(source: str, target: str, frames: int, resolution: int, resize: str) -> dict[str, Any]:
+    """Decode frames ``0..frames-1`` of ``source`` at ``resolution`` (resize method ``resize``) into ``target``
+    (``uint8 [frames, R, R, 3]`` ``.npy``).
 
     Runs in a pool worker; decodes ``CHUNK_BYTES`` of source frames at a time (the resize works frame by frame,
     so chunks give the same bytes as one call). Returns the entry's manifest record.
@@ -128,7 +128,7 @@ def _build_entry(source: str, target: str, frames: int, resolution: int) -> dict
 
     def write(handle) -> None:
         nonlocal crc
-        chunks = (decode_frames(source, s, min(chunk, frames - s), 1, resolution) for s in range(0, frames, chunk))
+        chunks = (decode_frames(source, s, min(chunk, frames - s), 1, resolution, resize) for s in range(0, frames, chunk))
         for part in chain([header.getvalue()], chunks):  # one chunk in memory at a time
             data = memoryview(part).cast("B")
             crc = zlib.crc32(data, crc)
@@ -150,12 +150,13 @@ class ClipStore:
 
     def __init__(self, dataset: VideoDataset) -> None:
         self.resolution = dataset.cfg.resolution
+        self.resize = dataset.cfg.resize
         self.workers = dataset.cfg.num_workers or os.cpu_count() or 1
         frames: dict[Path, int] = {}
         for record in [*dataset.train, *dataset.eval]:
             frames[record.path] = max(frames.get(record.path, 0), record.stop)
         stamps = {path: source_stamp(path) for path in frames}
-        key = json.dumps([self.resolution, RESIZE])
+        key = json.dumps([self.resolution, RESIZE_METHODS[self.resize]])
         self.root = dataset.cache_dir / "clip_store" / f"r{self.resolution}_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
         #: video path -> (entry file name, frames, source stamp)
         self.entries = {path: (hashlib.sha256(f"{stamps[path]}|{self.resolution}".encode()).hexdigest()[:24] + ".npy",
@@ -168,7 +169,7 @@ class ClipStore:
     def protocol(self) -> dict[str, Any]:
         """How clips were supplied, for results: ``{method, resolution, resize, checksum, store}``."""
         return {"method": "clip store: one memory-mapped uint8 .npy per video, decoded once", "resolution": self.resolution,
-                "resize": RESIZE, "checksum": CHECKSUM, "store": self.root.name}
+                "resize": RESIZE_METHODS[self.resize], "checksum": CHECKSUM, "store": self.root.name}
 
     def _load_manifest(self) -> dict[str, dict[str, Any]]:
         if not self.manifest_path.is_file():
@@ -240,7 +241,7 @@ class ClipStore:
         last_save = time.monotonic()
         pool = ProcessPoolExecutor(max_workers=workers, initializer=torch.set_num_threads, initargs=(1,))  # a core each
         try:
-            futures = {pool.submit(_build_entry, str(path), str(self.root / name), frames, self.resolution): (path, name, stamp)
+            futures = {pool.submit(_build_entry, str(path), str(self.root / name), frames, self.resolution, self.resize): (path, name, stamp)
                        for path, name, frames, stamp in todo}
             for future in tqdm(as_completed(futures), total=len(futures), desc="clip store", unit="video", disable=not progress):
                 path, name, stamp = futures[future]
@@ -273,7 +274,7 @@ class ClipStore:
 
     def frames(self, record: VideoRecord, start: int, num: int, stride: int = 1) -> np.ndarray:
         """Frames ``start, start + stride, ...`` (``num`` of them) of ``record``'s video, like
-        ``decode_frames(record.path, start, num, stride, resolution)``.
+        ``decode_frames(record.path, start, num, stride, resolution, resize)``.
 
         Returns:
             ``uint8 [num, R, R, 3]`` (a copy; the memory map is closed).

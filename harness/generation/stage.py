@@ -114,7 +114,7 @@ def encode_training_set(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg:
     parts, labels, layout, shape = [], [], None, None
     for k, n in enumerate(_batches(cfg.num_train_clips, cfg.encode_batch_size)):
         batch_seed = derive_seed(seed, "encode", k)
-        videos, y = train_clips(n, batch_seed)
+        videos, y = train_clips(n, batch_seed)[:2]
         shape = tuple(videos.shape[2:])
         with seeded(batch_seed):
             groups = encode_video(tokenizer, videos.to(device), num_tokens=cfg.num_tokens)
@@ -249,7 +249,7 @@ def _real_statistics(scorer: Scorer, train_clips: ClipSource, cfg: GenerationCon
     their cached statistics."""
     cache_dir = Path(cfg.real_cache_dir) if cfg.real_cache_dir else Path(run_dir).parent / ".fvd_real_cache"
     sizes = _batches(cfg.num_real, cfg.sample_batch_size)
-    first, _ = train_clips(sizes[0], derive_seed(real_seed, 0))
+    first = train_clips(sizes[0], derive_seed(real_seed, 0))[0]
     digest = hashlib.sha256(first.float().cpu().numpy().tobytes()).hexdigest()
     key = {"num_real": cfg.num_real, "batch": cfg.sample_batch_size, "seed": real_seed, "shape": list(first.shape[1:]),
            "first_batch_sha256": digest, "rule": "train_clips batches, derive_seed(real_seed, k)"}
