@@ -1,4 +1,4 @@
-"""Command line: ``python -m harness {run,list,leaderboard,plot,report,compare,profile}``."""
+"""Command line: ``python -m harness {run,protocol,list,leaderboard,plot,report,compare,profile}``."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +18,15 @@ def _run(args: argparse.Namespace) -> int:
     results = SuiteRunner(suite, show_progress=not args.quiet).run()
     print(f"results: {results}")
     print(f"leaderboard: {results / 'leaderboard.md'}")
+    return 0
+
+
+def _protocol(args: argparse.Namespace) -> int:
+    from harness.config import load_suite
+    from harness.protocol import protocol_card
+
+    suite = load_suite(args.suite, overrides=args.set or [], check_data=False)
+    print(protocol_card(suite, args.suite), end="")
     return 0
 
 
@@ -111,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output-dir", help="results folder (default: results/<suite name>)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_run)
+
+    proto = sub.add_parser("protocol", help="print a suite's protocol card (data, clips, metrics, recipes) without running it")
+    proto.add_argument("suite", help="suite YAML file")
+    proto.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a suite key (repeatable)")
+    proto.set_defaults(func=_protocol)
 
     lst = sub.add_parser("list", help="registered tokenizers, metrics, datasets, generators and model presets")
     lst.add_argument("--params", action="store_true", help="also print parameter counts of the paper configurations")

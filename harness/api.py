@@ -162,6 +162,11 @@ class VideoTokenizer(nn.Module):
         """``training_losses`` from ``stage0_features`` output ``[B, ...]`` (same dict contract)."""
         raise NotImplementedError(f"{type(self).__name__} has no frozen stage 0")
 
+    def fresh_optimizer_at(self, steps: int) -> list[int]:
+        """Steps (of a ``steps``-step schedule) before which training restarts its optimizers, for a tokenizer
+        whose official recipe runs a later stage as a new run (CoordTok's stage 2); default none."""
+        return []
+
     def num_tokens(self, frames: int, height: int, width: int) -> int:
         """Tokens for one video of ``frames x height x width`` pixels.
 

@@ -115,6 +115,9 @@ class TrainConfig(Strict):
     log_every: int = Field(10, ge=1)
     grad_clip: float | None = None
     stage0_cache_clips: int = Field(0, ge=0)
+    #: TF32 matmuls and cuDNN convolutions on CUDA during training (``None``: PyTorch's defaults; CoordTok's official
+    #: training passes ``--allow_tf32``, huiwon-jang/CoordTok 8475272 README); set for the train stage and restored after
+    tf32: bool | None = None
     #: Accelerate tracker for losses and learning rate: TensorBoard event files in the run folder, or wandb
     log_with: Literal["none", "tensorboard", "wandb"] = "none"
 
@@ -339,6 +342,9 @@ class Suite(Strict):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     generation: GenerationConfig | None = None
+    #: plugin stages to run (``harness.stages``): stage reference (entry point name or ``module:Class``) -> its
+    #: settings, validated by the stage's ``Config`` model; the built-in stages always run
+    stages: dict[str, dict[str, Any] | None] = {}
     tokenizers: list[TokenizerEntry]
 
     @model_validator(mode="after")
@@ -525,13 +531,15 @@ def read_suite(path: str | Path, model: type[M], overrides: list[str] = ()) -> M
         raise suite_error(err, raw, model, str(path)) from err
 
 
-def load_suite(path: str | Path, overrides: list[str] = (), only: list[str] | None = None) -> Suite:
+def load_suite(path: str | Path, overrides: list[str] = (), only: list[str] | None = None,
+               check_data: bool = True) -> Suite:
     """Read, override and validate a suite, check its names and data, and resolve tokenizer kwargs.
 
     Args:
         path: the YAML file.
         overrides: ``key=value`` strings (``--set``).
         only: keep only these tokenizer ids (plus the runs they reference).
+        check_data: check that the data folder exists (``False`` for reading a suite's protocol without its data).
 
     Returns:
         the suite, each entry's ``kwargs`` replaced by :func:`tokenizer_kwargs` (data geometry filled in).
@@ -544,7 +552,7 @@ def load_suite(path: str | Path, overrides: list[str] = (), only: list[str] | No
     suite = read_suite(path, Suite, overrides)
     if only:
         suite = _select(suite, only, path)
-    validate_names(suite, str(path))
+    validate_names(suite, str(path), check_data)
     return suite.model_copy(update={"tokenizers": [
         entry.model_copy(update={"kwargs": tokenizer_kwargs(suite, entry)}) for entry in suite.tokenizers]})
 
@@ -681,7 +689,7 @@ def tokenizer_kwargs(suite: Suite, entry: TokenizerEntry, cls: type | None = Non
     return fill_geometry(cls, entry.kwargs, geometry, f"tokenizers[{entry.id}].kwargs", source)
 
 
-def validate_names(suite: Suite, source: str) -> None:
+def validate_names(suite: Suite, source: str, check_data: bool = True) -> None:
     """Check that every tokenizer, kwarg, metric and dataset named by ``suite`` exists and fits together.
 
     Raises:
@@ -716,6 +724,13 @@ def validate_names(suite: Suite, source: str) -> None:
     for name in suite.evaluate.metrics:
         if name not in METRICS:
             raise SuiteError(f"{source}: evaluate.metrics: unknown metric {name!r}; registered: {', '.join(METRICS.names())}")
+    from harness.stages import stage_config_problem
+
+    for reference, settings in suite.stages.items():
+        problem = stage_config_problem(reference, settings)
+        if problem:
+            raise SuiteError(f"{source}: stages.{reference}: {problem}")
     if suite.data.dataset not in DATASETS:
         raise SuiteError(f"{source}: data.dataset: unknown dataset {suite.data.dataset!r}; registered: {', '.join(DATASETS.names())}")
-    DATASETS.get(suite.data.dataset).check_root(suite.data, source)
+    if check_data:
+        DATASETS.get(suite.data.dataset).check_root(suite.data, source)

@@ -72,6 +72,9 @@ class Schedule:
         grad_clip: max global grad norm of the first optimizer's parameters, ``None`` for none.
         checkpoint_every: steps between checkpoints (and always after the last step).
         log_every: steps between tracker records and progress-bar updates.
+        fresh_optimizer_at: steps before which every optimizer restarts (moments and step counts cleared, the
+            fp16 gradient scaler reset), as a training stage that the official code runs as a new run with new
+            optimizers (CoordTok's stage 2: huiwon-jang/CoordTok 8475272 ``train_coordtok.py --is_second_step``).
     """
 
     steps: int
@@ -80,6 +83,7 @@ class Schedule:
     grad_clip: float | None = None
     checkpoint_every: int = 100
     log_every: int = 10
+    fresh_optimizer_at: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, cfg: Any) -> "Schedule":
@@ -226,6 +230,9 @@ def fit(model: nn.Module, objective: nn.Module, optimizers: Sequence[torch.optim
     times: list[float] = []
     losses: dict[str, float] = {}
     for step in range(start, schedule.steps):
+        if step in schedule.fresh_optimizer_at:
+            _restart_optimizers(optimizers, accelerator)
+            log.info("%s: optimizers restart before step %d", label, step)
         began = time.perf_counter()
         sums: dict[str, Tensor] = {}
         for index in range(plan.accumulation):
@@ -274,6 +281,15 @@ def fit(model: nn.Module, objective: nn.Module, optimizers: Sequence[torch.optim
     steady = times[1:] or times
     return FitResult(steps=schedule.steps, resumed_from=start, step_time_s=sum(steady) / len(steady) if steady else None,
                      last_losses=losses, history=history)
+
+
+def _restart_optimizers(optimizers: Sequence[torch.optim.Optimizer], accelerator: Accelerator) -> None:
+    """Clear every optimizer's per-parameter state (Adam's moments and step counts) and reset the fp16 gradient
+    scaler to a fresh one's state, as new optimizers would start (:attr:`Schedule.fresh_optimizer_at`)."""
+    for opt in optimizers:
+        opt.state.clear()
+    if accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(type(accelerator.scaler)().state_dict())
 
 
 def _append(history: dict[str, list[float]], record: dict[str, float]) -> None:

@@ -9,6 +9,7 @@ A suite's results folder::
     results/<suite>/
       suite.json, eval_clips.json, leaderboard.md, report.md, report.html, *.png
       stage_times.csv                  wall time per tokenizer and stage of the last run (train ... report)
+      stage_memory.csv                 peak memory (MiB above the stage's start) per tokenizer and stage
       <tokenizer id>/                  a RunFolder
         config.json                    resolved config and code version
         checkpoint.pt                  model + optimizers + step + RNG states (resumable)
@@ -40,6 +41,7 @@ from typing import Any
 
 SUITE_FILE = "suite.json"
 STAGE_TIMES_FILE = "stage_times.csv"
+STAGE_MEMORY_FILE = "stage_memory.csv"
 EVAL_CLIPS_FILE = "eval_clips.json"
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"

@@ -10,7 +10,7 @@ Three ways to name something:
 * a built-in, registered with the decorator (``@TOKENIZERS.register("grid3d")``);
 * an installed plugin, advertised in a Python entry-point group
   (``harness.tokenizers``, ``harness.metrics``, ``harness.datasets``,
-  ``harness.generators``) and loaded on first lookup;
+  ``harness.generators``, ``harness.stages``) and loaded on first lookup;
 * ``"package.module:ClassName"`` in a suite, imported directly.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ _BUILTIN_MODULES = {
     "metrics": ("metrics",),
     "datasets": ("harness.data.datasets",),
     "generators": ("harness.generation",),
+    "stages": ("harness.stages",),
     "presets": ("video_tokenizers", "harness.generation"),
 }
 
@@ -127,11 +128,14 @@ TOKENIZERS = Registry("tokenizers")
 METRICS = Registry("metrics")
 DATASETS = Registry("datasets")
 GENERATORS = Registry("generators")
+#: stages of a suite run (:mod:`harness.stages`); plugins by entry point group ``harness.stages`` or ``module:Class``
+STAGES = Registry("stages")
 
 register_tokenizer = TOKENIZERS.register
 register_metric = METRICS.register
 register_dataset = DATASETS.register
 register_generator = GENERATORS.register
+register_stage = STAGES.register
 
 
 def create_tokenizer(name: str, **kwargs: Any):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import subprocess
+from pathlib import Path
 from typing import Any
 
 from harness.errors import NonFiniteError
@@ -32,3 +34,19 @@ def check_finite(values: dict[str, Any], where: str) -> None:
     bad = sorted(k for k, v in _numbers(values).items() if not math.isfinite(v))
     if bad:
         raise NonFiniteError(f"{where}: non-finite value(s) of {', '.join(bad)}; nothing was written for it")
+
+
+def fingerprint(payload: Any) -> str:
+    """The first 16 hex digits of the sha256 of ``payload`` as sorted JSON (non-JSON values as ``str``): what
+    configurations and protocols are compared by (``config.json``'s ``train_fingerprint``, evaluation fingerprints)."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def code_version() -> str:
+    """``git describe --always --dirty`` of the harness checkout, or ``unknown`` outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

@@ -16,6 +16,7 @@ step).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -153,7 +154,8 @@ def train_tokenizer(tokenizer: VideoTokenizer, clips: TrainClips, cfg: TrainConf
         cached = stage0_cache(objective, clips, cfg.stage0_cache_clips, checkpoint.with_name(STAGE0_CACHE_FILE),
                               accelerator, plan.size, seed)
     batch = clip_batches(clips, cfg, plan, cached, seed, accelerator.device)
-    return fit(tokenizer, objective, optimizers, batch, Schedule.of(cfg), checkpoint, seed, accelerator, label=label,
+    schedule = replace(Schedule.of(cfg), fresh_optimizer_at=tuple(tokenizer.fresh_optimizer_at(cfg.steps)))
+    return fit(tokenizer, objective, optimizers, batch, schedule, checkpoint, seed, accelerator, label=label,
                show_progress=show_progress, tracker_config={"tokenizer": label, **_scalars(cfg.model_dump())})
 
 

@@ -1,7 +1,7 @@
 """Benchmark of training-step cost: wall time, FLOPs and the ratio to the machine's float32 torch.mm rate per tokenizer.
 
 For every tokenizer of a suite (default ``suites/samples_cpu.yaml``), built
-with the suite's kwargs by :func:`harness.runner.build_tokenizer`, as ``python -m
+with the suite's kwargs by :func:`harness.stages.context.build_tokenizer`, as ``python -m
 harness run`` builds it (a ``run:<id>`` reference becomes that tokenizer, untrained and frozen), it times one
 optimizer step of the harness's training objective
 (:class:`harness.train.TrainingObjective`: forward, backward of ``loss`` plus
@@ -44,7 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from harness.config import load_suite  # noqa: E402
 from harness.profile import matmul_rate_gflops  # noqa: E402
-from harness.runner import build_tokenizer  # noqa: E402
+from harness.stages.context import build_tokenizer  # noqa: E402
 from harness.train import TrainingObjective, split_parameters  # noqa: E402
 
 

@@ -10,7 +10,7 @@ import torch
 from harness.api import Tokens
 from harness.clips import reconstruct_video
 from harness.data.decode import decode_frames, to_model_range
-from harness.runner import _codebook_summary
+from harness.stages.reconstruct import codebook_summary
 from metrics.codebook import CodebookUsage
 from video_tokenizers.frame2d_vq import Frame2dVQ
 from video_tokenizers.grid3d_vq import GRID3D_VQ_PRESETS, Grid3dVQ
@@ -122,7 +122,7 @@ def test_codebook_usage_from_tallies_equals_raw_codes():
         tallied.update(torch.tensor([0, 3, 5]), counts=torch.tensor([1.0, 3.0, 2.0], dtype=torch.float64))
         assert tallied.compute() == raw.compute()
         records = [{"codes": [[0, 3], [1, 1]]}, {"codes": []}, {"codes": [[3, 5], [2, 2]]}]  # reconstruction batches
-        assert _codebook_summary(8, records) == raw.compute()
+        assert codebook_summary(8, records) == raw.compute()
     with pytest.raises(ValueError, match="shape"):
         tallied.update(torch.tensor([0, 3]), counts=torch.tensor([1.0]))
     with pytest.raises(ValueError, match="dict"):

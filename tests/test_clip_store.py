@@ -71,7 +71,7 @@ def test_store_clips_equal_decoded_clips(sample_store, tmp_path):
     for index in range(6):  # same video and start draws, same bytes
         (a, label_a, n_a), (b, label_b, n_b) = decoded.clip(index), stored.clip(index)
         assert b.dtype == np.uint8 and b.shape == (16, RES, RES, 3)
-        assert label_a == label_b and np.array_equal(a, b)
+        assert label_a == label_b and n_a == n_b == 16 and np.array_equal(a, b)
     items, uint8_items = TrainClipDataset(decoded, 6), TrainClipDataset(stored, 6, model_range=False)
     assert uint8_items[4][0].dtype == torch.uint8 and torch.equal(to_model_range(uint8_items[4][0]), items[4][0])
     clips = evaluation_clips(dataset, seed=3)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -136,9 +135,9 @@ def test_geometry_is_filled_from_data_for_constructors_that_take_it(tmp_path):
     assert grid.kwargs == GRID3D["kwargs"]
     assert coord.kwargs == {**COORDTOK["kwargs"], "frames": 8, "resolution": 32}
     assert tokenizer_kwargs(suite, coord) == coord.kwargs  # idempotent: the runner calls it again
-    from harness.runner import SuiteRunner
+    from harness.stages.context import build_tokenizer
 
-    model = SuiteRunner.build_tokenizer(types.SimpleNamespace(suite=suite, _models={}), coord)
+    model = build_tokenizer(suite, coord, {})
     assert (model.frames, model.resolution) == (8, 32)
 
 
@@ -153,13 +152,14 @@ def test_conflicting_geometry_kwarg_is_rejected_and_an_equal_one_accepted(tmp_pa
 
 
 def test_fingerprint_is_the_same_whether_geometry_is_spelled_out_or_not(tmp_path):
-    from harness.runner import SuiteRunner, fingerprint
+    from harness.results import fingerprint
+    from harness.stages.train import train_fingerprint
 
     spelled = {**COORDTOK, "kwargs": {"frames": 16, **COORDTOK["kwargs"], "resolution": 32}}
     prints = []
     for entry in (COORDTOK, spelled):
         suite = load_suite(write_suite(tmp_path, [entry]))
-        payload = SuiteRunner.train_fingerprint(types.SimpleNamespace(suite=suite), suite.tokenizers[0])
+        payload = train_fingerprint(suite, suite.tokenizers[0])
         prints.append(fingerprint(payload))
     assert prints[0] == prints[1]
 

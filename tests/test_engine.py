@@ -263,7 +263,7 @@ def test_declared_unused_parameters_hold_at_first_and_last_steps(case):
     """``unused_parameters = False`` lets DDP skip its per-step search, so it must hold at every step: every
     tokenizer of the demo suite trains every parameter at its first and last step (CoordTok: stages 1 and 2); with a GAN from step 2
     the tokenizer declares ``True`` and the discriminator is indeed idle at step 0, with ``disc_start: 0`` ``False``."""
-    from harness.runner import build_tokenizer
+    from harness.stages.context import build_tokenizer
     from harness.train import TrainingObjective
     from harness.registry import create_tokenizer
 

@@ -271,9 +271,8 @@ def test_stage0_cache_in_a_suite_sweeps_budgets_and_is_reused(tmp_path):
     run_dir = tmp_path / "results" / "vft"
     cache = torch.load(run_dir / "stage0_cache.pt", weights_only=True)
     runner = SuiteRunner(load_suite(path), show_progress=False)
-    runner.trained_tokenizer(runner.suite.tokenizers[0])
-    model = runner.trained_tokenizer(runner.suite.tokenizers[1])
-    videos = runner.train_clips.batch([0, 1, 2, 3]).videos
+    model = runner.context.tokenizer(runner.suite.tokenizers[1])  # loads its run:vae first
+    videos = runner.context.train_clips.batch([0, 1, 2, 3]).videos
     assert cache.shape == (4, 1, 16, 5, 4, 4)  # 4 clips x 1 chunk x VAE latent [16, 5, 32/8, 32/8]
     assert torch.allclose(cache, model.stage0_features(videos), atol=1e-5)
     for k in (1, 8):

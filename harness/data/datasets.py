@@ -80,9 +80,14 @@ def frame_counts(paths: list[Path], cache_dir: Path) -> dict[Path, int]:
 
 
 class VideoDataset:
-    """Base class: ``train`` and ``eval`` lists of :class:`VideoRecord`, ``classes`` names."""
+    """Base class: ``train`` and ``eval`` lists of :class:`VideoRecord`, ``classes`` names.
+
+    ``split_rule`` says, without reading any data, which videos or frames train and which evaluate (the protocol
+    card of ``python -m harness protocol``; ``{fold}`` is filled with ``data.fold``).
+    """
 
     classes: list[str] = ["video"]
+    split_rule: str = "not stated"
 
     def __init__(self, cfg: "DataConfig") -> None:
         self.cfg = cfg
@@ -120,6 +125,8 @@ class VideoDataset:
 
 class TimeSplitDataset(VideoDataset):
     """Videos without split files: evaluation frames are the tail of each video, training the head."""
+
+    split_rule = "every video cut in time: the last eval_clips_per_video x clip frames evaluate, the frames before train"
 
     def protocol(self) -> dict[str, Any]:
         return {"dataset": self.cfg.dataset, "fold": None, "split": "held-out tail frames of each video"}
@@ -214,6 +221,9 @@ class UCF101(VideoDataset):
         self.dropped: list[str] = []
         self.train = self._records(root, train, class_index)
         self.eval = self._records(root, test, class_index)
+
+    split_rule = ("official split files (UCF Center for Research in Computer Vision): training videos of "
+                  "ucfTrainTestlist/trainlist0{fold}.txt, evaluation videos of testlist0{fold}.txt")
 
     def protocol(self) -> dict[str, Any]:
         return {"dataset": self.cfg.dataset, "fold": self.cfg.fold, "split": "official test list"}
@@ -355,6 +365,8 @@ class DAVIS2017(VideoDataset):
         if missing:
             raise DataError(f"{len(missing)} sequence folder(s) listed in {listing} are missing, e.g. {missing[0]}; {DAVIS_HELP}")
         return _whole_video_records(self, paths, [0] * len(paths))
+
+    split_rule = "official DAVIS 2017 lists: evaluation on the val sequences, training on the train sequences"
 
     def protocol(self) -> dict[str, Any]:
         return {"dataset": self.cfg.dataset, "fold": None,

@@ -1,0 +1,129 @@
+"""The protocol card of a suite: what it will measure and how it will train, read before anything runs.
+
+``python -m harness protocol SUITE [--set key=value ...]`` prints it without
+reading any video (the data folder need not exist): the dataset and its split
+rule, the clip geometry and resize, the short-video rule, the evaluation-clip
+list (size and how it is drawn), every metric with its settings (each metric's
+own ``protocol()``), the generation protocol and every tokenizer's training
+recipe with its source. A user compares it with the paper (for the paper
+suite: CoordTok supplementary B.1 and B.2) before spending GPU time; the
+conformance of each choice to the official code is in ``docs/fidelity.md``.
+"""
+from __future__ import annotations
+
+import textwrap
+from typing import Any
+
+from harness.config import Suite, generation_config
+
+#: width of the card's text column (characters)
+WIDTH = 110
+
+
+def _settings(values: dict[str, Any], keys: tuple[str, ...] | None = None) -> str:
+    items = values.items() if keys is None else ((k, values[k]) for k in keys if k in values)
+    return ", ".join(f"{k} {v}" for k, v in items)
+
+
+def data_lines(suite: Suite) -> list[tuple[str, str]]:
+    """``(label, text)`` lines of the data protocol."""
+    from harness.data.decode import RESIZE_METHODS
+    from harness.registry import DATASETS
+
+    data = suite.data
+    dataset = DATASETS.get(data.dataset)
+    lines = [("dataset", f"{data.dataset}" + (f", fold {data.fold}" if data.dataset == "ucf101" else "")
+              + f": {getattr(dataset, 'split_rule', 'not stated').format(fold=data.fold)}"),
+             ("clips", f"{data.frames} frames at stride {data.frame_stride}, {data.resolution}x{data.resolution}; "
+                       f"resize {data.resize}: {RESIZE_METHODS[data.resize]}"),
+             ("short videos", "pad: a clip running past its video's end holds its real frames, padded with the last one; "
+                              "n_frames goes to tokenizers that take it and scores use real frames only"
+              if data.short_videos == "pad" else "drop: videos shorter than one clip are not used")]
+    if data.eval_list:
+        rule = f"the given list {data.eval_list} (lines 'relpath start end'), used as is"
+    elif data.eval_clips:
+        rule = (f"{data.eval_clips} clips drawn from the suite seed: a video uniformly with replacement from the "
+                f"evaluation videos" + (f" (a seeded subset of {data.max_eval_videos})" if data.max_eval_videos else "")
+                + ", then a start uniformly inside it")
+    else:
+        rule = (f"{data.eval_clips_per_video} non-overlapping clip(s) per evaluation video at seeded positions"
+                + (f", {data.max_eval_videos} videos drawn from the seed" if data.max_eval_videos else ""))
+    lines.append(("evaluation clips", rule + "; written to <results>/eval_list.txt"))
+    lines.append(("training clips", "a video uniformly, then a start uniformly inside it: a pure function of "
+                                    "(suite seed, sample index), the same for every tokenizer"))
+    return lines
+
+
+def _metric_text(value: Any) -> str:
+    if isinstance(value, dict):
+        keys = ("title", "clip", "n_rule", "feature", "preprocessing", "covariance", "groups", "source", "weights_sha256")
+        return _settings(value, keys) or _settings(value)
+    return str(value)
+
+
+def metric_lines(suite: Suite) -> list[tuple[str, str]]:
+    """One ``(metric, settings)`` line per metric of ``evaluate.metrics``, from each metric's ``protocol()``."""
+    from harness.registry import METRICS
+
+    lines = []
+    for reference in suite.evaluate.metrics:
+        metric = METRICS.create(reference, **suite.evaluate.metric_kwargs.get(reference, {}))
+        protocol = metric.protocol() or {metric.name: metric.title or metric.name}
+        lines.extend((key, _metric_text(value)) for key, value in protocol.items())
+    return lines
+
+
+def generation_lines(suite: Suite) -> list[tuple[str, str]]:
+    """The generation protocol of each distinct enabled generation setting (usually one for the suite)."""
+    seen: dict[str, list[str]] = {}
+    for entry in suite.tokenizers:
+        cfg = generation_config(suite, entry)
+        if cfg is None or not cfg.enabled:
+            continue
+        values = cfg.model_dump()
+        text = _settings(values, ("generator", "model", "patch", "train_data", "steps", "batch_size", "lr", "betas",
+                                  "weight_decay", "ema", "num_norm_clips", "num_train_clips", "sampler", "sampling_steps",
+                                  "last_step_size", "conditional", "num_samples", "num_real", "fvd_protocols"))
+        seen.setdefault(text, []).append(entry.id)
+    return [(", ".join(ids), text) for text, ids in seen.items()]
+
+
+def tokenizer_lines(suite: Suite) -> list[tuple[str, str]]:
+    """Each tokenizer's family, kwargs, training recipe and its source (the family's ``recipe_source``)."""
+    from harness.registry import TOKENIZERS
+
+    lines = []
+    for entry in suite.tokenizers:
+        cls = TOKENIZERS.get(entry.name)
+        kwargs = ", ".join(f"{k}={v}" for k, v in entry.kwargs.items())
+        if entry.pretrained:
+            recipe = "evaluation only (pretrained weights)"
+        else:
+            train = suite.train_config(entry).model_dump()
+            recipe = "train: " + _settings(train, ("steps", "batch_size", "lr", "betas", "weight_decay", "mixed_precision",
+                                                   "grad_clip"))
+        source = getattr(cls, "recipe_source", "") or "not stated"
+        lines.append((entry.id, f"{entry.name}({kwargs}); {recipe}; source: {source}"))
+    return lines
+
+
+def protocol_card(suite: Suite, source: str = "") -> str:
+    """The suite's protocol card as plain text (see the module docstring)."""
+    sections = [("data", data_lines(suite)), ("evaluation metrics (per clip, then the mean over clips; set metrics "
+                                                 "over all clips)", metric_lines(suite))]
+    generation = generation_lines(suite)
+    if generation:
+        sections.append(("generation (gFVD)", generation))
+    sections.append(("tokenizers", tokenizer_lines(suite)))
+    out = [f"protocol of suite {suite.name}" + (f" ({source})" if source else ""),
+           f"  {suite.description}" if suite.description else "",
+           f"  seed {suite.seed}; deterministic {suite.deterministic}; conformance to the papers' official code: "
+           f"docs/fidelity.md"]
+    for title, lines in sections:
+        out.append(f"\n{title}")
+        label_width = min(28, max(len(label) for label, _ in lines))
+        for label, text in lines:
+            wrapped = textwrap.wrap(text, WIDTH - label_width - 4) or [""]
+            out.append(f"  {label:<{label_width}}  {wrapped[0]}")
+            out.extend(f"  {'':<{label_width}}  {line}" for line in wrapped[1:])
+    return "\n".join(line for line in out if line != "") + "\n"

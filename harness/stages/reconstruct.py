@@ -1,0 +1,175 @@
+"""The ``reconstruct`` stage: every evaluation clip through a tokenizer, batch by batch, into ``recon/``.
+
+Batch ``k`` (the evaluation clips in fixed batches of ``evaluate.batch_size``)
+runs under ``derive_seed(suite seed, id, "reconstruct", budget, k)`` and is
+done when ``recon/batch_<k>.json`` and its clips' ``.npy`` files exist, so a
+killed stage resumes to the same files. Padded short clips pass their real
+frame counts to ``variable_length`` tokenizers (:func:`harness.clips.length_kwargs`).
+Every process reconstructs its share of the batches
+(:func:`harness.shards.my_share`); the main process then writes
+``reconstruct.json``: tokens per video, encode/decode throughput, codebook
+usage, the largest peak memory of the processes and, when asked, the tiling
+check. Non-finite latents or reconstructions stop the stage
+(:class:`harness.errors.NonFiniteError`) naming the tokenizer and clips. The
+stage is skipped when the row's evaluation is current (its reconstructions
+are then not needed) or every batch and ``reconstruct.json`` exist.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from harness.api import VideoTokenizer
+from harness.clips import reconstruct_video, tiling_consistency
+from harness.data.decode import to_model_range, to_uint8
+from harness.data.sampling import Clip
+from harness.errors import NonFiniteError
+from harness.generation.tree import tree_leaves
+from harness.io import save_numpy_atomic, write_json_atomic
+from harness.memory import StageMemory
+from harness.registry import register_stage
+from harness.seeding import derive_seed, seeded
+from harness.shards import gather_lists, my_share
+from harness.stages import Stage, Variant, Work
+from harness.stages.context import RunContext
+
+log = logging.getLogger("harness.runner")
+
+
+@register_stage("reconstruct")
+class ReconstructStage(Stage):
+    """Reconstruct every evaluation clip of one row into ``recon/<clip>.npy`` (``uint8 [T, H, W, 3]``)."""
+
+    name = "reconstruct"
+    scope = "variant"
+    order = 20.0
+    needs_model = True
+
+    def outputs(self, ctx: RunContext, work: Work) -> list[Path]:
+        return [work.variant.files.reconstruct]
+
+    def done(self, ctx: RunContext, work: Work) -> bool:
+        from harness.stages.evaluate import evaluation_current
+
+        if evaluation_current(ctx, work.variant):
+            return True
+        recon_dir = work.variant.files.recon
+        return work.variant.files.reconstruct.is_file() and all(
+            batch_done(recon_dir, k, group) for k, group in enumerate(ctx.eval_batches()))
+
+    @torch.no_grad()
+    def run(self, ctx: RunContext, work: Work) -> None:
+        entry, variant = work.entry, work.variant
+        tokenizer = ctx.tokenizer(entry)
+        recon_dir = variant.files.recon
+        recon_dir.mkdir(parents=True, exist_ok=True)
+        seed = derive_seed(ctx.suite.seed, entry.id, "reconstruct", variant.budget)
+        batches = ctx.eval_batches()
+        todo = [k for k in my_share(len(batches), "reconstruction batches") if not batch_done(recon_dir, k, batches[k])]
+        log.info("reconstruct: %s (%d of %d batches to do)", variant.folder, len(todo), len(batches))
+        with StageMemory(ctx.device) as memory:
+            for k in todo:
+                with seeded(derive_seed(seed, k)):
+                    reconstruct_batch(ctx, work, tokenizer, batches[k], recon_dir / f"batch_{k:05d}.json")
+        peaks = [peak for worked, peak in gather_lists([(bool(todo), memory.peak_mb)]) if worked]
+        if ctx.is_main:
+            summarize(ctx, tokenizer, variant, batches, seed, max(peaks) if peaks else None, memory.kind)
+        ctx.barrier()
+
+
+def reconstruct_batch(ctx: RunContext, work: Work, tokenizer: VideoTokenizer, group: list[Clip], record_path: Path) -> None:
+    """Reconstruct one batch of clips, check it is finite, write its files and then its record."""
+    label = work.label
+    names = [c.clip_id for c in group]
+    codes: list[Tensor] = []
+    infos: dict[str, Any] = {}
+
+    def on_tokens(tokens) -> None:
+        if not all_finite(tokens.latents):
+            raise NonFiniteError(f"{label}: non-finite latents while encoding clip(s) {', '.join(names)}")
+        if tokens.indices is not None:
+            codes.extend(v.detach().flatten().long().cpu() for v in tree_leaves(tokens.indices))
+        infos.update({k: v for k, v in tokens.info.items() if isinstance(v, (int, float, str, bool))})
+
+    timings: dict[str, float] = {}
+    real = to_model_range(np.stack([ctx.clip_cache.load(c) for c in group])).to(ctx.device)
+    recon, tokens_per_video = reconstruct_video(tokenizer, real, num_tokens=work.variant.budget,
+                                                clip_batch=ctx.suite.evaluate.clip_batch, on_tokens=on_tokens, timings=timings,
+                                                n_frames=clip_lengths(group, ctx.device))
+    for clip, video in zip(group, recon):
+        if not torch.isfinite(video).all():
+            raise NonFiniteError(f"{label}: non-finite reconstruction of clip {clip.clip_id} "
+                                 f"({clip.record.path.name}, frame {clip.start})")
+    recon_dir = record_path.parent
+    for clip, video in zip(group, to_uint8(recon)):
+        save_numpy_atomic(recon_dir / f"{clip.clip_id}.npy", video)
+    counts: list[list[int]] = []
+    if codes:
+        values, numbers = torch.cat(codes).unique(return_counts=True)
+        counts = [values.tolist(), numbers.tolist()]
+    write_json_atomic(record_path, {"clips": names, "tokens_per_video": int(tokens_per_video), "codes": counts,
+                                    "encode_s": timings.get("encode_s", 0.0), "decode_s": timings.get("decode_s", 0.0),
+                                    "info": infos})
+
+
+def summarize(ctx: RunContext, tokenizer: VideoTokenizer, variant: Variant, batches: list[list[Clip]], seed: int,
+              peak_memory_mb: float | None, memory_kind: str) -> None:
+    """``reconstruct.json`` from every batch record (main process), and the tiling check when asked."""
+    recon_dir = variant.files.recon
+    data = ctx.suite.data
+    records = [json.loads((recon_dir / f"batch_{k:05d}.json").read_text()) for k in range(len(batches))]
+    summary: dict[str, Any] = {"tokens_per_video": records[0]["tokens_per_video"] if records else
+                               tokenizer.num_tokens(data.frames, data.resolution, data.resolution)}
+    videos = sum(len(r["clips"]) for r in records)
+    encode_s, decode_s = sum(r["encode_s"] for r in records), sum(r["decode_s"] for r in records)
+    summary.update({"videos_timed": videos, "encode_videos_per_s": videos / max(encode_s, 1e-9),
+                    "decode_videos_per_s": videos / max(decode_s, 1e-9)})
+    if peak_memory_mb is not None:
+        summary.update({"peak_memory_mb": peak_memory_mb, "memory_kind": memory_kind})
+    size = tokenizer.codebook_size()
+    if size is not None and any(r["codes"] for r in records):
+        summary.update(codebook_summary(size, records))
+    infos = {key: value for r in records for key, value in r["info"].items()}
+    if infos:
+        summary["token_info"] = infos
+    if ctx.suite.evaluate.tiling_check and tokenizer.supports_tiling and batches:
+        real = to_model_range(np.stack([ctx.clip_cache.load(c) for c in batches[0]])).to(ctx.device)
+        with seeded(derive_seed(seed, "tiling_check")):
+            summary["tiling_consistency"] = tiling_consistency(tokenizer, real, ctx.suite.evaluate.clip_batch)
+        log.info("tiling check %s: %s", variant.folder, summary["tiling_consistency"])
+    write_json_atomic(variant.files.reconstruct, summary)
+
+
+def clip_lengths(clips: list[Clip], device: torch.device) -> Tensor | None:
+    """Real frames of each clip, ``int64 [B]``, or ``None`` when no clip is padded."""
+    if all(c.length is None for c in clips):
+        return None
+    return torch.tensor([c.n_frames for c in clips], dtype=torch.long, device=device)
+
+
+def all_finite(latents: Tensor | dict[str, Tensor] | None) -> bool:
+    if latents is None:
+        return True
+    return all(torch.isfinite(v).all() for v in tree_leaves(latents) if isinstance(v, Tensor) and v.is_floating_point())
+
+
+def batch_done(recon_dir: Path, k: int, group: list[Clip]) -> bool:
+    return (recon_dir / f"batch_{k:05d}.json").is_file() and all((recon_dir / f"{c.clip_id}.npy").is_file() for c in group)
+
+
+def codebook_summary(size: int, records: list[dict[str, Any]]) -> dict[str, float]:
+    """Codebook usage and perplexity from the batch records' ``[codes, counts]`` (:mod:`metrics.codebook`)."""
+    from metrics.codebook import CodebookUsage
+
+    usage = CodebookUsage(size, sync_on_compute=False)
+    for record in records:
+        if record["codes"]:
+            codes, counts = record["codes"]
+            usage.update(torch.tensor(codes), counts=torch.tensor(counts, dtype=torch.float64))
+    return usage.compute()
