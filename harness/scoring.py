@@ -27,6 +27,12 @@ from harness.results import check_finite
 from harness.shards import gather_lists
 
 
+def _valid_frames(n_frames: Tensor | None) -> dict[str, Tensor]:
+    """The ``n_frames`` keyword for a metric's update, none at all without it (metrics written before valid-frame
+    counts existed keep working)."""
+    return {} if n_frames is None else {"n_frames": n_frames}
+
+
 class Scorer:
     """Metrics named in a suite (registered name, entry point or ``module:Class``), scored together.
 
@@ -72,16 +78,21 @@ class Scorer:
         return all([metric.use_real_cache(key, folder) for metric in self._real_cached])
 
     @torch.no_grad()
-    def update(self, real: Tensor, fake: Tensor, rows: list[dict[str, Any]]) -> None:
+    def update(self, real: Tensor, fake: Tensor, rows: list[dict[str, Any]], n_frames: Tensor | None = None) -> None:
         """Score one batch of paired videos ``float [B, 3, T, H, W]`` in ``[-1, 1]``; ``rows`` (one dict per
         video, e.g. clip id and source) receive the per-video values and are appended to :attr:`rows`.
 
+        ``n_frames`` (``int64 [B]``, valid frames per video; ``None``: all ``T``) goes to every metric, which
+        scores each video's valid prefix (:meth:`metrics.base.VideoMetric.update`); :attr:`frame_rows` get the
+        valid frames only.
+
         Raises:
             NonFiniteError: a per-video value is NaN or infinite.
+            ValueError: bad ``n_frames`` (from the metrics).
         """
         frames: dict[str, list[list[float]]] = {}
         for name, metric in self.metrics.items():
-            metric.update(real, fake)
+            metric.update(real, fake, **_valid_frames(n_frames))
             if metric.per_frame:
                 frames[metric.name] = metric.last_frame_values.tolist()
             if metric.per_video:
@@ -93,22 +104,24 @@ class Scorer:
         self.rows.extend(rows)
         if frames:
             key = next(iter(rows[0])) if rows else "video"
+            valid = [real.shape[2]] * len(rows) if n_frames is None else torch.as_tensor(n_frames).tolist()
             for index, row in enumerate(rows):
-                for t in range(real.shape[2]):
+                for t in range(valid[index]):
                     self.frame_rows.append({key: row.get(key, index), "frame": t,
                                             **{name: values[index][t] for name, values in frames.items()}})
 
     @torch.no_grad()
-    def update_real(self, videos: Tensor) -> None:
-        """Feed real videos to the set metrics (unpaired sets: generation); metrics with cached statistics skip them."""
+    def update_real(self, videos: Tensor, n_frames: Tensor | None = None) -> None:
+        """Feed real videos to the set metrics (unpaired sets: generation); metrics with cached statistics skip them.
+        ``n_frames``: valid frames per video (``int64 [B]``; ``None``: all)."""
         for metric in self.metrics.values():
-            metric.update_real(videos)
+            metric.update_real(videos, **_valid_frames(n_frames))
 
     @torch.no_grad()
-    def update_fake(self, videos: Tensor) -> None:
-        """Feed generated videos to the set metrics (unpaired sets: generation)."""
+    def update_fake(self, videos: Tensor, n_frames: Tensor | None = None) -> None:
+        """Feed generated videos to the set metrics (unpaired sets: generation); ``n_frames`` as in :meth:`update_real`."""
         for metric in self.metrics.values():
-            metric.update_fake(videos)
+            metric.update_fake(videos, **_valid_frames(n_frames))
 
     def compute(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """``(summary, protocol)`` over everything fed: each metric's values (``<name>``, ``<name>_n``, ...) and

@@ -1,7 +1,10 @@
 """Per-video analysis features of CoordTok supplementary B.3.
 
 Both are properties of the real (input) video, used to study where a
-tokenizer breaks (quality against dynamics and against frequency).
+tokenizer breaks (quality against dynamics and against frequency). With
+``n_frames`` (valid frames per video) both are computed on each video's
+valid prefix: padded frames and the pair that joins the last real frame to
+padding do not count.
 
 * Dynamics magnitude: for each pair of consecutive frames, the mean over
   pixels of the L2 distance between the two RGB vectors (values in
@@ -72,6 +75,7 @@ class DynamicsMagnitude(VideoMetric):
     higher_is_better = None  # a property of the real video, not a quality
     unit = "log RGB L2"
     digits = 3
+    min_frames = 2
 
     def video_values(self, real: Tensor, fake: Tensor) -> Tensor:
         return dynamics_magnitude(real)

@@ -13,6 +13,16 @@ engine writes the per-video table. Per-frame metrics (PSNR, SSIM, LPIPS: a
 video's value is the mean of its frames' values) set ``per_frame = True``,
 implement ``frame_values`` and expose ``last_frame_values``
 (``float64 [B, T]``), from which the engine writes the per-frame curves.
+
+Valid frames: ``update(real, fake, n_frames)`` takes the number of real frames
+of each video (``int64 [B]``; frames at index ``>= n_frames[b]`` are padding, as
+CoordTok's official loader pads videos shorter than the clip,
+``tools/datasets.py`` ``VideoTimeSplitInference.__getitem__``, and its monitor
+scores ``video[:num_frames]`` only, ``tools/utils_coordtok.py``
+``coordtok_summary``; huiwon-jang/CoordTok 8475272). Every per-video value is then
+the value of the video's valid prefix (:func:`valid_prefix_values`), and
+``last_frame_values`` holds NaN at padded frames. ``n_frames=None`` means every
+frame is valid and computes exactly what it did before the argument existed.
 """
 from __future__ import annotations
 
@@ -62,6 +72,8 @@ class VideoMetric(Metric):
     per_frame: bool = False
     #: the leaderboard table showing the column: ``"quality"`` (the main table) or ``"temporal"`` (temporal fidelity)
     table: str = "quality"
+    #: fewest (valid) frames a video needs; ``update`` raises ``ValueError`` below it (2 for frame-pair metrics)
+    min_frames: int = 1
     full_state_update = False
 
     def __init__(self, **kwargs: Any) -> None:
@@ -98,12 +110,29 @@ class VideoMetric(Metric):
         self.last_frame_values = frames.detach().to(torch.float64).cpu()
         return frames
 
-    def update(self, real: Tensor, fake: Tensor) -> None:
+    def update(self, real: Tensor, fake: Tensor, n_frames: Tensor | None = None) -> None:
+        """Score a batch of paired videos ``float [B, 3, T, H, W]`` in ``[-1, 1]``.
+
+        Args:
+            real, fake: the videos (same shape).
+            n_frames: valid frames per video, integer ``[B]`` in ``[1, T]`` (``None``: all ``T``). Each video is
+                scored on ``[:, :, :n_frames[b]]``; ``last_frame_values`` holds NaN at its padded frames.
+
+        Raises:
+            ValueError: bad shapes, bad ``n_frames``, or a video with fewer valid frames than :attr:`min_frames`.
+        """
         check_video(real, "real")
         check_video(fake, "fake")
         if real.shape != fake.shape:
             raise ValueError(f"{self.name}: real {tuple(real.shape)} and fake {tuple(fake.shape)} differ in shape")
-        values = self.video_values(real, fake).detach().to(torch.float64)
+        lengths = check_n_frames(n_frames, real.shape[0], real.shape[2], self.name)
+        shortest = real.shape[2] if lengths is None or not lengths.numel() else int(lengths.min())
+        if shortest < self.min_frames:
+            raise ValueError(f"{self.name} needs at least {self.min_frames} frames, got {shortest}")
+        if lengths is None or bool((lengths == real.shape[2]).all()):
+            values = self.video_values(real, fake).detach().to(torch.float64)
+        else:
+            values = valid_prefix_values(self, real, fake, lengths)
         self.last_values = values.cpu()
         self.values.append(values)
 
@@ -116,6 +145,61 @@ class VideoMetric(Metric):
     def protocol(self) -> dict[str, Any]:
         """The conventions behind the value, recorded with every result."""
         return {}
+
+    def scored_title(self, generation: bool = False) -> str:
+        """Display title of what this instance scored (reports prefer it to the class's :attr:`title` when a
+        metric records it in its protocol under ``"title"`` / ``"generation_title"``).
+
+        The class title (``generation``: the title of the generated-sample column); metrics whose title names a
+        frame count that depends on the input (whole-clip FVD) override it.
+        """
+        title = self.title or self.name
+        return (self.generation_title or f"g{title}") if generation else title
+
+
+def check_n_frames(n_frames: Tensor | None, batch: int, frames: int, name: str) -> Tensor | None:
+    """Valid-frame counts as ``int64 [B]`` on the CPU, or ``None`` when ``n_frames`` is ``None``.
+
+    Args:
+        n_frames: integer tensor (or sequence of ints) ``[B]``, each in ``[1, T]``.
+        batch, frames: ``B`` and ``T`` of the videos it describes.
+        name: the metric, named in errors.
+
+    Raises:
+        ValueError: not an integer ``[B]`` tensor, or a count outside ``[1, T]``.
+    """
+    if n_frames is None:
+        return None
+    counts = torch.as_tensor(n_frames)
+    if counts.is_floating_point() or counts.is_complex() or counts.dtype == torch.bool or tuple(counts.shape) != (batch,):
+        raise ValueError(f"{name}: n_frames must be an integer tensor [B={batch}] of valid frame counts, "
+                         f"got {counts.dtype} {tuple(counts.shape)}")
+    counts = counts.to(device="cpu", dtype=torch.int64)
+    if counts.numel() and (int(counts.min()) < 1 or int(counts.max()) > frames):
+        raise ValueError(f"{name}: n_frames must lie in [1, T={frames}], got [{int(counts.min())}, {int(counts.max())}]")
+    return counts
+
+
+def valid_prefix_values(metric: VideoMetric, real: Tensor, fake: Tensor, lengths: Tensor) -> Tensor:
+    """Per-video values ``float64 [B]`` of each video's valid prefix ``[:, :, :lengths[b]]``.
+
+    Videos of equal length are scored together by ``metric.video_values`` on the sliced batch, and the values put
+    back in batch order; a per-frame metric's ``last_frame_values`` becomes ``float64 [B, T]`` with NaN at padded
+    frames.
+    """
+    b, t = real.shape[0], real.shape[2]
+    values = torch.empty(b, dtype=torch.float64, device=real.device)
+    frames = torch.full((b, t), float("nan"), dtype=torch.float64) if metric.per_frame else None
+    for length in lengths.unique().tolist():
+        rows = (lengths == length).nonzero().squeeze(1)
+        index = rows.to(real.device)
+        group = metric.video_values(real[index, :, :length], fake[index, :, :length])
+        values[index] = group.detach().to(device=real.device, dtype=torch.float64)
+        if frames is not None:
+            frames[rows, :length] = metric.last_frame_values
+    if frames is not None:
+        metric.last_frame_values = frames
+    return values
 
 
 def to_unit_range(video: Tensor) -> Tensor:

@@ -24,8 +24,20 @@ Protocol (recorded with every result through :meth:`FVD.protocol`):
     paper protocol feeds 128 frames, any ``T >= 9`` works and the frame counts
     seen are recorded).
   - ``fvd_16f_chunks``: every non-overlapping 16-frame chunk of a video is one
-    sample, a trailing partial chunk is dropped (CoordTok ``evals/fvd/fvd.py``,
-    docs/research/eval_anchors.md A.4).
+    sample, a trailing partial chunk is dropped: CoordTok supp. Fig. 10 ("we
+    split each 128-frame video into [8] non-overlapping sub-clips, and then
+    compute the rFVD score on totally 80000 video clips of length 16": 10000
+    videos x 8 chunks; the text's "16 sub-clips" contradicts its own 80000) and
+    CoordTok ``evals/fvd/fvd.py`` ``get_logits(length=16)`` (huiwon-jang/CoordTok
+    8475272; docs/research/eval_anchors.md A.4).
+
+* **Valid frames** (``n_frames``, the number of real frames of each video;
+  the rest is padding): ``fvd_16f`` counts a video only when
+  ``n_frames >= 16``; ``fvd_128f`` only when ``n_frames == T`` (a whole clip
+  holds no padding); ``fvd_16f_chunks`` takes only the chunks lying wholly in
+  the valid frames (CoordTok's monitor slices ``video[:num_frames]`` before
+  ``get_logits``, ``tools/utils_coordtok.py`` ``coordtok_summary``). Videos
+  yielding no sample are counted in the protocol (``skipped_videos``).
 
 * **N**: ``<name>_n`` is the number of fake samples (clips) and
   ``<name>_n_real`` of real samples. FVD is biased upwards at small N; values
@@ -34,7 +46,8 @@ Protocol (recorded with every result through :meth:`FVD.protocol`):
   standard is N = 2048 (StyleGAN-V).
 * **Statistics**: streaming float64 sums of features and of their outer products
   (torchmetrics states reduced with ``sum``, so distributed evaluation is
-  exact and memory does not grow with N). Covariance: **population** (divide by
+  exact and memory does not grow with N: 80000 chunks need the same 1.3 MB
+  per set as 2048 clips; features live only for the batch that made them). Covariance: **population** (divide by
   N), as StyleGAN-V's ``FeatureStats`` (``unbiased`` selectable).
 * **Distance**: ``|mu_r - mu_f|^2 + Tr(S_r + S_f - 2 sqrtm(S_r S_f))`` with
   ``scipy.linalg.sqrtm``; the result is rejected when its imaginary part or its
@@ -65,7 +78,7 @@ from torch import Tensor
 from harness.api import check_video
 from harness.io import torch_save_atomic
 from harness.registry import register_metric
-from metrics.base import MIN_COMPARABLE_N, VideoMetric
+from metrics.base import MIN_COMPARABLE_N, VideoMetric, check_n_frames
 from metrics.i3d import INPUT_SIZE, MIN_FRAMES, i3d_weights_sha256, load_i3d, resolve_i3d_weights
 
 #: feature dimension (Kinetics-400 logits)
@@ -236,9 +249,11 @@ class FVD(VideoMetric):
         max_frames_per_batch: frames per I3D forward pass (memory bound).
         **kwargs: torchmetrics ``Metric`` options (``process_group``, ``sync_on_compute``...).
 
-    Methods ``update(real, fake)`` (reconstruction: both batches), ``update_real(videos)``
-    and ``update_fake(videos)`` (generation: unpaired sets), ``update_features(real=, fake=)``
-    (precomputed ``[N, 400]`` logits), ``compute()``, ``use_real_cache``/``save_real_cache``.
+    Methods ``update(real, fake, n_frames=None)`` (reconstruction: both batches),
+    ``update_real(videos, n_frames=None)`` and ``update_fake(videos, n_frames=None)``
+    (generation: unpaired sets), ``update_features(real=, fake=)`` (precomputed
+    ``[N, 400]`` logits), ``compute()``, ``protocol()``, ``scored_title()``,
+    ``use_real_cache``/``save_real_cache``.
     """
 
     name = "fvd"
@@ -253,6 +268,8 @@ class FVD(VideoMetric):
     clip_rule = ""
     #: frames per clip (None: the whole video)
     clip_frames: int | None = None
+    #: which samples count when ``n_frames`` marks padding
+    valid_frames_rule = ""
     #: what the protocol follows
     source = ""
 
@@ -273,22 +290,45 @@ class FVD(VideoMetric):
             self.add_state(f"{side}_sum", torch.zeros(groups, d, dtype=torch.float64), dist_reduce_fx="sum")
             self.add_state(f"{side}_outer", torch.zeros(groups, d, d, dtype=torch.float64), dist_reduce_fx="sum")
             self.add_state(f"{side}_n", torch.zeros(groups, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"{side}_skipped", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self._cursor = {"real": 0, "fake": 0}
         self._cached_real: dict[str, Tensor] | None = None
         self._real_cache_path: Path | None = None
+        #: frame counts of the clips fed to I3D (this process)
         self.frames_seen: set[int] = set()
         self.last_method: str | None = None
+        self._skipped_computed: dict[str, int] | None = None
 
     # ---- clips -------------------------------------------------------------------------------
 
-    def clips(self, videos: Tensor) -> Tensor:
-        """The protocol's samples of a batch: ``[B', 3, T', H, W]``."""
+    def required_frames(self, frames: int) -> int:
+        """Valid frames a video of ``frames`` frames needs to yield at least one sample of the protocol."""
         raise NotImplementedError
 
-    def _features(self, videos: Tensor) -> Tensor:
+    def clips(self, videos: Tensor, n_frames: Tensor | None = None) -> Tensor:
+        """The protocol's samples of a batch: ``[B', 3, T', H, W]``, video-major.
+
+        Args:
+            videos: ``float [B, 3, T, H, W]``.
+            n_frames: valid frames per video, ``int64 [B]`` (``None``: all ``T``); samples reaching into
+                padding are left out.
+
+        Raises:
+            ValueError: ``T`` too short for the protocol.
+        """
+        raise NotImplementedError
+
+    def _features(self, side: str, videos: Tensor, n_frames: Tensor | None) -> Tensor:
         check_video(videos, self.name)
-        self.frames_seen.add(int(videos.shape[2]))
-        return i3d_logits(self.clips(videos), self.weights, self.max_frames_per_batch)
+        lengths = check_n_frames(n_frames, videos.shape[0], videos.shape[2], self.name)
+        clips = self.clips(videos, lengths)
+        if lengths is not None:
+            skipped = getattr(self, f"{side}_skipped")
+            skipped += float((lengths < self.required_frames(videos.shape[2])).sum())
+        if not clips.shape[0]:
+            return torch.zeros(0, FEATURE_DIM, dtype=torch.float64)
+        self.frames_seen.add(int(clips.shape[2]))
+        return i3d_logits(clips, self.weights, self.max_frames_per_batch)
 
     # ---- accumulation ------------------------------------------------------------------------
 
@@ -315,35 +355,37 @@ class FVD(VideoMetric):
         """True when the real statistics came from the cache (real batches are then ignored)."""
         return self._cached_real is not None
 
-    def update(self, real: Tensor | None = None, fake: Tensor | None = None, *,
+    def update(self, real: Tensor | None = None, fake: Tensor | None = None, n_frames: Tensor | None = None, *,
                real_features: Tensor | None = None, fake_features: Tensor | None = None) -> None:
         """Add batches: ``real`` and/or ``fake`` videos ``float [B, 3, T, H, W]`` in ``[-1, 1]``,
         or precomputed logits ``real_features`` / ``fake_features`` ``[N, 400]``.
 
-        Real inputs are skipped (no I3D pass) once :meth:`use_real_cache` loaded the real statistics.
+        ``n_frames`` (integer ``[B]`` in ``[1, T]``, the valid frames of each video, for ``real`` and ``fake``
+        alike) leaves out the samples that reach into padding (module docstring, "Valid frames"). Real inputs
+        are skipped (no I3D pass) once :meth:`use_real_cache` loaded the real statistics.
 
         Raises:
-            ValueError: bad shapes, too few frames for the protocol, non-finite values.
+            ValueError: bad shapes or ``n_frames``, too few frames for the protocol, non-finite values.
         """
         if real is None and fake is None and real_features is None and fake_features is None:
             raise ValueError(f"{self.name}.update: give real and/or fake videos (or features)")
         if not self.real_is_cached:
             if real is not None:
-                self._accumulate("real", self._features(real))
+                self._accumulate("real", self._features("real", real, n_frames))
             if real_features is not None:
                 self._accumulate("real", real_features)
         if fake is not None:
-            self._accumulate("fake", self._features(fake))
+            self._accumulate("fake", self._features("fake", fake, n_frames))
         if fake_features is not None:
             self._accumulate("fake", fake_features)
 
-    def update_real(self, videos: Tensor) -> None:
-        """Add real videos only (generation: the sets are unpaired)."""
-        self.update(real=videos)
+    def update_real(self, videos: Tensor, n_frames: Tensor | None = None) -> None:
+        """Add real videos only (generation: the sets are unpaired); ``n_frames`` as in :meth:`update`."""
+        self.update(real=videos, n_frames=n_frames)
 
-    def update_fake(self, videos: Tensor) -> None:
-        """Add generated videos only."""
-        self.update(fake=videos)
+    def update_fake(self, videos: Tensor, n_frames: Tensor | None = None) -> None:
+        """Add generated videos only; ``n_frames`` as in :meth:`update`."""
+        self.update(fake=videos, n_frames=n_frames)
 
     def update_features(self, real: Tensor | None = None, fake: Tensor | None = None) -> None:
         """Add precomputed I3D logits ``float [N, 400]`` (from :func:`i3d_logits` of this protocol's clips)."""
@@ -372,6 +414,7 @@ class FVD(VideoMetric):
         mu_r, sigma_r, n_r = self._fit("real", slice(None))
         mu_f, sigma_f, n_f = self._fit("fake", slice(None))
         value, self.last_method = frechet_distance(mu_r, sigma_r, mu_f, sigma_f)
+        self._skipped_computed = self._skipped()  # the states are reduced over processes only inside compute
         out: dict[str, float] = {self.name: value, f"{self.name}_n": n_f, f"{self.name}_n_real": n_r}
         if self.groups > 1:
             per_group = []
@@ -388,12 +431,36 @@ class FVD(VideoMetric):
         """sha256 of the I3D weights file used."""
         return i3d_weights_sha256(self.weights)
 
+    def _skipped(self) -> dict[str, int]:
+        return {"fake": int(self.fake_skipped), "real": int(self.real_skipped)}
+
+    def scored_title(self, generation: bool = False) -> str:
+        """The title naming the frames actually scored: the class title, except for whole-clip protocols
+        (``clip_frames`` None) once clips were seen: ``"rFVD 32f"`` (``"gFVD 32f"`` with ``generation``) for
+        32-frame clips, ``"rFVD 16f/32f"`` when several lengths were scored (this process's clips)."""
+        if self.clip_frames is not None or not self.frames_seen:
+            return super().scored_title(generation)
+        frames = "/".join(str(t) for t in sorted(self.frames_seen))
+        return f"{FVD.generation_title if generation else FVD.title} {frames}f"
+
     def protocol(self) -> dict[str, Any]:
-        """``{name: {protocol, clip, clip_frames, n_rule, feature, preprocessing, covariance, ...}}``."""
+        """``{name: {protocol, clip, clip_frames, title, generation_title, skipped_videos, n_rule, feature,
+        preprocessing, covariance, ...}}``: :meth:`settings` plus what was scored (``skipped_videos``: videos
+        with too few valid frames for a sample, fake and real, over every process once :meth:`compute` ran)."""
+        info = self.settings()
+        info["clip_frames"] = self.clip_frames if self.clip_frames is not None else (sorted(self.frames_seen) or "whole video")
+        info["title"] = self.scored_title()
+        info["generation_title"] = self.scored_title(generation=True)
+        info["skipped_videos"] = self._skipped_computed or self._skipped()
+        return {self.name: info}
+
+    def settings(self) -> dict[str, Any]:
+        """The protocol's fixed settings (what identifies the real-statistics cache): clip rule, valid-frame
+        rule, source, N rule, feature, preprocessing, covariance, statistics, distance, groups, weights sha256."""
         info: dict[str, Any] = {
             "protocol": self.name,
             "clip": self.clip_rule,
-            "clip_frames": self.clip_frames if self.clip_frames is not None else (sorted(self.frames_seen) or "whole video"),
+            "valid_frames": self.valid_frames_rule,
             "source": self.source,
             "n_rule": f"N = samples per set ({self.name}_n fake, {self.name}_n_real real); values with N < {MIN_COMPARABLE_N} are not comparable; standard N = 2048 (StyleGAN-V)",
             "min_comparable_n": MIN_COMPARABLE_N,
@@ -405,14 +472,12 @@ class FVD(VideoMetric):
             "groups": self.groups,
             "weights_sha256": self.weights_sha256,
         }
-        return {self.name: info}
+        return info
 
     # ---- real-statistics cache ---------------------------------------------------------------
 
     def _cache_digest(self, key: dict) -> str:
-        proto = dict(self.protocol()[self.name])
-        proto.pop("clip_frames", None)  # depends on what was seen so far, not on the protocol
-        blob = json.dumps({"key": key, "protocol": proto}, sort_keys=True, default=str)
+        blob = json.dumps({"key": key, "protocol": self.settings()}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def _rank(self) -> int:
@@ -478,6 +543,7 @@ class FVD(VideoMetric):
         super().reset()
         self._cursor = {"real": 0, "fake": 0}
         self.frames_seen = set()
+        self._skipped_computed = None
         if getattr(self, "_cached_real", None) is not None:
             self._apply_cached_real()
 
@@ -491,11 +557,17 @@ class FVD16(FVD):
     generation_title = "gFVD 16f"
     clip_rule = "one clip per video: its first 16 frames"
     clip_frames = CLIP_16
+    valid_frames_rule = "a video counts only with n_frames >= 16 (its first 16 frames all real)"
     source = "StyleGAN-V fvd2048_16f (src/metrics/metric_main.py), first frames as for its fakes"
 
-    def clips(self, videos: Tensor) -> Tensor:
+    def required_frames(self, frames: int) -> int:
+        return CLIP_16
+
+    def clips(self, videos: Tensor, n_frames: Tensor | None = None) -> Tensor:
         if videos.shape[2] < CLIP_16:
             raise ValueError(f"{self.name}: videos need at least {CLIP_16} frames, got T={videos.shape[2]}")
+        if n_frames is not None:
+            videos = videos[(n_frames >= CLIP_16).to(videos.device)]
         return videos[:, :, :CLIP_16]
 
 
@@ -508,11 +580,17 @@ class FVD128(FVD):
     generation_title = "gFVD 128f"
     clip_rule = "the whole video as one clip (128 frames in the paper protocol; any T >= 9 works)"
     clip_frames = None
+    valid_frames_rule = "a video counts only with n_frames == T (no padded frame in the clip)"
     source = "StyleGAN-V fvd2048_128f (src/metrics/metric_main.py); CoordTok supp. B.1 rFVD on whole 128-frame clips"
 
-    def clips(self, videos: Tensor) -> Tensor:
+    def required_frames(self, frames: int) -> int:
+        return frames
+
+    def clips(self, videos: Tensor, n_frames: Tensor | None = None) -> Tensor:
         if videos.shape[2] < MIN_FRAMES:
             raise ValueError(f"{self.name}: videos need at least {MIN_FRAMES} frames for I3D, got T={videos.shape[2]}")
+        if n_frames is not None:
+            videos = videos[(n_frames == videos.shape[2]).to(videos.device)]
         return videos
 
 
@@ -523,14 +601,25 @@ class FVD16Chunks(FVD):
     name = "fvd_16f_chunks"
     title = "rFVD 16f_chunks"
     generation_title = "gFVD 16f_chunks"
-    clip_rule = "every non-overlapping 16-frame chunk of each video (trailing partial chunk dropped)"
+    clip_rule = ("every non-overlapping 16-frame chunk of each video (trailing partial chunk dropped): CoordTok "
+                 "supp. Fig. 10 splits each 128-frame video into 8 non-overlapping 16-frame sub-clips, 80000 clips "
+                 "from 10000 videos")
     clip_frames = CLIP_16
-    source = "CoordTok evals/fvd/fvd.py get_logits(length=16)"
+    valid_frames_rule = "only chunks lying wholly in the valid frames ((k + 1) * 16 <= n_frames for chunk k)"
+    source = ("CoordTok supp. Fig. 10 (16-frame rFVD on the 128-frame evaluation videos); CoordTok evals/fvd/fvd.py "
+              "get_logits(length=16) on video[:num_frames] (tools/utils_coordtok.py coordtok_summary), "
+              "huiwon-jang/CoordTok 8475272")
 
-    def clips(self, videos: Tensor) -> Tensor:
+    def required_frames(self, frames: int) -> int:
+        return CLIP_16
+
+    def clips(self, videos: Tensor, n_frames: Tensor | None = None) -> Tensor:
         b, c, t, h, w = videos.shape
         if t < CLIP_16:
             raise ValueError(f"{self.name}: videos need at least {CLIP_16} frames, got T={t}")
         n = t // CLIP_16
-        chunks = videos[:, :, : n * CLIP_16].reshape(b, c, n, CLIP_16, h, w)
-        return chunks.permute(0, 2, 1, 3, 4, 5).reshape(b * n, c, CLIP_16, h, w)
+        chunks = videos[:, :, : n * CLIP_16].reshape(b, c, n, CLIP_16, h, w).permute(0, 2, 1, 3, 4, 5)
+        if n_frames is None:
+            return chunks.reshape(b * n, c, CLIP_16, h, w)
+        whole = (torch.arange(1, n + 1) * CLIP_16)[None, :] <= n_frames[:, None]  # [B, n]: chunk k ends by n_frames
+        return chunks[whole.to(videos.device)]

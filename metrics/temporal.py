@@ -40,7 +40,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from harness.api import check_video
 from harness.errors import WeightsError
 from harness.registry import register_metric
 from metrics.base import VideoMetric, frames_of, to_unit_range
@@ -259,11 +258,6 @@ def _pairs(video: Tensor) -> tuple[Tensor, Tensor]:
     return frames_of(video[:, :, :-1]), frames_of(video[:, :, 1:])
 
 
-def _check_frames(name: str, video: Tensor) -> None:
-    if video.shape[2] < 2:
-        raise ValueError(f"{name} needs at least 2 frames, got {video.shape[2]}")
-
-
 class _FlowOptions:
     """Flow method and parameters shared by ``tof`` and the warping errors (constructor kwargs)."""
 
@@ -310,7 +304,11 @@ class _FlowOptions:
 
 
 class TemporalMetric(VideoMetric):
-    """Base of the temporal metrics: per video, lower is better, at least 2 frames."""
+    """Base of the temporal metrics: per video, lower is better, at least 2 frames.
+
+    With ``update(real, fake, n_frames)`` each video is scored on its valid prefix: only the frame pairs whose
+    both frames are real frames count (:func:`metrics.base.valid_prefix_values`).
+    """
 
     per_video = True
     higher_is_better = False
@@ -318,11 +316,7 @@ class TemporalMetric(VideoMetric):
     title = "temporal"
     unit = ""
     digits = 4
-
-    def update(self, real: Tensor, fake: Tensor) -> None:
-        check_video(real, "real")
-        _check_frames(self.name, real)
-        super().update(real, fake)
+    min_frames = 2
 
 
 @register_metric("tlp")
@@ -624,6 +618,7 @@ class BoundaryJump(VideoMetric):
     uses_boundaries = True
     per_video = True
     table = "temporal"
+    min_frames = 2
     unit = ""
     digits = 4
 
@@ -633,11 +628,6 @@ class BoundaryJump(VideoMetric):
 
     #: what the value measures, recorded in the protocol with the boundaries
     method = ""
-
-    def update(self, real: Tensor, fake: Tensor) -> None:
-        check_video(real, "real")
-        _check_frames(self.name, real)
-        super().update(real, fake)
 
     def protocol(self) -> dict[str, Any]:
         return {self.name: {"method": self.method, "boundaries": self.boundaries}}

@@ -229,3 +229,26 @@ def _ddp_worker(folder: Path) -> None:
 
 if __name__ == "__main__":
     _ddp_worker(Path(sys.argv[1]))
+
+
+def test_reports_title_a_set_metric_by_the_frames_it_scored():
+    """A leaderboard column takes the title the metric recorded for what it scored (rFVD 32f for whole 32-frame
+    clips), for reconstruction and generation; rows that scored different frame counts show both."""
+    from harness.records import GenerationResult, Protocol, RunRecord
+    from harness.reports.data import ReportData
+
+    def record(row: str, frames: int) -> RunRecord:
+        protocol = {"fvd_128f": {"title": f"rFVD {frames}f", "generation_title": f"gFVD {frames}f"}, "psnr": "per frame"}
+        rec = RunRecord(row=row, tokenizer_id=row, tokenizer="t", metrics={"fvd_128f": 10.0, "fvd_128f_n": 300, "psnr": 30.0},
+                        metric_refs=[{"name": "fvd_128f", "metric": "fvd_128f"}, {"name": "psnr", "metric": "psnr"}],
+                        protocol=Protocol(metrics=protocol))
+        rec.generation = GenerationResult({"gfvd_128f": 50.0, "gfvd_128f_n": 300, "gfvd_protocol": protocol})
+        return rec
+
+    titles = {spec.key: spec.header for spec in ReportData.of([record("a", 32)]).columns}
+    assert titles == {"psnr": "PSNR ↑", "fvd_128f": "rFVD 32f ↓", "gfvd_128f": "gFVD 32f ↓"}
+    mixed = {spec.key: spec.title for spec in ReportData.of([record("a", 32), record("b", 128), record("c", 32)]).columns}
+    assert mixed["fvd_128f"] == "rFVD 32f / rFVD 128f" and mixed["gfvd_128f"] == "gFVD 32f / gFVD 128f"
+    legacy = record("old", 128)
+    legacy.protocol = Protocol(metrics={"fvd_128f": {"clip": "whole video"}})  # written before titles were recorded
+    assert {s.key: s.title for s in ReportData.of([legacy]).columns}["fvd_128f"] == "rFVD 128f"

@@ -8,11 +8,15 @@ Metric columns come from the metric registry (:func:`harness.registry.metric_spe
 a record names its metrics in ``metric_refs`` (value key and registered name,
 entry point or ``module:Class``); older records without it name them by their
 summary keys. Generation results hold ``g<name>`` keys: their metric is ``<name>``.
+A column's title is the one the metric recorded in its protocol for what it
+scored (``"title"``, ``"generation_title"``; e.g. ``rFVD 32f`` for whole-clip FVD
+on 32-frame clips, :meth:`metrics.base.VideoMetric.scored_title`), else the
+class's.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,13 @@ def _spec(reference: str, key: str) -> MetricSpec | None:
         return None
 
 
+def _recorded_title(spec: MetricSpec, protocols: dict[str, Any], field_name: str) -> MetricSpec:
+    """``spec`` titled as its metric's protocol entry records (``protocols[spec.name][field_name]``), if it does."""
+    entry = protocols.get(spec.name)
+    title = entry.get(field_name) if isinstance(entry, dict) else None
+    return replace(spec, title=title) if isinstance(title, str) and title else spec
+
+
 def record_columns(record: RunRecord) -> tuple[list[MetricSpec], list[str]]:
     """``(specs, problems)``: the metric columns of one record in its own order, and metrics whose class was not found."""
     specs, problems = [], []
@@ -51,13 +62,13 @@ def record_columns(record: RunRecord) -> tuple[list[MetricSpec], list[str]]:
                 problems.append(f"metric {key} ({reference}) of {record.row}: class not found, shown without direction")
                 specs.append(MetricSpec(key, key, key, None, "", 4, False, None))
             continue
-        specs.append(spec)
+        specs.append(_recorded_title(spec, record.protocol.metrics, "title"))
     for key, value in (record.generation.values if record.generation else {}).items():
         if not key.startswith("g") or not isinstance(value, (int, float)) or isinstance(value, bool):
             continue
         spec = _spec(key[1:], key[1:])
         if spec is not None and not spec.per_video:
-            specs.append(spec.for_generation())
+            specs.append(_recorded_title(spec.for_generation(), record.generation.protocol, "generation_title"))
     return specs, problems
 
 
@@ -103,7 +114,9 @@ class ReportData:
             for record in self.records:
                 specs, problems = record_columns(record)
                 for spec in specs:
-                    seen.setdefault(spec.key, spec)
+                    known = seen.setdefault(spec.key, spec)
+                    if spec.title not in known.title.split(" / "):  # rows that scored different frame counts
+                        seen[spec.key] = replace(known, title=f"{known.title} / {spec.title}")
                 self.unresolved |= {p.split()[1] for p in problems}
                 self.notes += [p for p in problems if p not in self.notes]
             ordered = list(seen.values())
