@@ -4,9 +4,9 @@
   style: GroupNorm + Swish residual blocks, strided downsampling, nearest
   upsampling) with an optional causal time axis (first frame on its own, as in
   VidTok's causal VAE used by VideoFlexTok).
-* Attention blocks for the transformer tokenizers: self- and cross-attention
-  (PyTorch SDPA), pre-LN blocks, and the adaLN-zero block and final layer of
-  DiT (used by SiT and by VideoFlexTok's flow decoder).
+* Attention blocks for the transformer tokenizers: self-attention (PyTorch
+  SDPA), pre-LN blocks, CoordTok's cross-self block, and the adaLN-zero block
+  and final layer of DiT (used by SiT and by VideoFlexTok's flow decoder).
 * Fixed embeddings: sin-cos positions on 1D/2D/3D grids and the sinusoidal
   timestep embedding.
 """
@@ -176,29 +176,6 @@ class DiagonalGaussian:
         return kl.flatten(1).sum(dim=1).mean()
 
 
-class CrossAttention(nn.Module):
-    """Multi-head cross-attention (queries attend to a context), PyTorch SDPA.
-
-    Args (forward):
-        x: queries ``[B, N, D]``; context: keys/values ``[B, M, D]``;
-        key_mask: optional boolean ``[B, M]``, ``True`` where a key may be attended.
-    """
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: Tensor, context: Tensor, key_mask: Tensor | None = None) -> Tensor:
-        q = rearrange(self.q(x), "b n (h d) -> b h n d", h=self.num_heads)
-        k, v = rearrange(self.kv(context), "b m (two h d) -> two b h m d", two=2, h=self.num_heads)
-        mask = key_mask[:, None, None, :] if key_mask is not None else None
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
-
-
 class SelfAttention(nn.Module):
     """Multi-head self-attention ``[B, N, D] -> [B, N, D]`` (PyTorch SDPA), optionally causal with a KV cache.
 
@@ -275,18 +252,49 @@ class TransformerBlock(nn.Module):
 
 
 class CrossSelfBlock(nn.Module):
-    """Pre-LN cross-attention -> self-attention -> MLP (CoordTok's ``ConditionMaskBlock``)."""
+    """CoordTok's cross-self block, as the official ``ConditionMaskBlock``.
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+    Source: huiwon-jang/CoordTok 8475272, ``models/coordtok/encoder_modules.py``
+    (``ConditionMaskBlock`` built by ``TransformerDecoder`` with ``eps=1e-6``
+    and ``use_attn_bias=False``):
+
+    * ``x + cross_attn(norm1(x), context, context)``: pre-LN on the queries
+      only, the context (video features) enters raw;
+    * ``x + self_attn(norm2(x))``;
+    * ``x + mlp(norm3(x))``: Linear -> exact GELU -> Linear, ratio
+      ``mlp_ratio``, with biases.
+
+    Both attentions are ``nn.MultiheadAttention(bias=False)``: no bias on the
+    input projections *nor* on the output projection, and PyTorch's own
+    initialization (Xavier-uniform over the stacked ``[3D, D]`` input
+    projection, ``nn.Linear``'s default for the output projection). LayerNorms
+    have eps ``norm_eps`` (1e-6).
+
+    Args (forward):
+        x: queries ``[B, N, D]``; context: keys/values ``[B, M, D]``.
+        key_padding_mask: optional ``[B, M]`` for the cross-attention only, in
+            ``nn.MultiheadAttention``'s convention: boolean ``True`` excludes a
+            key; a float mask is *added* to the attention logits (the official
+            code passes its 0/1 padding mask as floats, i.e. ``+1`` on padded keys).
+
+    Returns:
+        ``[B, N, D]``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, norm_eps: float = 1e-6) -> None:
         super().__init__()
-        self.norm_q = nn.LayerNorm(dim, eps=1e-6)
-        self.norm_ctx = nn.LayerNorm(dim, eps=1e-6)
-        self.cross = CrossAttention(dim, num_heads)
-        self.self_block = TransformerBlock(dim, num_heads, mlp_ratio, qkv_bias=False)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.cross_attn = nn.MultiheadAttention(dim, num_heads, bias=False, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.self_attn = nn.MultiheadAttention(dim, num_heads, bias=False, batch_first=True)
+        self.norm3 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: Tensor, context: Tensor, key_mask: Tensor | None = None) -> Tensor:
-        x = x + self.cross(self.norm_q(x), self.norm_ctx(context), key_mask)
-        return self.self_block(x)
+    def forward(self, x: Tensor, context: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        x = x + self.cross_attn(self.norm1(x), context, context, key_padding_mask=key_padding_mask, need_weights=False)[0]
+        h = self.norm2(x)
+        x = x + self.self_attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.norm3(x))
 
 
 class TimestepEmbedder(nn.Module):

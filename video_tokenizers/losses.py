@@ -342,7 +342,8 @@ class LazyLPIPS:
     A plain object (not an ``nn.Module``), so a tokenizer holding it does not
     register the LPIPS weights; it follows the input's device lazily.
     ``__call__(x, y)`` takes frames ``float [N, 3, H, W]`` in ``[-1, 1]`` and
-    returns the mean LPIPS distance (a scalar with gradients to ``x``).
+    returns the mean LPIPS distance (a scalar with gradients to ``x``);
+    :meth:`distances` returns the ``N`` distances.
     """
 
     def __init__(self, net: str = "vgg") -> None:
@@ -353,16 +354,36 @@ class LazyLPIPS:
         if self._net is None:
             from metrics.lpips import load_lpips
 
-            net = load_lpips(net=self.net_name)
+            # building the network draws random initial weights (then overwritten): keep the caller's CPU stream
+            # untouched, so later draws (LPIPS dropout, sampling) do not depend on whether it was loaded before
+            with torch.random.fork_rng(devices=[]):
+                net = load_lpips(net=self.net_name)
             net.eval().requires_grad_(False)
             self._net = net
         if next(self._net.parameters()).device != device:
             self._net = self._net.to(device)
         return self._net
 
-    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+    def distances(self, x: Tensor, y: Tensor, dropout: bool = False) -> Tensor:
+        """LPIPS of each pair of frames ``float [N, 3, H, W]`` in ``[-1, 1]``: ``float32 [N]``, gradients to ``x``.
+
+        ``dropout=True`` runs the dropout (p = 0.5) that the lpips package puts
+        before each linear layer (``use_dropout=True``, as taming's LPIPS) in
+        training mode, as it runs when the loss network is a submodule of a
+        model in training mode (CoordTok's official stage 2: ``Decoder.lpips_loss``
+        under ``model.train()``). The draws come from the global torch
+        generator; the expectation over them is the eval-mode distance. The
+        shared network is back in eval mode when the call returns.
+        """
         net = self._load(x.device)
-        return net(x.float(), y.float()).mean()
+        net.lins.train(dropout)
+        try:
+            return net(x.float(), y.float()).reshape(-1)
+        finally:
+            net.lins.eval()
+
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.distances(x, y).mean()
 
     def __getstate__(self) -> dict[str, Any]:  # deepcopy / pickle (EMA copies) without the weights
         return {"net_name": self.net_name, "_net": None}
