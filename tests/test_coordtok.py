@@ -430,3 +430,31 @@ def test_loss_history_spans_both_stages_through_the_engine_loop(tmp_path):
     assert list(table["step"]) == [1, 2, 3, 4] and table["loss"].notna().all()
     resumed = torch.load(tmp_path / "ckpt.pt", map_location="cpu", weights_only=True)["history"]
     assert all(len(values) == 4 for values in resumed.values())
+
+
+@pytest.mark.parametrize("fresh, adam_steps", [(True, 2), (False, 4)])
+def test_stage2_starts_with_fresh_optimizers_as_a_new_official_run(tmp_path, fresh, adam_steps):
+    """The official stage 2 is a new run with a new AdamW (huiwon-jang/CoordTok 8475272 ``train_coordtok.py
+    --is_second_step``): after 2 + 2 steps Adam has counted 2 steps, or 4 with ``stage2_fresh_optimizer=False``;
+    a run resumed inside stage 2 ends with the same state."""
+    from harness.config import DataConfig, TrainConfig
+    from harness.data.datasets import build_dataset
+    from harness.data.sampling import TrainClips
+    from harness.train import train_tokenizer
+
+    clips = TrainClips(build_dataset(DataConfig(dataset="samples", resolution=32, frames=16, cache_dir=str(tmp_path / "cache"))), seed=0)
+    states = []
+    for steps in ((4,), (3, 4)):  # whole, and killed after step 3 then resumed
+        torch.manual_seed(0)
+        model = CoordTok(size="tiny", frames=16, resolution=32, stage1_steps=2, points_per_video=64, stage2_frames=2,
+                         stage2_fresh_optimizer=fresh)
+        checkpoint = tmp_path / f"ckpt_{len(steps)}.pt"
+        for stop in steps:
+            train_tokenizer(model, clips, TrainConfig(steps=stop, batch_size=2, checkpoint_every=1), checkpoint, seed=0,
+                            show_progress=False)
+        states.append(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    for state in states:
+        counts = {float(s["step"]) for s in state["optimizers"][0]["state"].values()}
+        assert counts == {float(adam_steps)}
+    for name, value in states[0]["model"].items():
+        assert torch.equal(value, states[1]["model"][name]), name

@@ -346,6 +346,10 @@ class CoordTok(VideoTokenizer):
         decoder_pos_index: ``"official"`` (:func:`official_patch_index`) or
             ``"exact"`` positional-table indices; equal at the paper's grids.
         decode_chunk: default coordinates per decoder pass (``None``: all at once, supp. B.1).
+        stage2_fresh_optimizer: start stage 2 with fresh optimizers (Adam moments and step counts cleared, a new
+            fp16 gradient scaler), as the official stage 2 is a new run that loads only the stage-1 weights
+            (huiwon-jang/CoordTok 8475272 ``train_coordtok.py --is_second_step``, ``tools/trainer_coordtok.py``
+            ``train`` builds a new AdamW and GradScaler); ``False`` carries the optimizer state across.
 
     Raises:
         ValueError: for an unknown size, padding or index mode, or geometry that the patch sizes do not divide.
@@ -365,7 +369,8 @@ class CoordTok(VideoTokenizer):
                  decoder_patch_t: int = 1, decoder_patch_xy: int = 8,
                  stage1_steps: int = 1_000_000, points_per_video: int = 1024, stage2_frames: int = 16,
                  lpips_weight: float = 1.0, lpips_dropout: bool = True, padding: str = "masked",
-                 decoder_pos_index: str = "official", decode_chunk: int | None = None) -> None:
+                 decoder_pos_index: str = "official", decode_chunk: int | None = None,
+                 stage2_fresh_optimizer: bool = True) -> None:
         super().__init__()
         if size not in COORDTOK_SIZES:
             raise ValueError(f"unknown CoordTok size {size!r}; expected one of {sorted(COORDTOK_SIZES)}")
@@ -395,6 +400,7 @@ class CoordTok(VideoTokenizer):
         self.decoder_grid = (frames // decoder_patch_t, resolution // decoder_patch_xy, resolution // decoder_patch_xy)
         self.stage1_steps, self.points_per_video, self.stage2_frames = stage1_steps, points_per_video, stage2_frames
         self.lpips_weight, self.lpips_dropout = lpips_weight, lpips_dropout
+        self.stage2_fresh_optimizer = stage2_fresh_optimizer
         self.padding, self.decode_chunk = padding, decode_chunk
         self.perceptual = LazyLPIPS("vgg")  # frozen VGG LPIPS for stage 2, kept out of the state dict
 
@@ -559,6 +565,10 @@ class CoordTok(VideoTokenizer):
         return self.decoder(tokens.latents, coords, self._coord_key_mask(coords, torch.as_tensor(n_frames, device=coords.device)))
 
     # ---- training (supplementary A.1) -------------------------------------------------------
+
+    def fresh_optimizer_at(self, steps: int) -> list[int]:
+        """``[stage1_steps]`` when a ``steps``-step schedule reaches stage 2 and ``stage2_fresh_optimizer`` is on."""
+        return [self.stage1_steps] if self.stage2_fresh_optimizer and 0 < self.stage1_steps < steps else []
 
     def stage(self, step: int) -> int:
         """1 for ``step < stage1_steps`` (l2 on random patches), else 2 (l2 + LPIPS on whole frames)."""
