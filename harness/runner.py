@@ -593,7 +593,8 @@ class SuiteRunner:
         run_generation_stage(tokenizer, train_clips, cfg, self.results / entry.id, self.device,
                              num_classes=len(self.dataset.classes), seed=derive_seed(self.suite.seed, entry.id, "generation"),
                              real_seed=derive_seed(self.suite.seed, "generation", "real"), label=entry.id,
-                             deterministic=self.deterministic, log_with=self.suite.train_config(entry).log_with)
+                             deterministic=self.deterministic, log_with=self.suite.train_config(entry).log_with,
+                             train_videos=self.train_clips)
 
 
 class StageTimes:
