@@ -165,11 +165,20 @@ class GenerationConfig(Strict):
         ema_warmup: timm ``ModelEmaV3`` warmup (decay grows from 0 to ``ema``);
             off in the paper, useful for the few hundred steps of a CPU suite.
         grad_clip: max grad norm, ``None`` for none (the paper does not clip).
-        num_train_clips: training clips encoded once and cached as the
-            generator's training set (one clip per ``train_clips`` draw).
-        num_norm_clips: clips for the per-plane / per-channel mean and std
-            (2048 in supp. A.2; all cached clips when fewer).
-        encode_batch_size: clips per ``train_clips`` call while encoding.
+        train_data: where training batches come from. ``"epochs"`` (default, as CoordTok-SiT:
+            huiwon-jang/CoordTok 8475272 ``train_sit.py``, ``DistributedSampler(shuffle=True)`` over
+            ``VideoTimeSplit``): every epoch visits every training video once in a seeded order, each
+            visit a fresh random window, encoded by the frozen tokenizer at every step. ``"pool"`` (a
+            deviation for small machines): ``num_train_clips`` clips are encoded once and batches drawn
+            from them with replacement (no encoding per step, but a fixed window per clip and not every
+            video seen).
+        num_train_clips: ``pool`` only: training clips encoded once and cached as the generator's
+            training set (one clip per ``train_clips`` draw); unused in ``epochs`` mode.
+        num_norm_clips: clips for the per-plane / per-channel mean and std (2048 in supp. A.2). ``epochs``:
+            ``min(num_norm_clips, N)`` of the ``N`` training videos, evenly spread over the list, one seeded
+            window each; ``pool``: the first ``min(num_norm_clips, num_train_clips)`` cached clips.
+        encode_batch_size: clips per encoder call for the cached clips (``pool``) and the normalization
+            clips (``epochs``).
         num_tokens: token budget passed to ``encode`` (flexible tokenizers; ``None`` = full).
         sampler: ``"sde"`` (Euler-Maruyama, the paper) or ``"ode"`` (torchdiffeq).
         sampling_steps: SDE steps including the last mean step (250), or the
@@ -212,6 +221,7 @@ class GenerationConfig(Strict):
     ema: float = Field(0.9999, ge=0, le=1)
     ema_warmup: bool = False
     grad_clip: Optional[float] = None
+    train_data: Literal["epochs", "pool"] = "epochs"
     num_train_clips: int = Field(2048, ge=1)
     num_norm_clips: int = Field(2048, ge=1)
     encode_batch_size: int = Field(16, ge=1)

@@ -1,19 +1,25 @@
 """Generation stage (issue 7): normalization, SiT transport samplers, AR sampler, token packing, learning."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 
 from harness.clips import encode_video
+from harness.config import DataConfig
+from harness.data.datasets import build_dataset
+from harness.data.sampling import TrainClips
 from harness.generation.ar import ARTransformer, from_sequence, to_sequence
 from harness.generation.config import GenerationConfig
+from harness.generation.data import EpochStream, encode_normalization_set, normalization_videos, video_batches
 from harness.generation.normalize import LatentNormalizer
 from harness.generation.sit import SiT
 from harness.generation.tokens import decode, pack, unpack
-from harness.generation.transport import sample_ode, sample_sde, training_loss
+from harness.generation.transport import interpolate, sample_ode, sample_sde, training_loss
 from harness.registry import GENERATORS, TOKENIZERS, create_tokenizer
+from harness.seeding import derive_seed
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
@@ -157,6 +163,35 @@ def test_cfg_needs_a_null_class_and_changes_the_output():
     torch.testing.assert_close(cond.forward_with_cfg(x, t, y, 1.0), cond(x, t, y))
 
 
+# ----------------------------------------------------------------------------- loss
+
+
+def test_training_loss_is_the_mean_of_the_planes_own_mean_squared_errors():
+    """CoordTok-SiT's velocity loss: (mean_flat(xy) + mean_flat(yt) + mean_flat(xt)) / 3 per sample, so a plane
+    weighs 1/3 whatever its size; pooling every element would weigh the 8x8 plane 256/1280 here."""
+    g = torch.Generator().manual_seed(0)
+    shapes = {"xy": (4, 8, 8), "xt": (4, 16, 8), "yt": (4, 16, 8)}
+    x1 = {k: torch.randn((3, *s), generator=g) * (1 + i) for i, (k, s) in enumerate(shapes.items())}
+    noise = {k: torch.randn(v.shape, generator=g) for k, v in x1.items()}
+    t, y = torch.tensor([0.1, 0.5, 0.9]), torch.zeros(3, dtype=torch.long)
+    scale = {"xy": 0.2, "xt": 1.0, "yt": -0.5}
+
+    def model(x, t, y):  # a fixed "velocity" whose error differs per plane
+        return {k: scale[k] * v + 0.1 for k, v in x.items()}
+
+    loss = training_loss(model, x1, y, t=t, noise=noise)
+    xt, ut = interpolate(x1, noise, t)
+    vt = model(xt, t, y)
+    per_plane = {k: (vt[k] - ut[k]).pow(2).mean(dim=(1, 2, 3)) for k in shapes}
+    torch.testing.assert_close(loss, (per_plane["xy"] + per_plane["yt"] + per_plane["xt"]) / 3, rtol=1e-6, atol=0)
+    pooled = sum((vt[k] - ut[k]).pow(2).flatten(1).sum(1) for k in shapes) / sum(math.prod(s) for s in shapes.values())
+    assert ((loss - pooled).abs() > 1e-2 * loss).all()  # the old pooled loss is not what is computed
+    # one tensor: its plain mean squared error
+    single = training_loss(lambda x, t, y: 0.5 * x, x1["xt"], y, t=t, noise=noise["xt"])
+    a, u = interpolate(x1["xt"], noise["xt"], t)
+    torch.testing.assert_close(single, (0.5 * a - u).pow(2).mean(dim=(1, 2, 3)), rtol=1e-6, atol=0)
+
+
 # ----------------------------------------------------------------------------- autoregressive
 
 
@@ -298,42 +333,160 @@ def test_config_rejects_unknown_keys_and_sizes():
     assert set(GENERATORS.names()) >= {"sit", "ar"}
 
 
+# ----------------------------------------------------------------------------- training data (epochs / pool)
+
+
+@pytest.fixture(scope="module")
+def train_videos(tmp_path_factory) -> TrainClips:
+    """The three real sample videos as training videos (16-frame 32x32 windows; each video is longer than a clip)."""
+    cache = tmp_path_factory.mktemp("train_videos")
+    return TrainClips(build_dataset(DataConfig(dataset="samples", resolution=32, frames=16, cache_dir=str(cache))), seed=0)
+
+
+def test_epoch_stream_visits_every_video_once_per_epoch_with_fresh_windows(train_videos):
+    stream = EpochStream(train_videos, seed=11)
+    n = len(train_videos.records)
+    span = train_videos.dataset.clip_span
+    assert n == 3 and all(r.stop - r.start > span for r in train_videos.records)
+    epochs = [[stream.position(j) for j in range(e * n, (e + 1) * n)] for e in range(2)]
+    for e, visits in enumerate(epochs):
+        assert sorted(v for v, _ in visits) == list(range(n))  # every training video exactly once
+        assert [v for v, _ in visits] == stream.order(e)
+        for video, start in visits:
+            record = train_videos.records[video]
+            assert record.start <= start <= record.stop - span  # a whole clip inside the training range
+    first, second = dict(epochs[0]), dict(epochs[1])
+    assert all(first[v] != second[v] for v in range(n))  # a fresh window per epoch
+    assert not torch.equal(stream.clips(stream.order(0).index(0), 1).videos,
+                           stream.clips(n + stream.order(1).index(0), 1).videos)
+    # a pure function of (seed, position): another stream object reads the same positions in any order
+    again = EpochStream(train_videos, seed=11)
+    assert [again.position(j) for j in reversed(range(2 * n))] == list(reversed(epochs[0] + epochs[1]))
+    assert [EpochStream(train_videos, seed=12).position(j) for j in range(2 * n)] != epochs[0] + epochs[1]
+
+
+def test_normalization_videos_are_spread_over_the_list():
+    chosen = normalization_videos(9537, 2048)  # UCF-101 split 1's training videos, supp. A.2's 2048 clips
+    assert len(chosen) == len(set(chosen)) == 2048 and chosen[0] == 0 and chosen[-1] >= 9537 - 5
+    assert max(b - a for a, b in zip(chosen, chosen[1:])) == math.ceil(9537 / 2048)
+    assert normalization_videos(3, 2048) == [0, 1, 2]
+
+
+def _epoch_batches(tokenizer, videos, cfg, seed=5):
+    continuous = bool(tokenizer.continuous)
+    normalizer = None
+    if continuous:
+        reference = encode_normalization_set(tokenizer, videos, cfg, torch.device("cpu"), False, 1, seed)
+        normalizer = LatentNormalizer.fit([reference["data"]])
+    return video_batches(tokenizer, EpochStream(videos, seed), cfg, normalizer, continuous, False, 1, seed,
+                         torch.device("cpu")), normalizer
+
+
+def _rows(batch) -> list[torch.Tensor]:
+    return [leaf for part in batch for leaf in (part.values() if isinstance(part, dict) else [part])]
+
+
+def test_epoch_batches_encode_the_stream_and_resume_mid_run_identically(train_videos):
+    """A step's batch is the stream's windows encoded by the frozen tokenizer and normalized; a fresh batch
+    function (a resumed run) started at step 3 gives the batches of the run that went through steps 0-2,
+    and micro-batches of one process are the rows of the whole batch."""
+    torch.manual_seed(0)
+    tok = create_tokenizer("coordtok", frames=16, resolution=32, latent_resolution_xy=4, latent_resolution_t=4,
+                           latent_channels=4).eval()
+    cfg = GenerationConfig(batch_size=4, num_norm_clips=2, encode_batch_size=2)
+    batch, normalizer = _epoch_batches(tok, train_videos, cfg)
+    uninterrupted = [batch(step, 0, 4) for step in range(5)]
+    resumed, _ = _epoch_batches(tok, train_videos, cfg)
+    for step in (3, 4):
+        for a, b in zip(_rows(resumed(step, 0, 4)), _rows(uninterrupted[step])):
+            assert torch.equal(a, b)
+    x, y, t, noise = uninterrupted[3]
+    assert set(x) == {"xy", "xt", "yt"} and x["xy"].shape[0] == 4 and torch.equal(y, torch.zeros(4, dtype=torch.long))
+    assert t.shape == (4,) and all(noise[k].shape == x[k].shape for k in x)
+    # the rows are stream positions 12..15 (B = 4 > N = 3: the batch runs from epoch 4 into epoch 5), encoded
+    # with their n_frames and normalized
+    clips = EpochStream(train_videos, 5).clips(3 * 4, 4)
+    planes, _ = pack([tok.encode(clips.videos, n_frames=clips.n_frames)], 4, tok, 16)
+    for k, v in normalizer.normalize(planes).items():
+        assert torch.equal(x[k], v)
+    # two micro-batches (or processes) of 2 rows = the batch of 4: the same times and noise, the same latents
+    # (exact on one thread here; the encoder's float kernels may depend on the batch size elsewhere)
+    halves = [resumed(3, offset, 2) for offset in (0, 2)]
+    assert torch.equal(torch.cat([h[2] for h in halves]), t)
+    for k in x:
+        assert torch.equal(torch.cat([h[3][k] for h in halves]), noise[k])
+        torch.testing.assert_close(torch.cat([h[0][k] for h in halves]), x[k], rtol=1e-6, atol=1e-6)
+
+
+def test_epoch_batches_of_a_discrete_tokenizer_are_index_sequences(train_videos):
+    torch.manual_seed(0)
+    tok = create_tokenizer("grid3d_vq", size="tiny", channels=8, latent_channels=8, codebook_size=64).eval()
+    cfg = GenerationConfig(batch_size=2)
+    batch, normalizer = _epoch_batches(tok, train_videos, cfg)
+    assert normalizer is None
+    x, y = batch(1, 0, 2)
+    clips = EpochStream(train_videos, 5).clips(2, 2)
+    seq, _ = pack(encode_video(tok, clips.videos), 2, tok, 16)
+    assert x.dtype == torch.long and torch.equal(x, seq) and y.shape == (2,)
+
+
+def test_padded_first_clip_does_not_shorten_generated_videos(sample_videos):
+    """The decode template of generated videos has the full length, even when the first encoded clip is padded."""
+    torch.manual_seed(0)
+    tok = create_tokenizer("coordtok", frames=16, resolution=64, latent_resolution_xy=8, latent_resolution_t=8).eval()
+    n_frames = torch.tensor([9, 16, 16])
+    groups = [tok.encode(sample_videos, n_frames=n_frames)]
+    assert groups[0].info["n_frames"].tolist() == [9, 16, 16]
+    _, layout = pack(groups, 3, tok, 16)
+    assert layout.info["n_frames"].tolist() == [16]
+
+
 # ----------------------------------------------------------------------------- the stage, end to end
 
 
-def test_generation_stage_end_to_end_with_resume(sample_videos, tmp_path):
+@pytest.mark.parametrize("train_data", ["epochs", "pool"])
+def test_generation_stage_end_to_end_with_resume(train_data, train_videos, tmp_path):
     """Real clips -> tiny grid3d tokens -> tiny SiT -> samples -> GIFs -> gFVD (real I3D); then stage resume."""
     if "fvd_16f" not in __import__("harness.registry", fromlist=["METRICS"]).METRICS:
         pytest.skip("fvd_16f is not registered")
     from harness.generation.stage import run_generation_stage
 
-    small = torch.nn.functional.interpolate(sample_videos.flatten(1, 2), size=(32, 32), mode="bilinear",
-                                            align_corners=False).view(3, 3, 16, 32, 32)
     calls = []
 
-    def train_clips(n: int, seed: int):
+    def train_clips(n: int, seed: int):  # as the runner draws them
         calls.append((n, seed))
-        idx = torch.randint(3, (n,), generator=torch.Generator().manual_seed(seed))
-        return small[idx], torch.zeros(n, dtype=torch.long)
+        return train_videos.batch([derive_seed(seed, "clip", i) for i in range(n)])
 
     torch.manual_seed(0)
     tok = create_tokenizer("grid3d").eval()
-    cfg = GenerationConfig(enabled=True, steps=2, batch_size=2, num_train_clips=4, encode_batch_size=4,
-                           num_samples=2, num_real=2, sample_batch_size=2, sampling_steps=4, num_gif_samples=1,
-                           checkpoint_every=1, real_cache_dir=str(tmp_path / "cache"))
+    cfg = GenerationConfig(enabled=True, steps=2, batch_size=2, train_data=train_data, num_train_clips=4,
+                           num_norm_clips=2, encode_batch_size=4, num_samples=2, num_real=2, sample_batch_size=2,
+                           sampling_steps=4, num_gif_samples=1, checkpoint_every=1,
+                           real_cache_dir=str(tmp_path / "cache"))
     run = tmp_path / "run"
-    first = run_generation_stage(tok, train_clips, cfg, run, torch.device("cpu"))
+    if train_data == "epochs":
+        with pytest.raises(ValueError, match="train_data"):
+            run_generation_stage(tok, train_clips, cfg, run, torch.device("cpu"))
+    first = run_generation_stage(tok, train_clips, cfg, run, torch.device("cpu"), train_videos=train_videos)
     assert math.isfinite(first["gfvd_16f"]) and first["gfvd_16f_n"] == 2 and first["gfvd_16f_n_real"] == 2
     assert first["gfvd_comparable"] is False and "fvd_16f" in first["gfvd_protocol"]
     gen = first["generator"]
     assert gen["name"] == "sit" and gen["steps"] == 2 and gen["tokens_per_video"] == tok.num_tokens(16, 32, 32)
-    assert gen["params"] > 0 and gen["train_step_time_s"] > 0
+    assert gen["params"] > 0 and gen["train_step_time_s"] > 0 and gen["train_data"] == train_data
+    normalization = json.loads((run / "generation" / "normalization.json").read_text())
+    if train_data == "epochs":  # 2 steps of 2 fresh windows; statistics over 2 of the 3 videos; no clip pool
+        assert gen["train_clips"] == 4 and gen["train_videos"] == 3 and gen["epochs"] == pytest.approx(4 / 3)
+        assert normalization["num_clips"] == 2 and len(calls) == 1  # only the real clips were drawn
+    else:
+        assert gen["train_clips"] == 4 and normalization["num_clips"] == 2 and len(calls) == 2
     assert sorted(p.name for p in (run / "generation" / "samples").iterdir()) == ["sample_000.gif"]
     # stage resume: metrics.json exists -> no work at all
     n_calls = len(calls)
-    assert run_generation_stage(tok, train_clips, cfg, run, torch.device("cpu")) == first and len(calls) == n_calls
+    assert run_generation_stage(tok, train_clips, cfg, run, torch.device("cpu"), train_videos=train_videos) == first
+    assert len(calls) == n_calls
     # training resume: a longer run continues from the checkpoint (tokens and real statistics are cached)
     (run / "generation" / "metrics.json").unlink()
-    longer = run_generation_stage(tok, train_clips, cfg.model_copy(update={"steps": 3}), run, torch.device("cpu"))
+    longer = run_generation_stage(tok, train_clips, cfg.model_copy(update={"steps": 3}), run, torch.device("cpu"),
+                                  train_videos=train_videos)
     assert longer["generator"]["steps"] == 3 and longer["generator"]["initial_loss"] == gen["initial_loss"]
     assert len(calls) == n_calls + 1  # only the first real batch, for the real-statistics cache key

@@ -3,27 +3,40 @@
 Protocol (issue 7; CoordTok supplementary A.2 and B.2; StyleGAN-V):
 
 Every random draw derives from the stage's ``seed`` (and the shared ``real_seed``)
-through :func:`harness.seeding.derive_seed` (module table there).
+through :func:`harness.seeding.derive_seed` (module table there, and the
+data paths in :mod:`harness.generation.data`).
 
-1. **Tokens.** ``cfg.num_train_clips`` training clips are drawn once through
-   ``train_clips`` (in batches of ``cfg.encode_batch_size``, batch ``k`` with
-   seed ``derive_seed(seed, "encode", k)``), encoded with
-   :func:`harness.clips.encode_video` and packed per video
-   (:mod:`harness.generation.tokens`); the result is cached in
-   ``generation/tokens.pt`` and reused by every step and on resume.
-2. **Normalization** (continuous tokens): per plane / channel mean and std of
-   the first ``min(cfg.num_norm_clips, num_train_clips)`` cached clips (2048
-   in the paper), written to ``generation/normalization.json``.
+1. **Tokens** (``cfg.train_data``, :mod:`harness.generation.data`).
+   ``epochs`` (default, CoordTok-SiT's ``train_sit.py``): one seeded window of
+   each of ``min(cfg.num_norm_clips, N)`` training videos, spread evenly over
+   the ``N`` videos, is encoded once (cached in
+   ``generation/normalization_tokens.pt``) for the normalization; the training
+   batches are encoded at every step. ``pool``: ``cfg.num_train_clips``
+   training clips are drawn once through ``train_clips`` (in batches of
+   ``cfg.encode_batch_size``, batch ``k`` with seed ``derive_seed(seed,
+   "encode", k)``), encoded and cached in ``generation/tokens.pt``. Clips are
+   encoded with :func:`harness.clips.encode_video` (``n_frames`` to
+   ``variable_length`` tokenizers) and packed per video
+   (:mod:`harness.generation.tokens`).
+2. **Normalization** (continuous tokens): per plane / channel mean and
+   population std, exact over every normalization clip (``epochs``) or over the
+   first ``min(cfg.num_norm_clips, num_train_clips)`` cached clips (``pool``),
+   written to ``generation/normalization.json``.
 3. **Generator.** SiT (continuous; :mod:`harness.generation.sit`) or the
    autoregressive transformer (discrete; :mod:`harness.generation.ar`),
    trained by the one training loop :func:`harness.fit.fit` on every process
    (DDP): AdamW (lr 1e-4, betas (0.9, 0.999), no weight decay), EMA 0.9999
    (timm ``ModelEmaV3``), ``cfg.steps`` steps of global batch
-   ``cfg.batch_size`` drawn with replacement from the cache (batch indices and
-   noise seeded by ``derive_seed(seed, "step", step)``, so a resumed or
-   multi-process run sees the same draws). Checkpoint
-   ``generation/checkpoint.pt`` (model, EMA, optimizer, step, RNG states,
-   loss history) every ``cfg.checkpoint_every`` steps and at the end
+   ``cfg.batch_size``: ``epochs``, the next ``cfg.batch_size`` positions of
+   the epoch stream (every training video once per epoch, a fresh window each
+   time), decoded, encoded by the frozen tokenizer and normalized in the step;
+   ``pool``, drawn with replacement from the cache. Rows, times and noise are
+   pure functions of the seed, the step and the row (noise from
+   ``derive_seed(seed, "step", step)``), so a resumed or multi-process run
+   sees the same draws. The SiT loss is the mean over planes of each plane's
+   mean squared error (:func:`harness.generation.transport.training_loss`).
+   Checkpoint ``generation/checkpoint.pt`` (model, EMA, optimizer, step, RNG
+   states, loss history) every ``cfg.checkpoint_every`` steps and at the end
    (atomic); ``generation/losses.csv`` holds the loss curve. A non-finite loss
    stops the stage (:class:`harness.errors.NonFiniteError`).
 4. **Sampling** with the EMA weights: SiT through the Euler-Maruyama SDE (250
@@ -37,12 +50,14 @@ through :func:`harness.seeding.derive_seed` (module table there).
 5. **gFVD** (StyleGAN-V): every metric of ``cfg.fvd_protocols`` gets
    ``cfg.num_real`` real training clips (batch ``k`` with seed
    ``derive_seed(real_seed, k)``, the same for every tokenizer; statistics cached under
-   ``cfg.real_cache_dir``) and the ``cfg.num_samples`` generated videos.
+   ``cfg.real_cache_dir``; padded clips with their ``n_frames``) and the
+   ``cfg.num_samples`` generated videos.
    Fewer than 256 samples per set are marked not comparable.
 
-Under several processes the main process encodes the tokens, all train the
-generator, and every process samples a contiguous, disjoint share of the
-sample batches and feeds a share of the real batches (:mod:`harness.shards`;
+Under several processes the main process encodes the cached tokens, all train
+the generator (in ``epochs`` mode each encoding its own rows of every step),
+and every process samples a contiguous, disjoint share of the sample batches
+and feeds a share of the real batches (:mod:`harness.shards`;
 batch ``k`` keeps its seed, so the samples are the same for any number of
 processes); the FVD states are summed over processes and ``shards`` in the
 result records which process sampled which sample indices. The result, with the environment card and the
@@ -58,7 +73,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from accelerate import PartialState
@@ -66,13 +81,15 @@ from timm.utils import ModelEmaV3
 from torch import Tensor, nn
 
 from harness.api import Latents, VideoTokenizer
-from harness.clips import encode_video
+from harness.data.sampling import ClipBatch, TrainClips
 from harness.errors import NonFiniteError
 from harness.generation.config import GenerationConfig
+from harness.generation.data import (ClipSource, EpochStream, batch_sizes, encode_normalization_set,
+                                     encode_training_set, latent_batches, video_batches)
 from harness.generation.normalize import LatentNormalizer
-from harness.generation.tokens import TokenLayout, decode, pack
+from harness.generation.tokens import TokenLayout, decode
 from harness.generation.transport import sample_ode, sample_sde, training_loss
-from harness.generation.tree import batch_size, tree_cat, tree_index, tree_map
+from harness.generation.tree import batch_size, tree_index, tree_map
 from harness.fit import BatchFn, FitResult, LogWith, Schedule, fit, make_accelerator, write_history
 from harness.io import torch_save_atomic, write_gif_atomic, write_json_atomic
 from harness.memory import StageMemory
@@ -85,47 +102,6 @@ from harness.shards import gather_lists, my_share, shard_record, world_size
 from metrics.base import MIN_COMPARABLE_N  # the one "not comparable below N" threshold
 
 log = logging.getLogger("harness.generation")
-
-# ``source(n, seed) -> (videos float32 [n, 3, T, H, W] in [-1, 1], labels int64 [n])``, deterministic in ``seed``
-# (the runner passes a :class:`harness.data.sampling.TrainClips`)
-ClipSource = Callable[[int, int], tuple[Tensor, Tensor]]
-
-
-def _batches(total: int, size: int) -> list[int]:
-    return [min(size, total - s) for s in range(0, total, size)]
-
-
-# --------------------------------------------------------------------------- tokens
-
-
-@torch.no_grad()
-def encode_training_set(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConfig,
-                        device: torch.device, conditional: bool, num_classes: int, seed: int = 0) -> dict[str, Any]:
-    """Encode ``cfg.num_train_clips`` training clips once (batch ``k`` drawn and encoded under
-    ``derive_seed(seed, "encode", k)``); packed per video, on the CPU.
-
-    Returns:
-        ``{"data": latents [N, ...] or int64 [N, L], "labels": int64 [N], "layout": dict,
-        "video_shape": (T, H, W)}``.
-
-    Raises:
-        ValueError: when labels fall outside ``[0, num_classes)`` in conditional mode.
-    """
-    parts, labels, layout, shape = [], [], None, None
-    for k, n in enumerate(_batches(cfg.num_train_clips, cfg.encode_batch_size)):
-        batch_seed = derive_seed(seed, "encode", k)
-        videos, y = train_clips(n, batch_seed)[:2]
-        shape = tuple(videos.shape[2:])
-        with seeded(batch_seed):
-            groups = encode_video(tokenizer, videos.to(device), num_tokens=cfg.num_tokens)
-        packed, layout = pack(groups, videos.shape[0], tokenizer, videos.shape[2])
-        parts.append(tree_map(lambda v: v.detach().cpu(), packed))
-        y = torch.as_tensor(y, dtype=torch.long).cpu()
-        if conditional and (y.min() < 0 or y.max() >= num_classes):
-            raise ValueError(f"class labels must lie in [0, {num_classes}), got [{int(y.min())}, {int(y.max())}]")
-        labels.append(y if conditional else torch.zeros_like(y))
-    return {"data": tree_cat(parts), "labels": torch.cat(labels), "layout": layout.to_dict(), "video_shape": shape}
-
 
 # --------------------------------------------------------------------------- generator
 
@@ -148,9 +124,9 @@ def build_generator(name: str, data: Latents, layout: TokenLayout, cfg: Generati
 class GeneratorObjective(nn.Module):
     """The generator's training loss as ``forward`` (DDP sees one forward per backward).
 
-    ``forward(x, y[, t, noise])`` -> ``{"loss": scalar}``: the rectified-flow velocity MSE of SiT
-    (:func:`harness.generation.transport.training_loss`, with the given times ``float [B]`` and noise
-    ``x0``) for continuous tokens, the next-token cross-entropy of the AR transformer for discrete ones.
+    ``forward(x, y[, t, noise])`` -> ``{"loss": scalar}``: the rectified-flow velocity MSE of SiT, averaged
+    over planes (:func:`harness.generation.transport.training_loss`, with the given times ``float [B]`` and
+    noise ``x0``) for continuous tokens, the next-token cross-entropy of the AR transformer for discrete ones.
     """
 
     def __init__(self, model: nn.Module, continuous: bool) -> None:
@@ -161,32 +137,6 @@ class GeneratorObjective(nn.Module):
         if self.continuous:
             return {"loss": training_loss(self.model, x, y, t=t, noise=noise).mean()}
         return {"loss": self.model.loss(x, y).mean()}
-
-
-def latent_batches(data: Latents, labels: Tensor, continuous: bool, global_batch: int, seed: int,
-                   device: torch.device) -> BatchFn:
-    """The :data:`harness.fit.BatchFn` of generator training: step ``s`` draws ``global_batch`` cached videos with
-    replacement, and (continuous) their times and noise, from ``derive_seed(seed, "step", s)``; a micro-batch takes
-    its rows of that draw, so every split over processes and micro-batches trains on the same batch.
-
-    Returns rows ``(x, y)`` (discrete: ``int64 [size, L]``) or ``(x, y, t float [size], noise like x)``.
-    """
-    n = batch_size(data)
-
-    def batch(step: int, offset: int, size: int) -> tuple:
-        step_seed = derive_seed(seed, "step", step)
-        rows = slice(offset, offset + size)
-        idx = torch.randint(n, (global_batch,), generator=torch.Generator().manual_seed(step_seed))[rows]
-        x, y = tree_map(lambda v: v[idx].to(device), data), labels[idx].to(device)
-        if not continuous:
-            return x, y
-        noise_gen = torch.Generator(device=device).manual_seed(derive_seed(step_seed, "noise"))
-        t = torch.rand(global_batch, generator=noise_gen, device=device)
-        noise = tree_map(lambda v: torch.randn((global_batch, *v.shape[1:]), generator=noise_gen, device=device,
-                                               dtype=v.dtype), data)
-        return x, y, t[rows], tree_map(lambda v: v[rows], noise)
-
-    return batch
 
 
 @torch.no_grad()
@@ -210,24 +160,28 @@ def sample_tokens(model: nn.Module, y: Tensor, cfg: GenerationConfig, example: L
     return sample_ode(velocity, z, steps=cfg.sampling_steps, method=cfg.ode_method, atol=cfg.ode_atol, rtol=cfg.ode_rtol)
 
 
-def train_generator(model: nn.Module, ema: ModelEmaV3, data: Latents, labels: Tensor, continuous: bool,
+def train_generator(model: nn.Module, ema: ModelEmaV3, data: Latents | None, labels: Tensor | None, continuous: bool,
                     cfg: GenerationConfig, checkpoint: Path, metadata: dict[str, Any], seed: int = 0,
-                    label: str = "generator", log_with: LogWith = "none", show_progress: bool = False) -> FitResult:
+                    label: str = "generator", log_with: LogWith = "none", show_progress: bool = False,
+                    batches: BatchFn | None = None) -> FitResult:
     """Train ``model`` (and its ``ema``) for ``cfg.steps`` steps through :func:`harness.fit.fit`, resuming from
     ``checkpoint``; on every process of the run (DDP), like tokenizer training.
 
-    AdamW (``cfg.lr``, ``cfg.betas``, ``cfg.weight_decay``) over the global batch ``cfg.batch_size``
-    (:func:`latent_batches`), the EMA updated after every step; the checkpoint holds the model, the EMA, the
-    optimizer, step, RNG states, loss history and ``metadata`` (normalizer, token layout). Losses and learning
-    rate go to ``log_with`` (tracker files under ``checkpoint``'s folder).
+    AdamW (``cfg.lr``, ``cfg.betas``, ``cfg.weight_decay``) over the global batch ``cfg.batch_size`` of
+    ``batches`` (``epochs`` mode: :func:`harness.generation.data.video_batches`; by default
+    :func:`harness.generation.data.latent_batches` over the cached ``data`` and ``labels``), the EMA updated
+    after every step; the checkpoint holds the model, the EMA, the optimizer, step, RNG states, loss history
+    and ``metadata`` (normalizer, token layout). Losses and learning rate go to ``log_with`` (tracker files
+    under ``checkpoint``'s folder).
 
     Raises:
         NonFiniteError: a non-finite loss (named with ``label`` and the step); the last checkpoint is kept.
     """
     accelerator = make_accelerator(model, "no", log_with, checkpoint.parent)  # CoordTok-SiT trains in fp32 (supp. A.2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    batch = latent_batches(data, labels, continuous, cfg.batch_size, seed, accelerator.device)
-    return fit(model, GeneratorObjective(model, continuous), [optimizer], batch, Schedule.of(cfg), checkpoint, seed,
+    if batches is None:
+        batches = latent_batches(data, labels, continuous, cfg.batch_size, seed, accelerator.device)
+    return fit(model, GeneratorObjective(model, continuous), [optimizer], batches, Schedule.of(cfg), checkpoint, seed,
                accelerator, label=f"{label} generator", extras={"ema": ema}, metadata=metadata,
                after_step=lambda done: ema.update(model, step=done), show_progress=show_progress,
                tracker_config={"generator": label, "model": cfg.model, "steps": cfg.steps, "batch_size": cfg.batch_size,
@@ -248,16 +202,27 @@ def _real_statistics(scorer: Scorer, train_clips: ClipSource, cfg: GenerationCon
     """Feed the ``cfg.num_real`` real clips to the gFVD metrics (this process's share of the batches), or load
     their cached statistics."""
     cache_dir = Path(cfg.real_cache_dir) if cfg.real_cache_dir else Path(run_dir).parent / ".fvd_real_cache"
-    sizes = _batches(cfg.num_real, cfg.sample_batch_size)
-    first = train_clips(sizes[0], derive_seed(real_seed, 0))[0]
-    digest = hashlib.sha256(first.float().cpu().numpy().tobytes()).hexdigest()
-    key = {"num_real": cfg.num_real, "batch": cfg.sample_batch_size, "seed": real_seed, "shape": list(first.shape[1:]),
-           "first_batch_sha256": digest, "rule": "train_clips batches, derive_seed(real_seed, k)"}
+    sizes = batch_sizes(cfg.num_real, cfg.sample_batch_size)
+    first = train_clips(sizes[0], derive_seed(real_seed, 0))
+    digest = hashlib.sha256(first.videos.float().cpu().numpy().tobytes()).hexdigest()
+    key = {"num_real": cfg.num_real, "batch": cfg.sample_batch_size, "seed": real_seed,
+           "shape": list(first.videos.shape[1:]), "first_batch_sha256": digest,
+           "rule": "train_clips batches, derive_seed(real_seed, k)"}
     if scorer.use_real_cache(key, cache_dir):
         log.info("generation: real FVD statistics from the cache %s", cache_dir)
         return
     for k in my_share(len(sizes), "real-clip batches"):
-        scorer.update_real((first if k == 0 else train_clips(sizes[k], derive_seed(real_seed, k))[0]).to(device))
+        _update_real(scorer, first if k == 0 else train_clips(sizes[k], derive_seed(real_seed, k)), device)
+
+
+def _update_real(scorer: Scorer, clips: ClipBatch, device: torch.device) -> None:
+    """Feed real clips; their ``n_frames`` only when some clip is padded (``data.short_videos: pad``), so that
+    the metrics score real frames only and a batch without padding takes the call it always took."""
+    videos = clips.videos.to(device)
+    if bool((clips.n_frames < videos.shape[2]).any()):
+        scorer.update_real(videos, n_frames=clips.n_frames.to(device))
+    else:
+        scorer.update_real(videos)
 
 
 # --------------------------------------------------------------------------- the stage
@@ -265,13 +230,15 @@ def _real_statistics(scorer: Scorer, train_clips: ClipSource, cfg: GenerationCon
 
 def run_generation_stage(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConfig, run_dir: Path,
                          device: torch.device, num_classes: int = 1, seed: int = 0, real_seed: int | None = None,
-                         label: str = "generator", deterministic: bool = False, log_with: LogWith = "none") -> dict:
+                         label: str = "generator", deterministic: bool = False, log_with: LogWith = "none",
+                         train_videos: TrainClips | None = None) -> dict:
     """Train a generator on ``tokenizer``'s tokens, sample videos and score them with gFVD.
 
     Args:
         tokenizer: a trained tokenizer (continuous -> SiT, discrete -> AR).
-        train_clips: ``train_clips(n, seed) -> (videos float32 [n, 3, T, H, W] in [-1, 1], labels int64 [n])``,
-            deterministic in ``seed``.
+        train_clips: ``train_clips(n, seed) -> ClipBatch(videos float32 [n, 3, T, H, W] in [-1, 1],
+            labels int64 [n], n_frames int64 [n])``, deterministic in ``seed``: the real clips of gFVD and
+            (``pool``) the cached training clips.
         cfg: the suite's :class:`GenerationConfig`.
         run_dir: the tokenizer's run folder; everything goes to ``run_dir/generation/``.
         device: where the generator trains and samples.
@@ -282,6 +249,7 @@ def run_generation_stage(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg
         label: the tokenizer's id, named in errors.
         deterministic: recorded in the environment card (the runner switches the algorithms).
         log_with: the tracker of the generator's losses (``train.log_with``; :mod:`harness.fit`).
+        train_videos: the training videos (windows of any start), read in ``cfg.train_data: epochs`` mode.
 
     Every process of a multi-process run calls the stage: the main process encodes the tokens, all train the
     generator (DDP through :func:`harness.fit.fit`) and sample and score a share of the batches, the main
@@ -294,7 +262,8 @@ def run_generation_stage(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg
         final_loss, ...}}``, also written to ``run_dir/generation/metrics.json``.
 
     Raises:
-        ValueError: bad configuration for this tokenizer (e.g. an unknown FVD protocol).
+        ValueError: bad configuration for this tokenizer (e.g. an unknown FVD protocol), or ``epochs`` mode
+            without ``train_videos``.
         NonFiniteError: a non-finite generator loss, generated video or gFVD value.
     """
     metrics_path = RunFolder(Path(run_dir)).generation_metrics
@@ -303,16 +272,20 @@ def run_generation_stage(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg
     threads = torch.get_num_threads()
     if cfg.cpu_threads and torch.device(device).type == "cpu":
         torch.set_num_threads(cfg.cpu_threads)
+    if cfg.train_data == "epochs" and train_videos is None:
+        raise ValueError(f"{label}: generation.train_data 'epochs' reads the training videos, but none were given "
+                         "(train_videos); set generation.train_data: pool to train on cached clips")
     try:
         return _run(tokenizer, train_clips, cfg, Path(run_dir), torch.device(device), num_classes, seed,
-                    derive_seed(seed, "real") if real_seed is None else real_seed, label, deterministic, log_with)
+                    derive_seed(seed, "real") if real_seed is None else real_seed, label, deterministic, log_with,
+                    train_videos)
     finally:
         torch.set_num_threads(threads)
 
 
 def _run(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConfig, run_dir: Path,
          device: torch.device, num_classes: int, seed: int, real_seed: int, label: str, deterministic: bool,
-         log_with: LogWith) -> dict:
+         log_with: LogWith, train_videos: TrainClips | None) -> dict:
     files = RunFolder(run_dir)
     out, metrics_path = files.generation, files.generation_metrics
     state = PartialState()
@@ -328,11 +301,15 @@ def _run(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConf
     was_training = tokenizer.training
     tokenizer.eval()
 
-    # 1. tokens (encoded once, cached)
-    tokens_path = out / "tokens.pt"
+    # 1. tokens encoded once and cached: the training pool (pool) or the normalization clips (epochs)
+    epochs = cfg.train_data == "epochs"
+    tokens_path = out / ("normalization_tokens.pt" if epochs else "tokens.pt")
     if state.is_main_process and not tokens_path.is_file():
         start = time.perf_counter()
-        cache = encode_training_set(tokenizer, train_clips, cfg, device, conditional, num_classes, seed)
+        if epochs:
+            cache = encode_normalization_set(tokenizer, train_videos, cfg, device, conditional, num_classes, seed)
+        else:
+            cache = encode_training_set(tokenizer, train_clips, cfg, device, conditional, num_classes, seed)
         cache["encode_time_s"] = time.perf_counter() - start
         torch_save_atomic(tokens_path, cache)
     state.wait_for_everyone()
@@ -340,14 +317,16 @@ def _run(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConf
     layout = TokenLayout.from_dict(cache["layout"])
     data, labels = cache["data"], cache["labels"]
 
-    # 2. normalization (continuous)
+    # 2. normalization (continuous): exact per plane / channel statistics over every normalization clip
     normalizer = None
     if layout.continuous:
         m = min(cfg.num_norm_clips, batch_size(data))
         normalizer = LatentNormalizer.fit([tree_index(data, slice(0, m))])
         data = normalizer.normalize(data)
         if state.is_main_process:
-            write_json_atomic(out / "normalization.json", {"num_clips": m, **normalizer.summary()})
+            rule = ("one seeded window of each of min(num_norm_clips, N) training videos spread evenly" if epochs
+                    else "the first min(num_norm_clips, num_train_clips) cached clips")
+            write_json_atomic(out / "normalization.json", {"num_clips": m, "clips": rule, **normalizer.summary()})
 
     # 3. generator
     name = cfg.generator if cfg.generator != "auto" else ("sit" if layout.continuous else "ar")
@@ -357,9 +336,11 @@ def _run(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConf
         model = build_generator(name, data, layout, cfg, classes, tokenizer).to(device)
     ema = ModelEmaV3(model, decay=cfg.ema, use_warmup=cfg.ema_warmup)
     metadata = {"normalizer": normalizer.state_dict() if normalizer else None, "layout": cache["layout"]}
+    batches = video_batches(tokenizer, EpochStream(train_videos, seed), cfg, normalizer, layout.continuous,
+                            conditional, num_classes, seed, device) if epochs else None
     with StageMemory(device) as memory:
         train = train_generator(model, ema, data, labels, layout.continuous, cfg, out / "checkpoint.pt", metadata,
-                                seed=seed, label=label, log_with=log_with)
+                                seed=seed, label=label, log_with=log_with, batches=batches)
     if state.is_main_process:
         write_history(files.generation_losses, train.history)
     ema_model = ema.module.eval()
@@ -369,7 +350,7 @@ def _run(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConf
     _real_statistics(scorer, train_clips, cfg, run_dir, device, real_seed)
     samples_dir = out / "samples"
     example = tree_index(data, 0)
-    sizes = _batches(cfg.num_samples, cfg.sample_batch_size)
+    sizes = batch_sizes(cfg.num_samples, cfg.sample_batch_size)
     mine = my_share(len(sizes), "sample batches")
     sample_time, sampled = 0.0, []
     for k in mine:
@@ -431,10 +412,16 @@ def _run(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConf
         "steps": int(train.steps), "batch_size": cfg.batch_size,
         "initial_loss": losses[0] if losses else None,
         "final_loss": float(sum(tail) / len(tail)) if tail else None,
-        "train_clips": int(batch_size(data)), "encode_time_s": cache.get("encode_time_s"),
+        "train_data": cfg.train_data, "encode_time_s": cache.get("encode_time_s"),
         "sample_time_s_per_video": sample_time / max(1, cfg.num_samples),
         "conditional": conditional, "num_classes": classes, "ema": cfg.ema,
     }
+    if epochs:  # every step's clips are fresh windows, encoded in the step (its time includes the encoding)
+        videos = len(train_videos.records)
+        result["generator"].update({"train_clips": int(train.steps) * cfg.batch_size, "train_videos": videos,
+                                    "epochs": int(train.steps) * cfg.batch_size / videos})
+    else:
+        result["generator"]["train_clips"] = int(batch_size(data))
     if shards["world_size"] > 1:
         result["shards"] = shards  # which process sampled which samples (indices)
     check_finite(result, f"{label}: generation metrics")

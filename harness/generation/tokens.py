@@ -18,8 +18,9 @@ tokens of the **whole video** at once (CoordTok supp. B.2 generates the
 
 :class:`TokenLayout` remembers what is needed to invert the packing and to
 build the :class:`Tokens` that ``tokenizer.decode`` takes (the ``info`` of the
-first encoded group; batch-sized tensors in it, such as CoordTok's
-``n_frames``, are broadcast from their first row).
+first encoded group; batch-sized tensors in it are broadcast from their first
+row, except ``n_frames``, CoordTok's real-frame count, which is the full
+length: generated videos have no padding).
 """
 from __future__ import annotations
 
@@ -84,6 +85,16 @@ def _info_template(info: Any, rows: int) -> Any:
     return info
 
 
+def _generated_info(info: Any, frames: int) -> Any:
+    """A decode ``info`` template for generated videos, which have no padding: its ``n_frames`` (the real
+    frames of the first encoded row, which may be a padded short video) becomes the full length ``frames``,
+    as CoordTok-SiT decodes every coordinate of its samples (huiwon-jang/CoordTok 8475272 ``sample_sit.py``
+    ``decode_video``)."""
+    if isinstance(info, Mapping) and "n_frames" in info:
+        return {**info, "n_frames": torch.full((1,), frames, dtype=torch.long)}
+    return info
+
+
 def _info_expand(info: Any, rows: int, device: torch.device) -> Any:
     if isinstance(info, Tensor):
         return info.to(device).expand(rows, *info.shape[1:]) if info.ndim and info.shape[0] == 1 else info.to(device)
@@ -111,7 +122,8 @@ def pack(groups: list[Tokens], batch: int, tokenizer: VideoTokenizer, frames: in
     clip = tokenizer.clip_frames if n > 1 or (tokenizer.clip_frames and tokenizer.clip_frames != frames) else None
     pad = (-frames) % clip if clip else 0
     layout = TokenLayout(continuous=bool(tokenizer.continuous), clips=n, clip_frames=clip, pad=pad, frames=frames,
-                         clip_tokens=int(groups[0].num_tokens), info=_info_template(groups[0].info, groups[0].batch_size))
+                         clip_tokens=int(groups[0].num_tokens),
+                         info=_generated_info(_info_template(groups[0].info, groups[0].batch_size), clip or frames))
     if tokenizer.continuous:
         first = groups[0].latents
         if isinstance(first, dict):

@@ -7,7 +7,9 @@ used by CoordTok-SiT (CoordTok supplementary A.2):
 * linear path ``x_t = alpha_t x1 + sigma_t x0`` with ``alpha_t = t``,
   ``sigma_t = 1 - t``; the model predicts the velocity ``u = x1 - x0``;
   training draws ``t ~ U[0, 1]`` (SiT's ``train_eps = 0`` for the linear
-  path with velocity prediction) and minimizes the mean squared error;
+  path with velocity prediction) and minimizes the mean squared error, for
+  triplanes the mean of the three planes' own mean squared errors
+  (CoordTok-SiT's ``training_losses``);
 * score from velocity: ``s = (t v - x) / (1 - t)`` (SiT ``get_score_from_velocity``);
 * Euler-Maruyama SDE ``dx = [v + w_t s] dt + sqrt(2 w_t) dW`` with diffusion
   ``w_t = sigma_t = 1 - t`` (SiT ``diffusion_form="sigma"``, CoordTok supp. A.2),
@@ -46,7 +48,7 @@ def interpolate(x1: Latents, x0: Latents, t: Tensor) -> tuple[Latents, Latents]:
 
 def training_loss(model: Callable[..., Latents], x1: Latents, y: Tensor, generator: torch.Generator | None = None,
                   t: Tensor | None = None, noise: Latents | None = None) -> Tensor:
-    """Per-sample velocity-matching loss ``float [B]`` (SiT ``training_losses``).
+    """Per-sample velocity-matching loss ``float [B]`` (SiT ``training_losses``, as CoordTok-SiT computes it).
 
     Args:
         model: ``model(x_t, t, y) -> velocity`` in the layout of ``x1``.
@@ -56,8 +58,10 @@ def training_loss(model: Callable[..., Latents], x1: Latents, y: Tensor, generat
         t: optional fixed times ``float [B]`` in ``[0, 1]``; noise: optional fixed ``x0``.
 
     Returns:
-        the mean squared error over every latent element of each sample (all
-        planes together, weighted by their element counts).
+        the mean over latent parts (planes) of each part's mean squared error over its own elements: every
+        plane weighs the same whatever its size, as ``(mean_flat(xy) + mean_flat(yt) + mean_flat(xt)) / 3``
+        of huiwon-jang/CoordTok 8475272 ``transport/transport.py`` ``Transport.training_losses`` (velocity
+        model); for one tensor, its mean squared error.
     """
     b = batch_size(x1)
     device = tree_leaves(x1)[0].device
@@ -67,9 +71,8 @@ def training_loss(model: Callable[..., Latents], x1: Latents, y: Tensor, generat
         noise = tree_map(lambda a: torch.randn(a.shape, generator=generator, device=a.device, dtype=a.dtype), x1)
     xt, ut = interpolate(x1, noise, t)
     vt = model(xt, t, y)
-    sq = sum((v - u).pow(2).flatten(1).sum(1) for v, u in zip(tree_leaves(vt), tree_leaves(ut)))
-    count = sum(u[0].numel() for u in tree_leaves(ut))
-    return sq / count
+    per_part = [(v - u).pow(2).flatten(1).mean(1) for v, u in zip(tree_leaves(vt), tree_leaves(ut))]
+    return sum(per_part) / len(per_part)
 
 
 def score_from_velocity(v: Latents, x: Latents, t: Tensor) -> Latents:

@@ -60,4 +60,5 @@ class GenerateStage(Stage):
         run_generation_stage(tokenizer, train_clips, cfg, ctx.results / entry.id, ctx.device,
                              num_classes=len(ctx.dataset.classes), seed=derive_seed(ctx.suite.seed, entry.id, "generation"),
                              real_seed=derive_seed(ctx.suite.seed, "generation", "real"), label=entry.id,
-                             deterministic=ctx.deterministic, log_with=ctx.suite.train_config(entry).log_with)
+                             deterministic=ctx.deterministic, log_with=ctx.suite.train_config(entry).log_with,
+                             train_videos=ctx.train_clips)
