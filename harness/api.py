@@ -128,6 +128,9 @@ class VideoTokenizer(nn.Module):
     frozen_stage0: bool = False
     unused_parameters: bool = True
     variable_length: bool = False
+    #: where the family's architecture and training recipe come from (paper section, official repository and commit),
+    #: shown by ``python -m harness protocol``; plugins may set it
+    recipe_source: str = ""
 
     def encode(self, video: Tensor, num_tokens: int | None = None) -> Tokens:
         """Encode ``video`` ``float32 [B, 3, T, H, W]`` in ``[-1, 1]`` into tokens.

@@ -202,7 +202,7 @@ class GenerationConfig(Strict):
         checkpoint_every: steps between checkpoints (and always at the end).
         log_every: steps between loss log lines.
         cpu_threads: on a CPU device, torch intra-op threads for the stage
-            (restored afterwards); ``None`` leaves the setting alone. Tiny
+            (set by its backend, harness/stages/generate.py, and restored afterwards); ``None`` leaves the setting alone. Tiny
             generators run several times faster with 1 thread on a machine shared
             with other jobs; on an idle one all cores are faster (samples_cpu's
             generate stage: 112 s with 1 thread, 86 s with 2, on 2 cores).
@@ -247,6 +247,10 @@ class GenerationConfig(Strict):
     checkpoint_every: int = Field(10_000, ge=1)
     log_every: int = Field(100, ge=1)
     cpu_threads: Optional[int] = Field(None, ge=1)
+    #: real clips of gFVD (harness.generation.stage.real_clip_batches): ``first_videos`` = StyleGAN-V's rule (one clip
+    #: of each of the first num_real training videos a clip long; CoordTok supp. B.2), ``draws`` = num_real draws of
+    #: the seeded training stream (video uniformly with replacement)
+    real_clips: Literal["first_videos", "draws"] = "first_videos"
 
     @model_validator(mode="after")
     def _check(self) -> "GenerationConfig":

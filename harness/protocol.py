@@ -16,8 +16,9 @@ from typing import Any
 
 from harness.config import Suite, generation_config
 
-#: width of the card's text column (characters)
+#: width of the card (characters) and the widest label kept beside its text
 WIDTH = 110
+LABEL_WIDTH = 20
 
 
 def _settings(values: dict[str, Any], keys: tuple[str, ...] | None = None) -> str:
@@ -73,18 +74,23 @@ def metric_lines(suite: Suite) -> list[tuple[str, str]]:
     return lines
 
 
+#: generation keys shown on the card: always, for SiT (continuous tokens), and for the epochs / pool data modes
+_GENERATION_KEYS = ("generator", "model", "steps", "batch_size", "lr", "betas", "weight_decay", "ema", "train_data",
+                    "num_samples", "num_real", "real_clips", "fvd_protocols", "conditional")
+_SIT_KEYS = ("patch", "num_norm_clips", "sampler", "sampling_steps", "last_step_size")
+
+
 def generation_lines(suite: Suite) -> list[tuple[str, str]]:
-    """The generation protocol of each distinct enabled generation setting (usually one for the suite)."""
+    """The generation protocol of each distinct enabled generation setting, with the entries it applies to."""
     seen: dict[str, list[str]] = {}
     for entry in suite.tokenizers:
         cfg = generation_config(suite, entry)
         if cfg is None or not cfg.enabled:
             continue
         values = cfg.model_dump()
-        text = _settings(values, ("generator", "model", "patch", "train_data", "steps", "batch_size", "lr", "betas",
-                                  "weight_decay", "ema", "num_norm_clips", "num_train_clips", "sampler", "sampling_steps",
-                                  "last_step_size", "conditional", "num_samples", "num_real", "fvd_protocols"))
-        seen.setdefault(text, []).append(entry.id)
+        keys = _GENERATION_KEYS + (() if cfg.generator == "ar" else _SIT_KEYS)
+        keys += ("num_train_clips",) if cfg.train_data == "pool" else ()
+        seen.setdefault(_settings(values, keys), []).append(entry.id)
     return [(", ".join(ids), text) for text, ids in seen.items()]
 
 
@@ -101,7 +107,7 @@ def tokenizer_lines(suite: Suite) -> list[tuple[str, str]]:
         else:
             train = suite.train_config(entry).model_dump()
             recipe = "train: " + _settings(train, ("steps", "batch_size", "lr", "betas", "weight_decay", "mixed_precision",
-                                                   "grad_clip"))
+                                                   "tf32", "grad_clip"))
         source = getattr(cls, "recipe_source", "") or "not stated"
         lines.append((entry.id, f"{entry.name}({kwargs}); {recipe}; source: {source}"))
     return lines
@@ -121,9 +127,13 @@ def protocol_card(suite: Suite, source: str = "") -> str:
            f"docs/fidelity.md"]
     for title, lines in sections:
         out.append(f"\n{title}")
-        label_width = min(28, max(len(label) for label, _ in lines))
+        label_width = min(LABEL_WIDTH, max(len(label) for label, _ in lines))
         for label, text in lines:
             wrapped = textwrap.wrap(text, WIDTH - label_width - 4) or [""]
+            if len(label) > label_width:  # a long label (several tokenizer ids) gets a line of its own
+                out.append(f"  {label}")
+                out.extend(f"  {'':<{label_width}}  {line}" for line in wrapped)
+                continue
             out.append(f"  {label:<{label_width}}  {wrapped[0]}")
             out.extend(f"  {'':<{label_width}}  {line}" for line in wrapped[1:])
     return "\n".join(line for line in out if line != "") + "\n"

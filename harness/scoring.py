@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import pandas as pd
 import torch
 from torch import Tensor
 
@@ -63,9 +64,9 @@ class Scorer:
             self.metrics[name] = METRICS.create(name, sync_on_compute=synchronize, **extra, **kwargs.get(name, {})).to(device)
         #: one dict per scored video: the caller's identifying columns plus one column per per-video metric
         self.rows: list[dict[str, Any]] = []
-        #: one dict per scored frame: the video's first identifying column, ``frame`` and one column per
-        #: per-frame metric (PSNR, SSIM, LPIPS); the per-frame curves
-        self.frame_rows: list[dict[str, Any]] = []
+        #: the per-frame curves, one small table per scored batch (columnar, so 10,000 clips x 128 frames stay tens
+        #: of MB): the video's first identifying column, ``frame`` and one column per per-frame metric
+        self._frame_tables: list[pd.DataFrame] = []
         self._real_cached: list[Any] = []  # set metrics whose real statistics live in a cache file
 
     def use_real_cache(self, key: dict, folder: Path) -> bool:
@@ -83,7 +84,7 @@ class Scorer:
         video, e.g. clip id and source) receive the per-video values and are appended to :attr:`rows`.
 
         ``n_frames`` (``int64 [B]``, valid frames per video; ``None``: all ``T``) goes to every metric, which
-        scores each video's valid prefix (:meth:`metrics.base.VideoMetric.update`); :attr:`frame_rows` get the
+        scores each video's valid prefix (:meth:`metrics.base.VideoMetric.update`); :meth:`frame_table` gets the
         valid frames only.
 
         Raises:
@@ -105,10 +106,21 @@ class Scorer:
         if frames:
             key = next(iter(rows[0])) if rows else "video"
             valid = [real.shape[2]] * len(rows) if n_frames is None else torch.as_tensor(n_frames).tolist()
-            for index, row in enumerate(rows):
-                for t in range(valid[index]):
-                    self.frame_rows.append({key: row.get(key, index), "frame": t,
-                                            **{name: values[index][t] for name, values in frames.items()}})
+            self._frame_tables.append(pd.DataFrame({
+                key: [row.get(key, index) for index, row in enumerate(rows) for _ in range(valid[index])],
+                "frame": [t for count in valid for t in range(count)],
+                **{name: [v for index, count in enumerate(valid) for v in values[index][:count]] for name, values in frames.items()},
+            }))
+
+    def frame_table(self) -> pd.DataFrame:
+        """The per-frame values of every scored frame (valid frames only), batches in order: the video's first
+        identifying column, ``frame`` and one column per per-frame metric; empty without a per-frame metric."""
+        return pd.concat(self._frame_tables, ignore_index=True) if self._frame_tables else pd.DataFrame()
+
+    @property
+    def frame_rows(self) -> list[dict[str, Any]]:
+        """:meth:`frame_table` as one dict per frame (small sets: ``harness compare``, tests)."""
+        return self.frame_table().to_dict("records")
 
     @torch.no_grad()
     def update_real(self, videos: Tensor, n_frames: Tensor | None = None) -> None:
@@ -126,7 +138,7 @@ class Scorer:
     def compute(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """``(summary, protocol)`` over everything fed: each metric's values (``<name>``, ``<name>_n``, ...) and
         its protocol text. Real statistics seen for the first time are written to their cache. With
-        ``synchronize``, :attr:`rows` and :attr:`frame_rows` become every process's rows in rank order.
+        ``synchronize``, :attr:`rows` and :meth:`frame_table` become every process's rows in rank order.
 
         Raises:
             NonFiniteError: a summary value is NaN or infinite.
@@ -139,6 +151,6 @@ class Scorer:
         for metric in self._real_cached:
             metric.save_real_cache()  # a no-op when the statistics came from the cache
         if self.synchronize:
-            self.rows, self.frame_rows = gather_lists(self.rows), gather_lists(self.frame_rows)
+            self.rows, self._frame_tables = gather_lists(self.rows), gather_lists(self._frame_tables)
         check_finite(summary, f"{self.label}: metrics")
         return summary, protocol

@@ -10,9 +10,9 @@ a derived seed, e.g. ``id, "train", step, micro``, is applied in steps:
 ========================================  =====================================================
 path                                      what it seeds
 ========================================  =====================================================
-``"eval_clips"``                          choice of evaluation videos and clip positions
-                                          (shared by all tokenizers: they are scored on the
-                                          same clips)
+``"eval_clips"``                          choice of evaluation videos and clip positions, or
+                                          the ``data.eval_clips`` list (video with
+                                          replacement, then start), shared by all tokenizers
 ``"train_clips"``                         the training clip stream: sample ``i`` is a pure
                                           function of this seed and ``i`` (shared by all
                                           tokenizers: they train on the same clips)
@@ -28,12 +28,18 @@ path                                      what it seeds
 ``id, "stage0_batch", step``              which cached stage-0 clips form a step's batch
 ``id, "reconstruct", budget, batch``      encode / decode of one fixed batch of evaluation clips
 ``id, "generation"``                      the generation stage's own seed ``g``, from which:
-``g, "encode", k``                        its k-th batch of training clips to encode
+``g, "encode", k``                        its k-th batch of training clips to encode (``pool``)
+``g, "epoch", e``                         the video order of epoch ``e`` (``epochs``; the full
+                                          table is in :mod:`harness.generation.data`)
+``g, "window", e, v``                     the window of training video ``v`` in epoch ``e``
+``g, "norm", v``                          the window of normalization video ``v`` (``epochs``)
 ``g, "step", step``                       generator training batch (global, split by position) and noise
 ``g, "train", step, micro``               global RNGs of one generator micro-batch (label dropout)
 ``g, "sample", k``                        classes, noise and decoding of the k-th sample batch
-``"generation", "real", k``               the k-th batch of real clips for gFVD (shared by all
-                                          tokenizers, so their real statistics are one set)
+``"generation", "real", k``               the k-th batch of real clips for gFVD
+                                          (``generation.real_clips: draws``), or with
+``"generation", "real", "video", i``      the window of training video ``i`` (``first_videos``);
+                                          shared by all tokenizers: one real set
 ========================================  =====================================================
 
 Because a micro-batch re-seeds the global generators from its own path,

@@ -365,10 +365,14 @@ def test_epoch_stream_visits_every_video_once_per_epoch_with_fresh_windows(train
     assert [EpochStream(train_videos, seed=12).position(j) for j in range(2 * n)] != epochs[0] + epochs[1]
 
 
-def test_normalization_videos_are_spread_over_the_list():
-    chosen = normalization_videos(9537, 2048)  # UCF-101 split 1's training videos, supp. A.2's 2048 clips
-    assert len(chosen) == len(set(chosen)) == 2048 and chosen[0] == 0 and chosen[-1] >= 9537 - 5
-    assert max(b - a for a, b in zip(chosen, chosen[1:])) == math.ceil(9537 / 2048)
+def test_normalization_videos_follow_train_sit_stride():
+    """train_sit.py: ``range(rank, N, N // 2048 * world)`` over ranks = every ``N // 2048``-th video (2385 of UCF-101
+    split 1's 9537 training videos; the paper says 2048 clips, the code is followed)."""
+    chosen = normalization_videos(9537, 2048)
+    assert chosen == list(range(0, 9537, 4)) and len(chosen) == 2385
+    for world in (1, 2, 8):  # the official union over ranks, up to the ranks' offsets, has the same count
+        official = sorted(i for rank in range(world) for i in range(rank, 9537, 9537 // 2048 * world))
+        assert abs(len(official) - len(chosen)) <= world
     assert normalization_videos(3, 2048) == [0, 1, 2]
 
 
@@ -474,11 +478,14 @@ def test_generation_stage_end_to_end_with_resume(train_data, train_videos, tmp_p
     assert gen["name"] == "sit" and gen["steps"] == 2 and gen["tokens_per_video"] == tok.num_tokens(16, 32, 32)
     assert gen["params"] > 0 and gen["train_step_time_s"] > 0 and gen["train_data"] == train_data
     normalization = json.loads((run / "generation" / "normalization.json").read_text())
-    if train_data == "epochs":  # 2 steps of 2 fresh windows; statistics over 2 of the 3 videos; no clip pool
+    # real clips (generation.real_clips: first_videos): one window of each of the first 2 training videos, read from
+    # train_videos, never drawn through train_clips
+    assert "first 2 training videos" in first["gfvd_protocol"]["generation"]["real_clips"]
+    if train_data == "epochs":  # 2 steps of 2 fresh windows; statistics over every N // 2 = 1st of the 3 videos
         assert gen["train_clips"] == 4 and gen["train_videos"] == 3 and gen["epochs"] == pytest.approx(4 / 3)
-        assert normalization["num_clips"] == 2 and len(calls) == 1  # only the real clips were drawn
-    else:
-        assert gen["train_clips"] == 4 and normalization["num_clips"] == 2 and len(calls) == 2
+        assert normalization["num_clips"] == 3 and len(calls) == 0
+    else:  # the pool of 4 clips is drawn once
+        assert gen["train_clips"] == 4 and normalization["num_clips"] == 2 and len(calls) == 1
     assert sorted(p.name for p in (run / "generation" / "samples").iterdir()) == ["sample_000.gif"]
     # stage resume: metrics.json exists -> no work at all
     n_calls = len(calls)
@@ -489,4 +496,34 @@ def test_generation_stage_end_to_end_with_resume(train_data, train_videos, tmp_p
     longer = run_generation_stage(tok, train_clips, cfg.model_copy(update={"steps": 3}), run, torch.device("cpu"),
                                   train_videos=train_videos)
     assert longer["generator"]["steps"] == 3 and longer["generator"]["initial_loss"] == gen["initial_loss"]
-    assert len(calls) == n_calls + 1  # only the first real batch, for the real-statistics cache key
+    assert len(calls) == n_calls  # tokens and the real-statistics cache key come from files and train_videos
+
+
+def test_real_clips_are_one_window_of_each_of_the_first_long_enough_videos(tmp_path):
+    """generation.real_clips: first_videos (StyleGAN-V, universome/stylegan-v 3fecd69 metric_utils.py: items
+    0..num_real-1 of the dataset, short videos discarded): one seeded window of each of the first num_real
+    training videos a clip long, in dataset order; draws: num_real clips of the seeded stream."""
+    from conftest import shared_path
+
+    from harness.data.decode import to_model_range
+    from harness.generation.stage import real_clip_batches
+
+    root = shared_path("data", "ucf101_mini")
+    videos = TrainClips(build_dataset(DataConfig(dataset="ucf101", root=str(root), resolution=32, frames=128,
+                                                 short_videos="pad", cache_dir=str(tmp_path))), seed=0)
+    long_enough = [i for i, r in enumerate(videos.records) if r.stop >= 128]
+    assert len(videos.records) == 8 and len(long_enough) == 4  # 140, 140, 140 and 150 frames; the others are padded
+    cfg = GenerationConfig(enabled=True, num_real=3, sample_batch_size=2)
+    sizes, batch, rule = real_clip_batches(cfg, None, videos, real_seed=7)
+    assert sizes == [2, 1] and "first 3 training videos of at least 128 frames" in rule
+    got = torch.cat([batch(0).videos, batch(1).videos])
+    for row, video in enumerate(long_enough[:3]):
+        frames, _, n_frames = videos.window(video, videos.random_start(video, derive_seed(7, "video", video)))
+        assert n_frames == 128 and torch.equal(got[row], to_model_range(frames))
+    drawn = []
+    sizes, batch, _ = real_clip_batches(cfg.model_copy(update={"real_clips": "draws"}),
+                                        lambda n, seed: drawn.append((n, seed)) or videos.batch(list(range(n))), None, 7)
+    batch(1)
+    assert sizes == [2, 1] and drawn == [(1, derive_seed(7, 1))]
+    with pytest.raises(ValueError, match="first_videos"):
+        real_clip_batches(cfg, None, None, 7)

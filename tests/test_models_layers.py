@@ -268,7 +268,7 @@ STATE_REFERENCE: dict[str, str] = {
     "grid3d_vq": "e2295e1a87f5958e",
     "pvdm": "62be70c6643b6878",
     "sit_grid": "02f6d1e627708523",
-    "sit_triplane": "cab280cb356e0f45",
+    "sit_triplane": "e68a4d590d3c3827",  # re-recorded: type_embed std 1 as CoordTok-SiT (sit_models.py)
     "videoflextok": "348118140d554c3e",
 }
 

@@ -355,6 +355,9 @@ class CoordTok(VideoTokenizer):
         ValueError: for an unknown size, padding or index mode, or geometry that the patch sizes do not divide.
     """
 
+    #: where the recipe comes from (``python -m harness protocol`` shows it; conformance in docs/fidelity.md)
+    recipe_source = "CoordTok supp. A.1; huiwon-jang/CoordTok 8475272 train_coordtok.py, tools/trainer_coordtok.py, models/coordtok/* (docs/fidelity.md section 3)"
+
     clip_frames = None
     continuous = True
     unused_parameters = False  # both stages train every parameter

@@ -218,6 +218,9 @@ class DiffusersVAE(VideoTokenizer):
         WeightsError: the weights cannot be loaded (one line saying how to pass a local folder).
     """
 
+    #: where the recipe comes from (``python -m harness protocol`` shows it; conformance in docs/fidelity.md)
+    recipe_source = "pretrained weights through diffusers, evaluation only (docs/diffusers_vaes.md)"
+
     continuous = True
     #: the diffusers class fixed by a registered name (``None``: given as ``model_class``)
     model_class: str | None = None

@@ -117,6 +117,9 @@ class Frame2dVQ(VQAutoencoderMixin, VideoTokenizer):
         ValueError: frame sizes not divisible by ``f``, unknown loss options.
     """
 
+    #: where the recipe comes from (``python -m harness protocol`` shows it; conformance in docs/fidelity.md)
+    recipe_source = "MaskGIT-AE: taming-transformers 3ba01b2 VQGAN at f16 (docs/fidelity.md section 9; remaining differences: issue 26)"
+
     def __init__(self, size: str | None = "tiny", channels: int | None = None,
                  channel_mult: Sequence[int] | None = None, num_res_blocks: int | None = None,
                  latent_channels: int | None = None, codebook_size: int | None = None,

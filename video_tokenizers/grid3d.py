@@ -86,6 +86,9 @@ class Grid3dVAE(Grid3dAutoencoder):
     posterior mean), one token per grid position.
     """
 
+    #: where the recipe comes from (``python -m harness protocol`` shows it; conformance in docs/fidelity.md)
+    recipe_source = "MAGVIT / TATS 3D-grid layout with a KL bottleneck; microsoft/VidTok d6ad92d as VideoFlexTok's stage 0 (docs/fidelity.md section 11)"
+
     def __init__(self, kl_weight: float = 1e-6, **kwargs) -> None:
         super().__init__(moments=2, **kwargs)
         self.kl_weight = kl_weight

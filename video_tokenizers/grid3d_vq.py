@@ -148,6 +148,9 @@ class Grid3dVQ(VQAutoencoderMixin, Grid3dAutoencoder):
         ValueError: clip sizes the grid does not divide (``latent_shape``), unknown loss options.
     """
 
+    #: where the recipe comes from (``python -m harness protocol`` shows it; conformance in docs/fidelity.md)
+    recipe_source = "MAGVIT-AE (google-research/magvit 05e8cfd) and TATS-AE (songweige/TATS 03bbce1) recipes (docs/fidelity.md sections 7-8; remaining differences: issue 26)"
+
     def __init__(self, size: str | None = "tiny", latent_channels: int = 8, codebook_size: int = 1024,
                  commitment_weight: float = 0.25, ema_decay: float = 0.99, kmeans_init: bool = True,
                  threshold_ema_dead_code: float = 2.0, rotation_trick: bool = False, recipe: str = "magvit",

@@ -116,6 +116,9 @@ class PVDMAutoencoder(VideoTokenizer):
         ValueError: frame sizes not divisible by ``patch_size``, unknown loss options.
     """
 
+    #: where the recipe comes from (``python -m harness protocol`` shows it; conformance in docs/fidelity.md)
+    recipe_source = "PVDM-AE: sihyun-yu/PVDM 793172f (docs/fidelity.md section 10; remaining differences: issue 26)"
+
     continuous = True
 
     @property

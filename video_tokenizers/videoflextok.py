@@ -404,6 +404,9 @@ class VideoFlexTok(RegisterEncoder, FlowDecoder, VideoTokenizer):
     with ``t = 1 + 4K`` for a (padded) video of ``1 + 16K`` frames.
     """
 
+    #: where the recipe comes from (``python -m harness protocol`` shows it; conformance in docs/fidelity.md)
+    recipe_source = "VideoFlexTok (arXiv 2604.12887); apple/ml-videoflextok 4fd72ec, inference code only (docs/fidelity.md section 12)"
+
     clip_frames = None
     continuous = False
     flexible = True

@@ -16,8 +16,8 @@ replacement (:func:`latent_batches`).
 
 Normalization statistics (``train_sit.py`` ``gather_and_compute_mean_std``)
 come in ``epochs`` mode from :func:`encode_normalization_set`: one seeded
-window of each of ``min(num_norm_clips, N)`` training videos spread evenly
-over the list (:func:`normalization_videos`).
+window of every ``N // num_norm_clips``-th training video, as ``train_sit.py``
+(:func:`normalization_videos`).
 
 Every draw is a pure function of the stage seed ``g`` (:mod:`harness.seeding`):
 
@@ -126,16 +126,15 @@ def encode_training_set(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg:
 
 
 def normalization_videos(num_videos: int, num_norm_clips: int) -> list[int]:
-    """The training videos whose latents give the normalization statistics: ``m = min(num_norm_clips, N)``
-    videos ``i * N // m`` for ``i < m``, i.e. spread evenly over the (sorted) list of ``N`` training videos.
+    """The training videos whose latents give the normalization statistics: every ``max(1, N // num_norm_clips)``-th
+    of the (sorted) list of ``N`` training videos, from the first.
 
-    CoordTok-SiT (``train_sit.py``) takes every ``N // 2048 * world``-th video from offset ``rank`` on each
-    process, about ``N / (N // 2048)`` videos (2385 of UCF-101's 9537) for any number of processes; the
-    paper (supp. A.2) says 2048 clips. This rule takes exactly ``num_norm_clips`` for any ``N`` and
-    process count, and still covers the whole list (every class of a class-sorted list).
+    This is CoordTok-SiT's rule (huiwon-jang/CoordTok 8475272 ``train_sit.py`` ``main``: rank ``r`` of ``W`` encodes
+    ``range(r, N, N // 2048 * W)``, whose union over ranks is every ``N // 2048``-th video up to the ranks' offsets):
+    2385 of UCF-101's 9537 training videos for ``num_norm_clips = 2048``, where the paper (supp. A.2) says 2048
+    clips; the code is followed (docs/fidelity.md, section 4). With ``N <= num_norm_clips`` every video is used.
     """
-    m = min(num_norm_clips, num_videos)
-    return [i * num_videos // m for i in range(m)]
+    return list(range(0, num_videos, max(1, num_videos // num_norm_clips)))
 
 
 def encode_normalization_set(tokenizer: VideoTokenizer, videos: TrainClips, cfg: GenerationConfig,

@@ -112,8 +112,8 @@ class TriplaneAdapter(nn.Module):
                 if key not in self.learned_pos:
                     self.learned_pos[key] = nn.Parameter(torch.zeros(1, gh * gw, dim))
                 self.pos_key[name] = key
-        self.type_embed = nn.Parameter(torch.zeros(1, len(self.names), dim))
-        nn.init.normal_(self.type_embed, std=0.02)
+        # std 1, as CoordTok-SiT (huiwon-jang/CoordTok 8475272 models/diffusion/sit_models.py SiT.__init__: randn)
+        self.type_embed = nn.Parameter(torch.randn(1, len(self.names), dim))
         self.lengths = [gh * gw for gh, gw in self.grids.values()]
         self.final = nn.ModuleDict({k: AdaLNFinalLayer(dim, patch * patch * self.shapes[k][0]) for k in self.names})
 

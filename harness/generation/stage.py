@@ -81,7 +81,7 @@ from timm.utils import ModelEmaV3
 from torch import Tensor, nn
 
 from harness.api import Latents, VideoTokenizer
-from harness.data.sampling import ClipBatch, TrainClips
+from harness.data.sampling import ClipBatch, TrainClips, stack_clips
 from harness.errors import NonFiniteError
 from harness.generation.config import GenerationConfig
 from harness.generation.data import (ClipSource, EpochStream, batch_sizes, encode_normalization_set,
@@ -197,22 +197,62 @@ def _write_gif(video: Tensor, path: Path, fps: int) -> None:
     write_gif_atomic(path, to_uint8(video), fps)  # [T, H, W, 3]
 
 
-def _real_statistics(scorer: Scorer, train_clips: ClipSource, cfg: GenerationConfig, run_dir: Path,
-                     device: torch.device, real_seed: int) -> None:
-    """Feed the ``cfg.num_real`` real clips to the gFVD metrics (this process's share of the batches), or load
-    their cached statistics."""
+def real_clip_batches(cfg: GenerationConfig, train_clips: ClipSource, train_videos: TrainClips | None,
+                      real_seed: int) -> tuple[list[int], Callable[[int], ClipBatch], str]:
+    """The real clips of gFVD: batch sizes, ``batch(k) -> ClipBatch`` and the rule in words.
+
+    ``generation.real_clips``:
+
+    * ``first_videos`` (StyleGAN-V, which CoordTok supp. B.2 follows "strictly": universome/stylegan-v 3fecd69
+      ``src/metrics/metric_utils.py`` ``compute_feature_stats_for_dataset`` takes items ``0 .. min(len,
+      max_items) - 1`` of the dataset in its sorted order, and ``src/training/dataset.py`` discards videos shorter
+      than the clip and draws one random window per video): one clip of each of the first ``num_real`` training
+      videos at least a clip long, in dataset order, its start from ``derive_seed(real_seed, "video", index)``;
+    * ``draws``: ``num_real`` clips of the seeded training stream (video uniformly with replacement), batch ``k``
+      from ``derive_seed(real_seed, k)``.
+
+    Raises:
+        ValueError: ``first_videos`` without the training videos, or with no training video a clip long.
+    """
+    if cfg.real_clips == "draws":
+        sizes = batch_sizes(cfg.num_real, cfg.sample_batch_size)
+        return sizes, lambda k: train_clips(sizes[k], derive_seed(real_seed, k)), \
+            "train_clips batches (video uniformly with replacement), derive_seed(real_seed, k)"
+    if train_videos is None:
+        raise ValueError("generation.real_clips 'first_videos' reads the training videos, but none were given (train_videos)")
+    span = train_videos.dataset.clip_span
+    eligible = [i for i, r in enumerate(train_videos.records) if r.stop - r.start >= span][: cfg.num_real]
+    if not eligible:
+        raise ValueError(f"generation.real_clips 'first_videos': no training video has {span} frames (one clip)")
+    sizes = batch_sizes(len(eligible), cfg.sample_batch_size)
+
+    def batch(k: int) -> ClipBatch:
+        first = k * cfg.sample_batch_size
+        videos = eligible[first : first + sizes[k]]
+        return stack_clips([train_videos.window(i, train_videos.random_start(i, derive_seed(real_seed, "video", i)))
+                            for i in videos])
+
+    return sizes, batch, (f"one clip of each of the first {len(eligible)} training videos of at least {span} frames "
+                          "(dataset order, StyleGAN-V), start from derive_seed(real_seed, 'video', index)")
+
+
+def _real_statistics(scorer: Scorer, batches: tuple[list[int], Callable[[int], ClipBatch], str], cfg: GenerationConfig,
+                     run_dir: Path, device: torch.device, real_seed: int) -> None:
+    """Feed the real clips (:func:`real_clip_batches`) to the gFVD metrics (this process's share of the batches), or
+    load their cached statistics."""
+    sizes, batch, rule = batches
     cache_dir = Path(cfg.real_cache_dir) if cfg.real_cache_dir else Path(run_dir).parent / ".fvd_real_cache"
-    sizes = batch_sizes(cfg.num_real, cfg.sample_batch_size)
-    first = train_clips(sizes[0], derive_seed(real_seed, 0))
+    first = batch(0)
     digest = hashlib.sha256(first.videos.float().cpu().numpy().tobytes()).hexdigest()
-    key = {"num_real": cfg.num_real, "batch": cfg.sample_batch_size, "seed": real_seed,
-           "shape": list(first.videos.shape[1:]), "first_batch_sha256": digest,
-           "rule": "train_clips batches, derive_seed(real_seed, k)"}
+    key = {"num_real": sum(sizes), "batch": cfg.sample_batch_size, "seed": real_seed,
+           "shape": list(first.videos.shape[1:]), "first_batch_sha256": digest, "rule": rule}
+    if cfg.real_clips == "draws":  # the key written before real_clips existed: earlier caches stay valid
+        key.update(num_real=cfg.num_real, rule="train_clips batches, derive_seed(real_seed, k)")
     if scorer.use_real_cache(key, cache_dir):
         log.info("generation: real FVD statistics from the cache %s", cache_dir)
         return
     for k in my_share(len(sizes), "real-clip batches"):
-        _update_real(scorer, first if k == 0 else train_clips(sizes[k], derive_seed(real_seed, k)), device)
+        _update_real(scorer, first if k == 0 else batch(k), device)
 
 
 def _update_real(scorer: Scorer, clips: ClipBatch, device: torch.device) -> None:
@@ -269,18 +309,12 @@ def run_generation_stage(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg
     metrics_path = RunFolder(Path(run_dir)).generation_metrics
     if metrics_path.is_file():
         return json.loads(metrics_path.read_text())
-    threads = torch.get_num_threads()
-    if cfg.cpu_threads and torch.device(device).type == "cpu":
-        torch.set_num_threads(cfg.cpu_threads)
     if cfg.train_data == "epochs" and train_videos is None:
         raise ValueError(f"{label}: generation.train_data 'epochs' reads the training videos, but none were given "
                          "(train_videos); set generation.train_data: pool to train on cached clips")
-    try:
-        return _run(tokenizer, train_clips, cfg, Path(run_dir), torch.device(device), num_classes, seed,
-                    derive_seed(seed, "real") if real_seed is None else real_seed, label, deterministic, log_with,
-                    train_videos)
-    finally:
-        torch.set_num_threads(threads)
+    return _run(tokenizer, train_clips, cfg, Path(run_dir), torch.device(device), num_classes, seed,
+                derive_seed(seed, "real") if real_seed is None else real_seed, label, deterministic, log_with,
+                train_videos)
 
 
 def _run(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConfig, run_dir: Path,
@@ -290,9 +324,6 @@ def _run(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConf
     out, metrics_path = files.generation, files.generation_metrics
     state = PartialState()
     out.mkdir(parents=True, exist_ok=True)
-    if device.type == "cuda":  # CoordTok-SiT trains in fp32 with TF32 matmuls (research notes 1.7)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     conditional = bool(cfg.conditional) and num_classes > 1
     classes = num_classes if conditional else 1
     for name in cfg.fvd_protocols:
@@ -320,11 +351,11 @@ def _run(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConf
     # 2. normalization (continuous): exact per plane / channel statistics over every normalization clip
     normalizer = None
     if layout.continuous:
-        m = min(cfg.num_norm_clips, batch_size(data))
+        m = batch_size(data) if epochs else min(cfg.num_norm_clips, batch_size(data))
         normalizer = LatentNormalizer.fit([tree_index(data, slice(0, m))])
         data = normalizer.normalize(data)
         if state.is_main_process:
-            rule = ("one seeded window of each of min(num_norm_clips, N) training videos spread evenly" if epochs
+            rule = ("one seeded window of every N // num_norm_clips-th training video (train_sit.py)" if epochs
                     else "the first min(num_norm_clips, num_train_clips) cached clips")
             write_json_atomic(out / "normalization.json", {"num_clips": m, "clips": rule, **normalizer.summary()})
 
@@ -347,7 +378,8 @@ def _run(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConf
 
     # 4. samples and 5. gFVD, every process a share of the sample batches
     scorer = Scorer(cfg.fvd_protocols, device, label=f"{label} generation", synchronize=world_size() > 1)
-    _real_statistics(scorer, train_clips, cfg, run_dir, device, real_seed)
+    real = real_clip_batches(cfg, train_clips, train_videos, real_seed)
+    _real_statistics(scorer, real, cfg, run_dir, device, real_seed)
     samples_dir = out / "samples"
     example = tree_index(data, 0)
     sizes = batch_sizes(cfg.num_samples, cfg.sample_batch_size)
@@ -394,7 +426,7 @@ def _run(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConf
         "sampling_steps": cfg.sampling_steps if layout.continuous else None,
         "last_step_size": cfg.last_step_size if layout.continuous and cfg.sampler == "sde" else None,
         "conditional": conditional, "cfg_scale": cfg.cfg_scale if conditional else None,
-        "real_clips": "train_clips (training split), one clip per draw",
+        "real_clips": real[2],
     }
     result["gfvd_protocol"] = protocol
     result["gfvd_comparable"] = bool(comparable)

@@ -286,16 +286,17 @@ class RunContext:
         return {**environment_card(self.device, self.deterministic), "stage_backends": dict(self.stage_backends)}
 
     def stage_times(self, stages: list["Stage"]) -> pd.DataFrame:
-        """Wall seconds per tokenizer (rows) and stage (columns in run order, from ``stages``) and ``total``."""
+        """Wall seconds per tokenizer (rows) and stage (one column per stage of the run, in run order: a stage
+        skipped or done takes 0) and ``total``."""
         frame = pd.Series(self.times, dtype=float).unstack(fill_value=0.0) if self.times else pd.DataFrame()
-        frame = frame[[s.name for s in stages if s.name in frame]]
+        frame = frame.reindex(columns=[s.name for s in stages], fill_value=0.0)
         frame["total"] = frame.sum(axis=1)
         return frame.rename_axis("tokenizer")
 
     def stage_memory(self, stages: list["Stage"]) -> pd.DataFrame:
         """Peak memory per tokenizer and stage (MiB above the stage's start, :class:`harness.memory.StageMemory`)."""
         frame = pd.Series(self.peaks, dtype=float).unstack(fill_value=0.0) if self.peaks else pd.DataFrame()
-        return frame[[s.name for s in stages if s.name in frame]].rename_axis("tokenizer")
+        return frame.reindex(columns=[s.name for s in stages], fill_value=0.0).rename_axis("tokenizer")
 
     def write_stage_times(self, times: Path, memory: Path, stages: list["Stage"]) -> None:
         """``stage_times.csv`` (unrounded seconds), ``stage_memory.csv`` (peak MiB per stage) and the time table in

@@ -113,8 +113,9 @@ class EvaluateStage(Stage):
         shards = shard_record([c.clip_id for group in mine for c in group])
         if ctx.is_main:
             write_csv_atomic(variant.files.per_video, pd.DataFrame(scores.rows))
-            if scores.frame_rows:
-                write_csv_atomic(variant.files.per_frame, pd.DataFrame(scores.frame_rows))
+            frames = scores.frame_table()
+            if len(frames):
+                write_csv_atomic(variant.files.per_frame, frames)
             else:  # no per-frame metric now: a table of an earlier evaluation must not be read as this one's
                 variant.files.per_frame.unlink(missing_ok=True)
             record = result_record(ctx, work, tokenizer, summary, protocol, shards if shards["world_size"] > 1 else None)
