@@ -738,7 +738,7 @@ def validate_names(suite: Suite, source: str, check_data: bool = True) -> None:
     for name in suite.evaluate.metrics:
         if name not in METRICS:
             raise SuiteError(f"{source}: evaluate.metrics: unknown metric {name!r}; registered: {', '.join(METRICS.names())}")
-    from harness.stages import stage_config_problem
+    from harness.stages.base import stage_config_problem
 
     for reference, settings in suite.stages.items():
         problem = stage_config_problem(reference, settings)

@@ -33,7 +33,7 @@ from harness.data.sampling import EVAL_LIST_FILE, write_eval_list
 from harness.io import write_json_atomic
 from harness.records import EVAL_CLIPS_FILE, STAGE_MEMORY_FILE, STAGE_TIMES_FILE, SUITE_FILE
 from harness.seeding import configure_determinism
-from harness.stages import Stage, Work, suite_stages
+from harness.stages.base import Stage, Work, suite_stages
 from harness.stages.context import RunContext
 
 log = logging.getLogger("harness.runner")

@@ -57,6 +57,8 @@ memory = pd.read_csv(results / "stage_memory.csv", index_col="tokenizer")
 kind = "CUDA allocated" if device.startswith("cuda") else "CPU resident"
 for tokenizer, row in times.iterrows():
     for stage, seconds in row.drop("total").items():
+        if seconds == 0:  # not a stage of this row (the suite's report, a tokenizer's train...) or nothing to do
+            continue
         peak = memory.loc[tokenizer, stage] if tokenizer in memory.index and stage in memory else float("nan")
         print(f"gpu_check: {tokenizer:<18} {stage:<12} {seconds:8.1f} s   peak {peak:9.1f} MiB ({kind}, main process)")
 print(f"gpu_check: done; leaderboard {results / 'leaderboard.md'}")

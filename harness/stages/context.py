@@ -20,10 +20,9 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 import pandas as pd
 import torch
@@ -39,33 +38,13 @@ from harness.memory import StageMemory
 from harness.records import RunFolder
 from harness.registry import TOKENIZERS
 from harness.seeding import derive_seed, environment_card, resolve_deterministic, seeded
+from harness.stages.base import Stage, Variant, Work
 
-if TYPE_CHECKING:
-    from harness.stages import Stage, Variant, Work
 
 log = logging.getLogger("harness.runner")
 
 #: how long processes wait for each other at a barrier (the clip store build, the main process writing summaries and reports)
 STAGE_WAIT_TIMEOUT = timedelta(hours=12)
-
-
-@dataclass(frozen=True)
-class Backend:
-    """Backend flags of one stage; ``None`` leaves a flag as the suite set it.
-
-    Attributes:
-        tf32: TF32 for CUDA matmuls and cuDNN convolutions (``torch.backends.cuda.matmul.allow_tf32``,
-            ``torch.backends.cudnn.allow_tf32``); ``None`` keeps PyTorch's defaults (matmuls off, cuDNN on). The
-            flags only act on CUDA kernels: CPU results are the same either way.
-        cudnn_benchmark: cuDNN autotuning (off under deterministic runs).
-        threads: CPU threads (``torch.set_num_threads``).
-        mixed_precision: the autocast the stage's training runs with (recorded; Accelerate applies it).
-    """
-
-    tf32: bool | None = None
-    cudnn_benchmark: bool | None = None
-    threads: int | None = None
-    mixed_precision: str | None = None
 
 
 def _backend_now() -> dict[str, Any]:
@@ -196,10 +175,8 @@ class RunContext:
     def run_folder(self, entry: TokenizerEntry) -> RunFolder:
         return RunFolder(self.results / entry.id)
 
-    def variants(self, entry: TokenizerEntry) -> list["Variant"]:
+    def variants(self, entry: TokenizerEntry) -> list[Variant]:
         """The evaluated configurations of ``entry``: one per token budget, or the run folder itself."""
-        from harness.stages import Variant
-
         folder = self.run_folder(entry)
         if entry.budgets:
             return [Variant(folder.budget(k), k) for k in entry.budgets]
@@ -255,7 +232,7 @@ class RunContext:
     # ------------------------------------------------------------------ stages
 
     @contextmanager
-    def stage(self, stage: "Stage", work: "Work") -> Iterator[None]:
+    def stage(self, stage: Stage, work: Work) -> Iterator[None]:
         """Run one stage: set its :class:`Backend`, time it, restore every backend flag after it (also on errors)."""
         backend = stage.backend(self, work)
         before = _backend_now()
@@ -285,7 +262,7 @@ class RunContext:
         run so far (``stage_backends``)."""
         return {**environment_card(self.device, self.deterministic), "stage_backends": dict(self.stage_backends)}
 
-    def stage_times(self, stages: list["Stage"]) -> pd.DataFrame:
+    def stage_times(self, stages: list[Stage]) -> pd.DataFrame:
         """Wall seconds per tokenizer (rows) and stage (one column per stage of the run, in run order: a stage
         skipped or done takes 0) and ``total``."""
         frame = pd.Series(self.times, dtype=float).unstack(fill_value=0.0) if self.times else pd.DataFrame()
@@ -293,12 +270,12 @@ class RunContext:
         frame["total"] = frame.sum(axis=1)
         return frame.rename_axis("tokenizer")
 
-    def stage_memory(self, stages: list["Stage"]) -> pd.DataFrame:
+    def stage_memory(self, stages: list[Stage]) -> pd.DataFrame:
         """Peak memory per tokenizer and stage (MiB above the stage's start, :class:`harness.memory.StageMemory`)."""
         frame = pd.Series(self.peaks, dtype=float).unstack(fill_value=0.0) if self.peaks else pd.DataFrame()
         return frame.reindex(columns=[s.name for s in stages], fill_value=0.0).rename_axis("tokenizer")
 
-    def write_stage_times(self, times: Path, memory: Path, stages: list["Stage"]) -> None:
+    def write_stage_times(self, times: Path, memory: Path, stages: list[Stage]) -> None:
         """``stage_times.csv`` (unrounded seconds), ``stage_memory.csv`` (peak MiB per stage) and the time table in
         the log (rounded to 0.1 s there)."""
         table = self.stage_times(stages)

@@ -33,7 +33,7 @@ from harness.registry import METRICS, register_stage
 from harness.results import code_version, fingerprint, values_sha256
 from harness.scoring import Scorer
 from harness.shards import my_share, shard_record, world_size
-from harness.stages import Stage, Variant, Work
+from harness.stages.base import Stage, Variant, Work
 from harness.stages.context import RunContext
 from harness.stages.reconstruct import clip_lengths
 from harness.train import count_parameters

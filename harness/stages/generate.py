@@ -19,8 +19,9 @@ from pathlib import Path
 from harness.config import generation_config
 from harness.registry import register_stage
 from harness.seeding import derive_seed
-from harness.stages import Stage, Work
-from harness.stages.context import Backend, RunContext
+from harness.stages.base import Stage, Work
+from harness.stages.base import Backend
+from harness.stages.context import RunContext
 
 log = logging.getLogger("harness.runner")
 

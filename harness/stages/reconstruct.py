@@ -36,7 +36,7 @@ from harness.memory import StageMemory
 from harness.registry import register_stage
 from harness.seeding import derive_seed, seeded
 from harness.shards import gather_lists, my_share
-from harness.stages import Stage, Variant, Work
+from harness.stages.base import Stage, Variant, Work
 from harness.stages.context import RunContext
 
 log = logging.getLogger("harness.runner")

@@ -27,8 +27,9 @@ from harness.memory import StageMemory
 from harness.registry import register_stage
 from harness.results import code_version, fingerprint
 from harness.seeding import derive_seed, seeded
-from harness.stages import Stage, Work
-from harness.stages.context import Backend, RunContext
+from harness.stages.base import Stage, Work
+from harness.stages.base import Backend
+from harness.stages.context import RunContext
 from harness.train import train_tokenizer
 
 log = logging.getLogger("harness.runner")
