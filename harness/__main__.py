@@ -33,7 +33,7 @@ def _protocol(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from harness.registry import DATASETS, GENERATORS, METRICS, PRESETS, TOKENIZERS
+    from harness_core.registry import DATASETS, GENERATORS, METRICS, PRESETS, TOKENIZERS
 
     for title, registry in (("tokenizers", TOKENIZERS), ("metrics", METRICS), ("datasets", DATASETS), ("generators", GENERATORS)):
         try:
@@ -50,7 +50,7 @@ def _list(args: argparse.Namespace) -> int:
     except ImportError as err:
         print(f"presets: unavailable ({err})")
     else:
-        print("\npresets (harness.registry.create_preset):")
+        print("\npresets (harness_core.registry.create_preset):")
         print(tabulate([(p.name, p.family, p.summary) for p in presets], headers=["name", "family", "settings"]))
     if args.params:
         print("\nparameters of the paper configurations (built on the meta device):")

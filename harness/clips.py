@@ -15,7 +15,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from harness.api import Tokens, VideoTokenizer, check_video
+from harness_core.api import Tokens, VideoTokenizer, check_video
 
 
 def split_into_clips(video: Tensor, clip_frames: int) -> tuple[Tensor, int]:

@@ -33,8 +33,8 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from harness.data.decode import decode_frames, to_model_range
-from harness.io import write_json_atomic
-from harness.registry import METRICS
+from harness_core.io import write_json_atomic
+from harness_core.registry import METRICS
 from harness.scoring import Scorer
 
 #: file suffixes treated as videos

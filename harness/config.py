@@ -189,7 +189,7 @@ class GenerationConfig(Strict):
         num_samples: generated videos for gFVD (2048, StyleGAN-V).
         num_real: real clips for gFVD (2048, StyleGAN-V).
         sample_batch_size: videos per sampling / decoding batch.
-        fvd_protocols: metric names from ``harness.registry.METRICS`` (``fvd_16f``, ``fvd_128f``).
+        fvd_protocols: metric names from ``harness_core.registry.METRICS`` (``fvd_16f``, ``fvd_128f``).
         real_cache_dir: where real FVD statistics are cached (default
             ``<run_dir>/../.fvd_real_cache``, shared by the runs of a suite).
         conditional: class-conditional (UCF-101's 101 classes) with
@@ -349,7 +349,7 @@ class Suite(Strict):
     name: str
     description: str = ""
     seed: int = 0
-    #: deterministic algorithms (``harness.seeding.configure_determinism``): ``auto`` = on for CPU, off for CUDA
+    #: deterministic algorithms (``harness_core.seeding.configure_determinism``): ``auto`` = on for CPU, off for CUDA
     deterministic: bool | Literal["auto"] = "auto"
     output_dir: str | None = None
     data: DataConfig = DataConfig()
@@ -636,7 +636,7 @@ def check_tokenizer(spec: TokenizerSpec, where: str, source: str, missing_ok: bo
         SuiteError: the name does not resolve (unless ``missing_ok``), or a kwarg that the constructor does not
             accept (and no ``**kwargs`` stays open).
     """
-    from harness.registry import TOKENIZERS
+    from harness_core.registry import TOKENIZERS
 
     if missing_ok and spec.name not in TOKENIZERS:
         return None
@@ -696,7 +696,7 @@ def tokenizer_kwargs(suite: Suite, entry: TokenizerEntry, cls: type | None = Non
             this as a :class:`SuiteError` at load).
     """
     if cls is None:
-        from harness.registry import TOKENIZERS
+        from harness_core.registry import TOKENIZERS
 
         cls = TOKENIZERS.get(entry.name)
     geometry = {"frames": (suite.data.frames, "data.frames"), "resolution": (suite.data.resolution, "data.resolution")}
@@ -712,7 +712,7 @@ def validate_names(suite: Suite, source: str, check_data: bool = True) -> None:
             earlier tokenizer; ``budgets`` on a tokenizer that is not flexible; an invalid merged ``train`` or
             ``generation`` of an entry; ``stage0_cache_clips`` that cannot be used; a missing data folder.
     """
-    from harness.registry import DATASETS, METRICS
+    from harness_core.registry import DATASETS, METRICS
 
     ids = [t.id for t in suite.tokenizers]
     for entry in suite.tokenizers:

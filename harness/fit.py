@@ -10,7 +10,7 @@ What it does for any model (one CPU, one GPU, or several processes through
   last one (:func:`micro_batches`). Micro-batch ``m`` of process ``r`` holds
   rows ``offset = r x micro x accumulation + m x micro ...`` of the step's
   global batch, so one process and several see the same data.
-* **Seeding** (:mod:`harness.seeding`): before each micro-batch the global
+* **Seeding** (:mod:`harness_core.seeding`): before each micro-batch the global
   generators are seeded with ``derive_seed(seed, "train", step, offset)``; the
   caller's ``batch`` function draws its rows under that seed or from its own
   per-step seed.
@@ -22,7 +22,7 @@ What it does for any model (one CPU, one GPU, or several processes through
   ``torch.load(weights_only=True)``. A run killed at any moment resumes to the
   numbers of the uninterrupted run.
 * **Non-finite losses** on any process stop training with
-  :class:`harness.errors.NonFiniteError` before the optimizer step; the
+  :class:`harness_core.errors.NonFiniteError` before the optimizer step; the
   checkpoint on disk stays the last good one.
 * **Progress and curves**: a tqdm bar on the main process, and losses and the
   learning rate every ``log_every`` steps through Accelerate's trackers
@@ -48,10 +48,10 @@ from accelerate.utils import DistributedDataParallelKwargs, gather_object
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from harness.api import move_to
-from harness.errors import NonFiniteError
-from harness.io import torch_save_atomic, write_csv_atomic
-from harness.seeding import derive_seed, rng_state, seed_everything, set_rng_state
+from harness_core.api import move_to
+from harness_core.errors import NonFiniteError
+from harness_core.io import torch_save_atomic, write_csv_atomic
+from harness_core.seeding import derive_seed, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("harness.fit")
 
@@ -134,7 +134,7 @@ def make_accelerator(model: nn.Module, mixed_precision: str = "no", log_with: Lo
     Each model of a suite may ask for its own mixed precision and tracker, so the accelerator state is reset
     (the process group stays). DDP searches for parameters without a gradient at every step
     (``find_unused_parameters``) unless the model declares ``unused_parameters = False`` (every trainable
-    parameter gets a gradient at every step, :class:`harness.api.VideoTokenizer`); models without the
+    parameter gets a gradient at every step, :class:`harness_core.api.VideoTokenizer`); models without the
     attribute (plugins) are searched.
 
     Raises:
@@ -196,7 +196,7 @@ def fit(model: nn.Module, objective: nn.Module, optimizers: Sequence[torch.optim
             offset)``.
         schedule: steps, global batch, micro-batch, clipping, checkpoint and log intervals.
         checkpoint: the checkpoint file (written atomically by the main process; resumed from when present).
-        seed: the model's training seed (:mod:`harness.seeding`).
+        seed: the model's training seed (:mod:`harness_core.seeding`).
         accelerator: from :func:`make_accelerator` (or a test's own).
         label: the model's name in errors and logs.
         extras: objects with ``state_dict``/``load_state_dict`` kept in the checkpoint under their key (an EMA).

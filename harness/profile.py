@@ -55,7 +55,7 @@ import pandas as pd
 from pydantic import Field, field_validator
 
 from harness.config import Strict, TokenizerSpec, check_tokenizer, fill_geometry, read_suite
-from harness.io import write_csv_atomic, write_png_atomic, write_text_atomic
+from harness_core.io import write_csv_atomic, write_png_atomic, write_text_atomic
 
 logger = logging.getLogger("harness.profile")
 
@@ -131,7 +131,7 @@ def build_profiled_tokenizer(name: str, kwargs: dict[str, Any], frames: int, res
         SuiteError: ``kwargs`` sets ``frames`` / ``resolution`` to other values (:func:`harness.config.fill_geometry`).
         KeyError, ImportError, AttributeError: ``name`` does not resolve.
     """
-    from harness.registry import TOKENIZERS
+    from harness_core.registry import TOKENIZERS
 
     cls = TOKENIZERS.get(name)
     return cls(**fill_geometry(cls, kwargs, profile_geometry(frames, resolution)))
@@ -251,7 +251,7 @@ def profile_costs(tokenizers: Sequence[Entry], lengths: Sequence[int] = (16, 32,
         batch, clips, tokens, params, train_gflops, peak_memory_mb, step_seconds,
         device``.
     """
-    from harness.registry import TOKENIZERS
+    from harness_core.registry import TOKENIZERS
 
     log = log or logger.info
     device = _resolve_device(device)

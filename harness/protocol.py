@@ -29,7 +29,7 @@ def _settings(values: dict[str, Any], keys: tuple[str, ...] | None = None) -> st
 def data_lines(suite: Suite) -> list[tuple[str, str]]:
     """``(label, text)`` lines of the data protocol."""
     from harness.data.decode import RESIZE_METHODS
-    from harness.registry import DATASETS
+    from harness_core.registry import DATASETS
 
     data = suite.data
     dataset = DATASETS.get(data.dataset)
@@ -64,7 +64,7 @@ def _metric_text(value: Any) -> str:
 
 def metric_lines(suite: Suite) -> list[tuple[str, str]]:
     """One ``(metric, settings)`` line per metric of ``evaluate.metrics``, from each metric's ``protocol()``."""
-    from harness.registry import METRICS
+    from harness_core.registry import METRICS
 
     lines = []
     for reference in suite.evaluate.metrics:
@@ -96,7 +96,7 @@ def generation_lines(suite: Suite) -> list[tuple[str, str]]:
 
 def tokenizer_lines(suite: Suite) -> list[tuple[str, str]]:
     """Each tokenizer's family, kwargs, training recipe and its source (the family's ``recipe_source``)."""
-    from harness.registry import TOKENIZERS
+    from harness_core.registry import TOKENIZERS
 
     lines = []
     for entry in suite.tokenizers:

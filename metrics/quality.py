@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
-from harness.registry import register_metric
+from harness_core.registry import register_metric
 from metrics.base import VideoMetric, frames_of, to_unit_range
 
 #: identical frames have infinite PSNR; a frame's PSNR is capped here (dB), as common_metrics_on_video_quality does

@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from harness.errors import WeightsError
-from harness.registry import register_metric
+from harness_core.errors import WeightsError
+from harness_core.registry import register_metric
 from metrics.base import VideoMetric, frames_of, to_unit_range
 from metrics.i3d import file_sha256
 from metrics.lpips import FRAMES_PER_BATCH, _canonical_net, load_lpips, lpips_distance, per_frame_lpips

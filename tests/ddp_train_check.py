@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from harness.config import DataConfig, TrainConfig
 from harness.data.datasets import build_dataset
 from harness.data.sampling import TrainClips
-from harness.registry import create_tokenizer
+from harness_core.registry import create_tokenizer
 from harness.train import train_tokenizer
 
 out = Path(sys.argv[1])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.api import Tokens
+from harness_core.api import Tokens
 from harness.clips import reconstruct_video
 from harness.data.decode import decode_frames, to_model_range
 from harness.stages.reconstruct import codebook_summary
@@ -21,7 +21,7 @@ NO_GAN = {"gan": None, "perceptual_weight": 0.0}
 
 
 def test_registered():
-    from harness.registry import TOKENIZERS
+    from harness_core.registry import TOKENIZERS
 
     assert TOKENIZERS.get("grid3d_vq") is Grid3dVQ
     assert TOKENIZERS.get("frame2d_vq") is Frame2dVQ

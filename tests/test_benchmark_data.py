@@ -18,7 +18,7 @@ from harness.data.datasets import DataError, build_dataset
 from harness.data.decode import (VideoDecodeError, count_frames, decode_frames, resize_center_crop, source_stamp,
                                  yuv420_to_rgb)
 from harness.data.sampling import ClipCache, evaluation_clips
-from harness.registry import DATASETS
+from harness_core.registry import DATASETS
 
 FRAMES, RES = 4, 32  # clip length and size of every dataset here: a time split needs 2 x 4 frames
 

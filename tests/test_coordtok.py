@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from harness.registry import create_tokenizer
-from harness.seeding import seeded
+from harness_core.registry import create_tokenizer
+from harness_core.seeding import seeded
 from video_tokenizers.coordtok import (COORDTOK_SIZES, OFFICIAL_PAD_VALUE, CoordTok, bilinear_lookup,
                                        coordtok_param_counts, official_patch_index, triplane_features)
 

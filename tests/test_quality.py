@@ -18,7 +18,7 @@ from scipy.signal import convolve2d
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from harness.data.decode import decode_frames
-from harness.registry import METRICS
+from harness_core.registry import METRICS
 from metrics.base import frames_of, to_unit_range
 from metrics.quality import PSNR_CAP_DB, SSIM, SSIM_WINDOW, SSIMGray, per_frame_psnr, per_frame_ssim, per_frame_ssim_gray
 

@@ -57,7 +57,7 @@ def plugin_run(tmp_path_factory) -> tuple[Path, dict]:
 
 
 def test_every_registered_metric_describes_itself():
-    from harness.registry import METRICS, metric_spec
+    from harness_core.registry import METRICS, metric_spec
 
     for name in METRICS.names():
         cls, spec = METRICS.get(name), metric_spec(name)
@@ -194,19 +194,38 @@ def test_readme_plot_example_is_one_function_that_reaches_the_report(plugin_run,
 # --------------------------------------------------------------------------- imports
 
 
+#: the packages of the repository, each importing only those to its left (harness_core <- metrics <-
+#: video_tokenizers <- harness): the one-way boundaries of issue 25
+PACKAGES = ("harness_core", "metrics", "video_tokenizers", "harness")
+
+
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(REPO).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def import_graph(package: str = "harness") -> dict[str, set[str]]:
-    """Module -> harness modules it imports anywhere in its file (top level or inside functions)."""
-    files = {_module_name(p): p for p in (REPO / package).rglob("*.py")}
+def _runtime_nodes(tree: ast.AST):
+    """Every node of ``tree`` except those under ``if TYPE_CHECKING:`` (type-only imports run nothing)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and isinstance(child.test, ast.Name) and child.test.id == "TYPE_CHECKING":
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
+
+
+def import_graph(packages: tuple[str, ...] = PACKAGES) -> dict[str, set[str]]:
+    """Module -> modules of ``packages`` it imports anywhere in its file (top level or inside functions), except
+    imports for type annotations only (``if TYPE_CHECKING:``)."""
+    files = {_module_name(p): p for package in packages for p in (REPO / package).rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in files.items():
         is_package = path.name == "__init__.py"
         deps = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
             targets = []
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
@@ -224,6 +243,15 @@ def import_graph(package: str = "harness") -> dict[str, set[str]]:
                     deps.add(target)
         graph[name] = deps
     return graph
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Top-level package -> the other top-level packages its modules import."""
+    out: dict[str, set[str]] = {}
+    for module, deps in graph.items():
+        top = module.split(".")[0]
+        out.setdefault(top, set()).update(d.split(".")[0] for d in deps if d.split(".")[0] != top)
+    return out
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -257,11 +285,25 @@ def test_import_graph_walker_finds_a_planted_cycle():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
     graph = import_graph()
     assert "harness.reports.document" in graph["harness.report"]  # the walker sees real imports
+    assert "harness_core.api" in graph["metrics.base"] and "harness_core.layers" in graph["harness.generation.sit"]
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import x\nelse:\n    import y\n")
+    imported = {a.name for n in _runtime_nodes(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert imported == {"y"}  # a type-only import is not a runtime edge
 
 
-def test_no_module_of_harness_imports_a_module_that_imports_it_back():
+def test_no_module_imports_a_module_that_imports_it_back():
+    """No import cycle inside or between harness_core, metrics, video_tokenizers and harness (issue 25 item 4)."""
     cycle = find_cycle(import_graph())
     assert cycle is None, " -> ".join(cycle)
+
+
+def test_packages_import_one_way():
+    """harness_core imports none of the others, metrics only the core, video_tokenizers the core and metrics (its
+    perceptual losses), harness everything: each package imports only packages to its left in PACKAGES."""
+    packages = package_graph(import_graph())
+    for index, package in enumerate(PACKAGES):
+        assert packages.get(package, set()) <= set(PACKAGES[:index]), (package, packages.get(package))
+    assert find_cycle(packages) is None
 
 
 def test_training_curves_reach_tensorboard_and_the_report(plugin_run):

@@ -18,8 +18,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.errors import WeightsError
-from harness.registry import METRICS
+from harness_core.errors import WeightsError
+from harness_core.registry import METRICS
 from metrics.base import frames_of
 from metrics.lpips import lpips_distance
 from metrics.quality import per_frame_psnr
@@ -292,7 +292,7 @@ def long_clips(sample_paths) -> torch.Tensor:
 def test_boundary_jump_sees_a_seam_at_frame_16_only_for_a_16_frame_clip_tokenizer(long_clips):
     """Perfect reconstructions but for frame 16: a 16-frame-clip tokenizer (boundary 16) reports the jump,
     a whole-video tokenizer (no boundary) reports none; the boundaries are recorded in the protocol."""
-    from harness.registry import create_tokenizer
+    from harness_core.registry import create_tokenizer
     from harness.scoring import Scorer
 
     seam = long_clips.clone()
@@ -317,7 +317,7 @@ def test_boundary_jump_sees_a_seam_at_frame_16_only_for_a_16_frame_clip_tokenize
 
 def test_videoflextok_boundaries_are_its_chunk_starts():
     """17-frame chunks overlapping by one frame: chunk i > 0 adds frames 16 i + 1 .. 16 i + 16."""
-    from harness.registry import create_tokenizer
+    from harness_core.registry import create_tokenizer
 
     vae = {"name": "grid3d", "kwargs": {"size": "tiny", "channels": 8, "causal": True, "latent_channels": 16, "clip_frames": 17}}
     model = create_tokenizer("videoflextok", size="tiny", vae=vae, n_max=4, enc_depth=1, enc_dim=32, enc_heads=2,

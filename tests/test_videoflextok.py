@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from harness.data.decode import decode_frames, to_model_range
-from harness.registry import create_tokenizer
+from harness_core.registry import create_tokenizer
 from video_tokenizers.videoflextok import (FSQ_LEVELS, PAPER_81F_672, VideoFlexTok, decoder_attention_mask,
                                            encoder_attention_mask, latent_mosaic)
 
@@ -217,8 +217,8 @@ def test_flow_loss_trains_on_mosaics_only_when_configured(monkeypatch):
 
 def test_decode_from_indices_alone_matches_decode_from_codes(sample_videos):
     """Generators hand back FSQ indices only; decoding them must equal decoding the encoder's codes."""
-    from harness.api import Tokens
-    from harness.registry import create_tokenizer
+    from harness_core.api import Tokens
+    from harness_core.registry import create_tokenizer
 
     model = create_tokenizer("videoflextok", size="tiny", sample_steps=2).eval()
     video = torch.cat([sample_videos[:1], sample_videos[:1, :, :1]], dim=2)[..., :32, :32]  # 17 frames

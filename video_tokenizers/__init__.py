@@ -1,5 +1,5 @@
 """Tokenizer families. Importing this package registers every built-in tokenizer and its named
-size presets (``coordtok_L_1280``, ``grid3d_tiny``, ...; :data:`harness.registry.PRESETS`)."""
+size presets (``coordtok_L_1280``, ``grid3d_tiny``, ...; :data:`harness_core.registry.PRESETS`)."""
 from video_tokenizers import grid3d  # noqa: F401
 from video_tokenizers import coordtok  # noqa: F401
 from video_tokenizers import videoflextok  # noqa: F401

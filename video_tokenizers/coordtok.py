@@ -48,9 +48,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from harness.api import Tokens, VideoTokenizer, check_video
-from harness.registry import SizeConfig, register_preset, register_size_presets, register_tokenizer
-from video_tokenizers.layers import PLANES, CrossSelfBlock, TransformerBlock
+from harness_core.api import Tokens, VideoTokenizer, check_video
+from harness_core.registry import SizeConfig, register_preset, register_size_presets, register_tokenizer
+from harness_core.layers import PLANES, CrossSelfBlock, TransformerBlock
 from video_tokenizers.losses import LazyLPIPS
 
 #: LayerNorm eps of the official ViT3D and decoder blocks and their final norms: ``nn.LayerNorm``'s default, which

@@ -63,9 +63,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from harness.api import Tokens, VideoTokenizer, check_video
-from harness.errors import WeightsError
-from harness.registry import register_tokenizer
+from harness_core.api import Tokens, VideoTokenizer, check_video
+from harness_core.errors import WeightsError
+from harness_core.registry import register_tokenizer
 
 #: ``torch_dtype`` names accepted by :class:`DiffusersVAE`.
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from harness.api import VideoTokenizer
-from harness.registry import SizeConfig, register_size_presets, register_tokenizer
+from harness_core.api import VideoTokenizer
+from harness_core.registry import SizeConfig, register_size_presets, register_tokenizer
 from video_tokenizers.grid3d_vq import VQAutoencoderMixin
-from video_tokenizers.layers import group_norm
+from harness_core.layers import group_norm
 
 
 class ResBlock2d(nn.Module):

@@ -16,9 +16,9 @@ from typing import Sequence
 import torch.nn.functional as F
 from torch import Tensor
 
-from harness.api import Tokens, VideoTokenizer, check_video
-from harness.registry import SizeConfig, register_size_presets, register_tokenizer
-from video_tokenizers.layers import Decoder3d, DiagonalGaussian, Encoder3d
+from harness_core.api import Tokens, VideoTokenizer, check_video
+from harness_core.registry import SizeConfig, register_size_presets, register_tokenizer
+from harness_core.layers import Decoder3d, DiagonalGaussian, Encoder3d
 
 
 class Grid3dAutoencoder(VideoTokenizer):

@@ -26,8 +26,8 @@ import torch
 from torch import Tensor
 from vector_quantize_pytorch import VectorQuantize
 
-from harness.api import Tokens, check_video
-from harness.registry import SizeConfig, register_preset, register_tokenizer
+from harness_core.api import Tokens, check_video
+from harness_core.registry import SizeConfig, register_preset, register_tokenizer
 from video_tokenizers.grid3d import Grid3dAutoencoder
 from video_tokenizers.losses import AutoencoderLoss, LossConfig
 
@@ -50,7 +50,7 @@ class VQAutoencoderMixin:
 
     @property
     def unused_parameters(self) -> bool:
-        """``True`` only while a discriminator waits for ``disc_start`` (:class:`harness.api.VideoTokenizer`)."""
+        """``True`` only while a discriminator waits for ``disc_start`` (:class:`harness_core.api.VideoTokenizer`)."""
         return self.objective.discriminator_waits(self.discriminator)
 
     def _init_vq(self, dim: int, codebook_size: int, commitment_weight: float, ema_decay: float, kmeans_init: bool,

@@ -29,7 +29,7 @@ recipe       recon   perceptual      adversarial
 (*) MAGVIT's perceptual loss is computed on a pretrained image classifier's
 logits; LPIPS stands in for it (same weight, 0.1).
 
-How the engine trains a tokenizer that uses this module (``harness.api``):
+How the engine trains a tokenizer that uses this module (``harness_core.api``):
 the tokenizer owns ``self.discriminator`` (an ``nn.Module`` or ``None``);
 ``training_losses(video, step)`` returns ``"loss"`` (the generator objective,
 adversarial term included once ``step >= disc_start``) and, only while the
@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from video_tokenizers.layers import group_norm
+from harness_core.layers import group_norm
 
 # ----------------------------------------------------------------------------- config
 
@@ -415,7 +415,7 @@ class AutoencoderLoss:
 
     def discriminator_waits(self, discriminator: nn.Module | None) -> bool:
         """Whether ``discriminator`` gets no gradient at the first steps (``disc_start > 0``): the tokenizer's
-        ``unused_parameters`` (:class:`harness.api.VideoTokenizer`)."""
+        ``unused_parameters`` (:class:`harness_core.api.VideoTokenizer`)."""
         return self.gan_active(discriminator, self.config.disc_start) and self.config.disc_start > 0
 
     def perceptual(self, video: Tensor, recon: Tensor) -> Tensor:

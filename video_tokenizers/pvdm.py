@@ -24,7 +24,7 @@ uses patch 4 at 128x128 but reshapes the encoder output at ``res / 8``; the
 planes of Table 7 are 16x16, which patch 8 gives directly.)
 
 Positions: fixed sine-cosine embeddings (time, and 2D space; the
-``"transformer"`` convention of :func:`video_tokenizers.layers.sincos_pos_embed`)
+``"transformer"`` convention of :func:`harness_core.layers.sincos_pos_embed`)
 computed from the input's size, so one model takes any clip size divisible by the patch; PVDM
 uses rotary embeddings in attention instead (a detail we do not reproduce).
 
@@ -41,9 +41,9 @@ from einops import rearrange
 from timm.layers import Mlp
 from torch import Tensor, nn
 
-from harness.api import Tokens, VideoTokenizer, check_video
-from harness.registry import SizeConfig, register_size_presets, register_tokenizer
-from video_tokenizers.layers import PLANES, SelfAttention, TransformerBlock, sincos_pos_embed
+from harness_core.api import Tokens, VideoTokenizer, check_video
+from harness_core.registry import SizeConfig, register_size_presets, register_tokenizer
+from harness_core.layers import PLANES, SelfAttention, TransformerBlock, sincos_pos_embed
 from video_tokenizers.losses import AutoencoderLoss, LossConfig
 
 
@@ -123,7 +123,7 @@ class PVDMAutoencoder(VideoTokenizer):
 
     @property
     def unused_parameters(self) -> bool:
-        """``True`` only while a discriminator waits for ``disc_start`` (:class:`harness.api.VideoTokenizer`)."""
+        """``True`` only while a discriminator waits for ``disc_start`` (:class:`harness_core.api.VideoTokenizer`)."""
         return self.objective.discriminator_waits(self.discriminator)
 
     def __init__(self, size: str | None = "tiny", dim: int | None = None, depth: int | None = None,

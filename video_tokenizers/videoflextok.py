@@ -57,9 +57,9 @@ from einops import rearrange
 from torch import Tensor, nn
 from vector_quantize_pytorch import FSQ
 
-from harness.api import Tokens, VideoTokenizer, check_video
-from harness.registry import SizeConfig, create_tokenizer, register_size_presets, register_tokenizer
-from video_tokenizers.layers import AdaLNFinalLayer, AdaLNZeroBlock, TimestepEmbedder, TransformerBlock, sincos_pos_embed
+from harness_core.api import Tokens, VideoTokenizer, check_video
+from harness_core.registry import SizeConfig, create_tokenizer, register_size_presets, register_tokenizer
+from harness_core.layers import AdaLNFinalLayer, AdaLNZeroBlock, TimestepEmbedder, TransformerBlock, sincos_pos_embed
 
 #: FSQ levels of FlexTok / VideoFlexTok: 8*8*8*5*5*5 = 64,000 codes, 16 bits per token (notes 2.1, 3).
 FSQ_LEVELS = (8, 8, 8, 5, 5, 5)

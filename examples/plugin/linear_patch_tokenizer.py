@@ -7,7 +7,7 @@ projection maps tokens back to pixels: a linear patch autoencoder.
 import torch.nn.functional as F
 from torch import nn
 
-from harness.api import Tokens, VideoTokenizer, check_video
+from harness_core.api import Tokens, VideoTokenizer, check_video
 
 
 class LinearPatchTokenizer(VideoTokenizer):

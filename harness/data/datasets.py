@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 from harness.data.decode import RAW_YUV_SUFFIX, VideoDecodeError, count_frames, raw_yuv_size, source_stamp
 from harness.data.samples import sample_video_paths
-from harness.io import cache_root, write_json_atomic
-from harness.registry import register_dataset
+from harness_core.io import cache_root, write_json_atomic
+from harness_core.registry import register_dataset
 
 if TYPE_CHECKING:
     from harness.config import DataConfig
@@ -628,6 +627,6 @@ def _lines(path: Path) -> list[str]:
 
 def build_dataset(cfg: "DataConfig") -> VideoDataset:
     """Instantiate the registered dataset ``cfg.dataset``."""
-    from harness.registry import DATASETS
+    from harness_core.registry import DATASETS
 
     return DATASETS.get(cfg.dataset)(cfg)

@@ -12,7 +12,7 @@ Evaluation clips (SPEC "Data"), by one of three rules:
 * otherwise ``eval_clips_per_video`` non-overlapping clips per evaluation video
   at seeded positions.
 
-Draws come from ``numpy.random.default_rng(seed)`` (:mod:`harness.seeding`), so
+Draws come from ``numpy.random.default_rng(seed)`` (:mod:`harness_core.seeding`), so
 the list is identical across runs and numbers of processes;
 ``max_eval_videos`` keeps a seeded random subset of the videos first. The
 runner writes the clips as ``eval_list.txt`` (:func:`write_eval_list`), which
@@ -46,7 +46,7 @@ import torch
 from harness.data.datasets import DataError, VideoDataset, VideoRecord
 from harness.data.decode import decode_frames, source_stamp
 from harness.data.store import ClipStore
-from harness.io import save_numpy_atomic, write_text_atomic
+from harness_core.io import save_numpy_atomic, write_text_atomic
 
 #: file name of the evaluation list a run writes (``relpath start end`` lines, :func:`write_eval_list`)
 EVAL_LIST_FILE = "eval_list.txt"
@@ -104,6 +104,14 @@ def pad_frames(frames: np.ndarray, total: int) -> np.ndarray:
 def real_frames(record: VideoRecord, start: int, frames: int, stride: int) -> int:
     """How many of a clip's ``frames`` frames (from ``start``, every ``stride``-th) lie inside ``record``'s range."""
     return max(0, min(frames, -(-(record.stop - start) // stride)))
+
+
+def clip_lengths(clips: list[Clip], device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """Real frames of each clip, ``int64 [B]`` on ``device`` (the ``n_frames`` of tokenizers and metrics), or
+    ``None`` when no clip is padded."""
+    if all(c.length is None for c in clips):
+        return None
+    return torch.tensor([c.n_frames for c in clips], dtype=torch.long, device=device)
 
 
 def evaluation_clips(dataset: VideoDataset, seed: int) -> list[Clip]:

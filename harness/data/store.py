@@ -10,7 +10,7 @@ it on disk; clips are then slices of a ``numpy.load(mmap_mode="r")`` array, so
 a clip read from the store equals the clip decoded on the fly, byte for byte,
 and every process of a node shares one copy of the frames through the page cache.
 
-Layout (``<cache>`` is :func:`harness.io.cache_root`)::
+Layout (``<cache>`` is :func:`harness_core.io.cache_root`)::
 
     <cache>/clip_store/r<resolution>_<key>/
         manifest.json          {"protocol": {...}, "entries": {"<name>.npy": {...}}}
@@ -32,7 +32,7 @@ Layout (``<cache>`` is :func:`harness.io.cache_root`)::
 
 Building (:meth:`ClipStore.build`, :func:`prepare_store`) decodes the missing
 entries in a process pool. Each entry is streamed to a temporary file and
-moved into place (:func:`harness.io.write_atomic`), and the manifest is
+moved into place (:func:`harness_core.io.write_atomic`), and the manifest is
 rewritten atomically every :data:`MANIFEST_EVERY` seconds and at the end, so a
 killed build leaves only complete entries and temporary files. A rerun
 resumes: temporary files are removed, entries recorded in the manifest whose
@@ -69,7 +69,7 @@ from tqdm import tqdm
 
 from harness.data.datasets import DataError, VideoDataset, VideoRecord
 from harness.data.decode import RESIZE_METHODS, VideoDecodeError, decode_frames, source_stamp
-from harness.io import write_atomic, write_json_atomic
+from harness_core.io import write_atomic, write_json_atomic
 
 if TYPE_CHECKING:
     from harness.config import DataConfig

@@ -1,7 +1,7 @@
 """Generators over tokenizer tokens and the generation stage (issue 7).
 
 Importing this package registers the built-in generators in
-``harness.registry.GENERATORS``: ``"sit"`` (:class:`~harness.generation.sit.SiT`,
+``harness_core.registry.GENERATORS``: ``"sit"`` (:class:`~harness.generation.sit.SiT`,
 continuous latents) and ``"ar"`` (:class:`~harness.generation.ar.ARTransformer`,
 discrete indices). The stage entry point is
 :func:`harness.generation.stage.run_generation_stage`.

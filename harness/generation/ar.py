@@ -2,7 +2,7 @@
 
 For the discrete tokenizers (VideoFlexTok's FSQ indices, the VQ grid
 baselines): next-token prediction with a causal transformer (pre-LayerNorm
-GPT-2 blocks, :class:`video_tokenizers.layers.TransformerBlock` with
+GPT-2 blocks, :class:`harness_core.layers.TransformerBlock` with
 ``causal=True``; learned absolute positions), class-conditional through a class token
 at position 0 (LlamaGen-style "class token as prefix"), classifier-free
 guidance by mixing the logits of the class and of a null class, and a
@@ -30,8 +30,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from harness.generation.sit import SIT_SIZES
-from harness.registry import SizeConfig, register_generator, register_size_presets
-from video_tokenizers.layers import TransformerBlock
+from harness_core.registry import SizeConfig, register_generator, register_size_presets
+from harness_core.layers import TransformerBlock
 
 # --------------------------------------------------------------------------- token order
 

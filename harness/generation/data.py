@@ -19,7 +19,7 @@ come in ``epochs`` mode from :func:`encode_normalization_set`: one seeded
 window of every ``N // num_norm_clips``-th training video, as ``train_sit.py``
 (:func:`normalization_videos`).
 
-Every draw is a pure function of the stage seed ``g`` (:mod:`harness.seeding`):
+Every draw is a pure function of the stage seed ``g`` (:mod:`harness_core.seeding`):
 
 =================================  ==================================================================
 path                               what it seeds
@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from harness.api import Latents, VideoTokenizer
+from harness_core.api import Latents, VideoTokenizer
 from harness.clips import encode_video
 from harness.data.sampling import ClipBatch, TrainClips, stack_clips
 from harness.fit import BatchFn
@@ -51,7 +51,7 @@ from harness.generation.config import GenerationConfig
 from harness.generation.normalize import LatentNormalizer
 from harness.generation.tokens import TokenLayout, pack
 from harness.generation.tree import batch_size, tree_cat, tree_map
-from harness.seeding import derive_seed, seeded
+from harness_core.seeding import derive_seed, seeded
 
 #: ``source(n, seed) -> ClipBatch(videos float32 [n, 3, T, H, W] in [-1, 1], labels int64 [n], n_frames int64 [n])``,
 #: deterministic in ``seed`` (the runner draws from a :class:`harness.data.sampling.TrainClips`)

@@ -14,7 +14,7 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
-from harness.api import Latents
+from harness_core.api import Latents
 
 
 class LatentNormalizer:

@@ -2,10 +2,10 @@
 
 DiT blocks with adaLN-Zero conditioning on the timestep and the class
 (Peebles and Xie, DiT, section 3.2; SiT, Ma et al. 2024, uses the same
-backbone; :class:`video_tokenizers.layers.AdaLNZeroBlock` in the ``"dit"``
+backbone; :class:`harness_core.layers.AdaLNZeroBlock` in the ``"dit"``
 layout), sizes S/B/L/XL with patch 2/4/8 (SiT Table 1 / DiT Table 1), plus
 a ``tiny`` size for CPU tests; the presets ``sit_<size>_<patch>``
-(``sit_XL_2``) are registered in :data:`harness.registry.PRESETS`.
+(``sit_XL_2``) are registered in :data:`harness_core.registry.PRESETS`.
 
 The latents of a tokenizer reach the transformer through a *layout adapter*:
 
@@ -29,10 +29,10 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from harness.api import Latents
+from harness_core.api import Latents
 from harness.generation.tree import tree_cat, tree_map, tree_split
-from harness.registry import SizeConfig, register_generator, register_preset
-from video_tokenizers.layers import AdaLNFinalLayer, AdaLNZeroBlock, TimestepEmbedder, sincos_pos_embed
+from harness_core.registry import SizeConfig, register_generator, register_preset
+from harness_core.layers import AdaLNFinalLayer, AdaLNZeroBlock, TimestepEmbedder, sincos_pos_embed
 
 
 # --------------------------------------------------------------------------- embeddings

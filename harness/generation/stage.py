@@ -3,7 +3,7 @@
 Protocol (issue 7; CoordTok supplementary A.2 and B.2; StyleGAN-V):
 
 Every random draw derives from the stage's ``seed`` (and the shared ``real_seed``)
-through :func:`harness.seeding.derive_seed` (module table there, and the
+through :func:`harness_core.seeding.derive_seed` (module table there, and the
 data paths in :mod:`harness.generation.data`).
 
 1. **Tokens** (``cfg.train_data``, :mod:`harness.generation.data`).
@@ -38,7 +38,7 @@ data paths in :mod:`harness.generation.data`).
    Checkpoint ``generation/checkpoint.pt`` (model, EMA, optimizer, step, RNG
    states, loss history) every ``cfg.checkpoint_every`` steps and at the end
    (atomic); ``generation/losses.csv`` holds the loss curve. A non-finite loss
-   stops the stage (:class:`harness.errors.NonFiniteError`).
+   stops the stage (:class:`harness_core.errors.NonFiniteError`).
 4. **Sampling** with the EMA weights: SiT through the Euler-Maruyama SDE (250
    steps, ``w_t = sigma_t``, last step 0.04) or the ODE; the AR model by
    ancestral sampling, batch ``k`` seeded by ``derive_seed(seed, "sample", k)``.
@@ -73,16 +73,16 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from accelerate import PartialState
 from timm.utils import ModelEmaV3
 from torch import Tensor, nn
 
-from harness.api import Latents, VideoTokenizer
+from harness_core.api import Latents, VideoTokenizer
 from harness.data.sampling import ClipBatch, TrainClips, stack_clips
-from harness.errors import NonFiniteError
+from harness_core.errors import NonFiniteError
 from harness.generation.config import GenerationConfig
 from harness.generation.data import (ClipSource, EpochStream, batch_sizes, encode_normalization_set,
                                      encode_training_set, latent_batches, video_batches)
@@ -91,13 +91,13 @@ from harness.generation.tokens import TokenLayout, decode
 from harness.generation.transport import sample_ode, sample_sde, training_loss
 from harness.generation.tree import batch_size, tree_index, tree_map
 from harness.fit import BatchFn, FitResult, LogWith, Schedule, fit, make_accelerator, write_history
-from harness.io import torch_save_atomic, write_gif_atomic, write_json_atomic
+from harness_core.io import torch_save_atomic, write_gif_atomic, write_json_atomic
 from harness.memory import StageMemory
 from harness.records import RunFolder
-from harness.registry import GENERATORS, METRICS
+from harness_core.registry import GENERATORS, METRICS
 from harness.results import check_finite, values_sha256
 from harness.scoring import Scorer
-from harness.seeding import derive_seed, environment_card, seeded
+from harness_core.seeding import derive_seed, environment_card, seeded
 from harness.shards import gather_lists, my_share, shard_record, world_size
 from metrics.base import MIN_COMPARABLE_N  # the one "not comparable below N" threshold
 

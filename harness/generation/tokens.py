@@ -1,6 +1,6 @@
 """Per-video token layouts for generators, and decoding generated tokens.
 
-``harness.clips.encode_video`` returns one :class:`~harness.api.Tokens` per
+``harness.clips.encode_video`` returns one :class:`~harness_core.api.Tokens` per
 group of clips (clip-based tokenizers such as the grid baselines with
 ``clip_frames = 16``) or one for the whole video. A generator models the
 tokens of the **whole video** at once (CoordTok supp. B.2 generates the
@@ -32,7 +32,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from harness.api import Latents, Tokens, VideoTokenizer
+from harness_core.api import Latents, Tokens, VideoTokenizer
 from harness.clips import merge_clips
 from harness.generation.ar import from_sequence, to_sequence
 

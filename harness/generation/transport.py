@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from harness.api import Latents
+from harness_core.api import Latents
 from harness.generation.tree import batch_size, tree_leaves, tree_map
 
 VelocityFn = Callable[[Latents, Tensor], Latents]

@@ -6,7 +6,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from harness.api import Latents  # one tensor or a dict of named tensors, as in Tokens.latents
+from harness_core.api import Latents  # one tensor or a dict of named tensors, as in Tokens.latents
 
 
 def tree_map(fn: Callable[..., Tensor], *trees: Latents) -> Latents:

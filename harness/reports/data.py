@@ -4,7 +4,7 @@
 it holds the :class:`harness.records.RunRecord` s, reads each per-video table
 at most once and computes each bootstrap interval at most once per (row, metric).
 
-Metric columns come from the metric registry (:func:`harness.registry.metric_spec`):
+Metric columns come from the metric registry (:func:`harness_core.registry.metric_spec`):
 a record names its metrics in ``metric_refs`` (value key and registered name,
 entry point or ``module:Class``); older records without it name them by their
 summary keys. Generation results hold ``g<name>`` keys: their metric is ``<name>``.
@@ -25,7 +25,7 @@ import pandas as pd
 
 from harness import records as records_module
 from harness.records import RunRecord
-from harness.registry import MetricSpec, metric_spec
+from harness_core.registry import MetricSpec, metric_spec
 from harness.reports import stats
 
 log = logging.getLogger("harness.report")

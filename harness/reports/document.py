@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from harness.io import write_text_atomic
+from harness_core.io import write_text_atomic
 from harness.reports import leaderboard as lb
 from harness.reports.data import ReportData
 from harness.reports.gallery import GalleryItem, write_gallery

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.io import gif_bytes as _gif_bytes
-from harness.io import write_bytes_atomic
+from harness_core.io import gif_bytes as _gif_bytes
+from harness_core.io import write_bytes_atomic
 from harness.records import EVAL_CLIPS_FILE
 from harness.reports.data import ReportData
 
@@ -93,7 +93,7 @@ def side_by_side(real: np.ndarray, recon: np.ndarray, gap: int = 4) -> np.ndarra
 
 
 def gif_bytes(frames: np.ndarray, fps: int = GIF_FPS) -> bytes:
-    """Encode ``uint8 [T, H, W, 3]`` as a looping animated GIF (:func:`harness.io.gif_bytes`)."""
+    """Encode ``uint8 [T, H, W, 3]`` as a looping animated GIF (:func:`harness_core.io.gif_bytes`)."""
     return _gif_bytes(frames, fps)
 
 

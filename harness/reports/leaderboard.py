@@ -2,7 +2,7 @@
 
 Every metric column, its title, direction, decimals, interval and
 "not comparable below N" come from the metric's metadata through the registry
-(:class:`harness.registry.MetricSpec`); nothing here knows a metric by name.
+(:class:`harness_core.registry.MetricSpec`); nothing here knows a metric by name.
 
 Intervals: per-video metrics show ``mean ± half-width`` of a 95%
 percentile-bootstrap interval over videos (10,000 resamples, seed 0,
@@ -18,7 +18,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from harness.records import RunRecord
-from harness.registry import MetricSpec
+from harness_core.registry import MetricSpec
 from harness.reports.data import CI_CONFIDENCE, CI_RESAMPLES, CI_SEED, ReportData
 
 IDENTITY = ["suite", "row", "tokenizer_id", "tokenizer", "budget", "tokens_per_video", "compression_ratio", "parameters"]

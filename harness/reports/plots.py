@@ -8,8 +8,8 @@ plot is one function here decorated with :func:`register_plot`; the report,
 ``python -m harness plot`` and ``report.html`` pick it up.
 
 Axis labels, directions and the Pareto side come from each metric's
-metadata (:class:`harness.registry.MetricSpec`). All plots use matplotlib's
-Agg backend (no display needed) and are written atomically (:mod:`harness.io`).
+metadata (:class:`harness_core.registry.MetricSpec`). All plots use matplotlib's
+Agg backend (no display needed) and are written atomically (:mod:`harness_core.io`).
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from harness.io import write_png_atomic, write_text_atomic
-from harness.registry import MetricSpec
+from harness_core.io import write_png_atomic, write_text_atomic
+from harness_core.registry import MetricSpec
 from harness.reports.data import ReportData
 from harness.reports.stats import analysis_correlations, analysis_table, bootstrap_band, pareto_front
 

@@ -1,7 +1,7 @@
 """Statistics of reports: bootstrap intervals, Spearman correlations, Pareto fronts, the B.3 per-video table.
 
 Pure functions of numbers and tables; which metric is better in which direction
-is the metric's metadata (:class:`harness.registry.MetricSpec`), passed in by the caller.
+is the metric's metadata (:class:`harness_core.registry.MetricSpec`), passed in by the caller.
 """
 from __future__ import annotations
 

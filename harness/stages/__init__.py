@@ -17,7 +17,7 @@ A stage is a class with
 
 :class:`Work` names what a stage works on (a tokenizer entry and, for variant
 stages, one evaluated row). Built-in stages register in :data:`STAGES`
-(``harness.registry``) from ``harness.stages.{train,reconstruct,evaluate,
+(``harness_core.registry``) from ``harness.stages.{train,reconstruct,evaluate,
 generate,report}``; a plugin stage is a class named in the suite's ``stages``
 block by entry point (group ``harness.stages``) or ``module:Class``, with its
 own settings under that name (validated by its ``Config``, a pydantic model,

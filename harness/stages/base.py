@@ -111,7 +111,7 @@ def suite_stages(configs: dict[str, Any] | None = None) -> list[Stage]:
         KeyError, ImportError: an unknown stage reference (from the registry).
         pydantic.ValidationError: settings that the stage's ``Config`` rejects.
     """
-    from harness.registry import STAGES
+    from harness_core.registry import STAGES
 
     configs = configs or {}
     classes = [STAGES.get(name) for name in BUILTIN_STAGES] + [STAGES.get(ref) for ref in configs if ref not in BUILTIN_STAGES]
@@ -128,7 +128,7 @@ def stage_config_problem(reference: str, settings: Any) -> str | None:
     ``None``."""
     from pydantic import ValidationError
 
-    from harness.registry import STAGES
+    from harness_core.registry import STAGES
 
     try:
         cls = STAGES.get(reference)

@@ -28,16 +28,16 @@ import pandas as pd
 import torch
 from accelerate import PartialState
 
-from harness.api import VideoTokenizer
+from harness_core.api import VideoTokenizer
 from harness.config import Suite, TokenizerEntry, generation_config
 from harness.data.datasets import VideoDataset, build_dataset
 from harness.data.sampling import Clip, ClipCache, TrainClips, evaluation_clips
 from harness.data.store import ClipStore, open_store, prepare_store
-from harness.io import write_csv_atomic
+from harness_core.io import write_csv_atomic
 from harness.memory import StageMemory
 from harness.records import RunFolder
-from harness.registry import TOKENIZERS
-from harness.seeding import derive_seed, environment_card, resolve_deterministic, seeded
+from harness_core.registry import TOKENIZERS
+from harness_core.seeding import derive_seed, environment_card, resolve_deterministic, seeded
 from harness.stages.base import Stage, Variant, Work
 
 
@@ -183,7 +183,7 @@ class RunContext:
         return [Variant(folder, None)]
 
     def tokenizer_seed(self, entry: TokenizerEntry) -> int:
-        """``derive_seed(suite seed, id)``: the root of every draw of ``entry`` (:mod:`harness.seeding`)."""
+        """``derive_seed(suite seed, id)``: the root of every draw of ``entry`` (:mod:`harness_core.seeding`)."""
         return derive_seed(self.suite.seed, entry.id)
 
     def build_tokenizer(self, entry: TokenizerEntry) -> VideoTokenizer:
@@ -258,7 +258,7 @@ class RunContext:
             _apply(before)
 
     def environment(self) -> dict[str, Any]:
-        """The environment card (:func:`harness.seeding.environment_card`) plus the backend flags of every stage
+        """The environment card (:func:`harness_core.seeding.environment_card`) plus the backend flags of every stage
         run so far (``stage_backends``)."""
         return {**environment_card(self.device, self.deterministic), "stage_backends": dict(self.stage_backends)}
 

@@ -8,7 +8,7 @@ the summary reduces over all of them (metric states with their
 process writes the files, with ``shards`` (which rank scored which clips) when
 there are several processes. Padded short clips are scored on their real
 frames only (``n_frames``). A NaN or infinite metric value stops the stage
-(:class:`harness.errors.NonFiniteError`) before anything is written. The
+(:class:`harness_core.errors.NonFiniteError`) before anything is written. The
 stage is done while ``metrics.json`` carries today's
 :func:`evaluation_fingerprint` (metric names, settings and protocol texts, the
 evaluation clips); reconstructions are deleted after scoring unless
@@ -25,17 +25,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from harness.api import VideoTokenizer
+from harness_core.api import VideoTokenizer
 from harness.data.decode import to_model_range
-from harness.io import write_csv_atomic, write_json_atomic
+from harness.data.sampling import clip_lengths
+from harness_core.io import write_csv_atomic, write_json_atomic
 from harness.records import PER_FRAME_FILE, PER_VIDEO_FILE, Costs, Protocol, RunRecord
-from harness.registry import METRICS, register_stage
+from harness_core.registry import METRICS, register_stage
 from harness.results import code_version, fingerprint, values_sha256
 from harness.scoring import Scorer
 from harness.shards import my_share, shard_record, world_size
 from harness.stages.base import Stage, Variant, Work
 from harness.stages.context import RunContext
-from harness.stages.reconstruct import clip_lengths
 from harness.train import count_parameters
 
 log = logging.getLogger("harness.runner")

@@ -17,8 +17,8 @@ import logging
 from pathlib import Path
 
 from harness.config import generation_config
-from harness.registry import register_stage
-from harness.seeding import derive_seed
+from harness_core.registry import register_stage
+from harness_core.seeding import derive_seed
 from harness.stages.base import Stage, Work
 from harness.stages.base import Backend
 from harness.stages.context import RunContext

@@ -10,7 +10,7 @@ Every process reconstructs its share of the batches
 ``reconstruct.json``: tokens per video, encode/decode throughput, codebook
 usage, the largest peak memory of the processes and, when asked, the tiling
 check. Non-finite latents or reconstructions stop the stage
-(:class:`harness.errors.NonFiniteError`) naming the tokenizer and clips. The
+(:class:`harness_core.errors.NonFiniteError`) naming the tokenizer and clips. The
 stage is skipped when the row's evaluation is current (its reconstructions
 are then not needed) or every batch and ``reconstruct.json`` exist.
 """
@@ -25,16 +25,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from harness.api import VideoTokenizer
+from harness_core.api import VideoTokenizer
 from harness.clips import reconstruct_video, tiling_consistency
 from harness.data.decode import to_model_range, to_uint8
-from harness.data.sampling import Clip
-from harness.errors import NonFiniteError
+from harness.data.sampling import Clip, clip_lengths
+from harness_core.errors import NonFiniteError
 from harness.generation.tree import tree_leaves
-from harness.io import save_numpy_atomic, write_json_atomic
+from harness_core.io import save_numpy_atomic, write_json_atomic
 from harness.memory import StageMemory
-from harness.registry import register_stage
-from harness.seeding import derive_seed, seeded
+from harness_core.registry import register_stage
+from harness_core.seeding import derive_seed, seeded
 from harness.shards import gather_lists, my_share
 from harness.stages.base import Stage, Variant, Work
 from harness.stages.context import RunContext
@@ -144,13 +144,6 @@ def summarize(ctx: RunContext, tokenizer: VideoTokenizer, variant: Variant, batc
             summary["tiling_consistency"] = tiling_consistency(tokenizer, real, ctx.suite.evaluate.clip_batch)
         log.info("tiling check %s: %s", variant.folder, summary["tiling_consistency"])
     write_json_atomic(variant.files.reconstruct, summary)
-
-
-def clip_lengths(clips: list[Clip], device: torch.device) -> Tensor | None:
-    """Real frames of each clip, ``int64 [B]``, or ``None`` when no clip is padded."""
-    if all(c.length is None for c in clips):
-        return None
-    return torch.tensor([c.n_frames for c in clips], dtype=torch.long, device=device)
 
 
 def all_finite(latents: Tensor | dict[str, Tensor] | None) -> bool:

@@ -6,7 +6,7 @@ always runs (it is cheap and reflects every row present).
 """
 from __future__ import annotations
 
-from harness.registry import register_stage
+from harness_core.registry import register_stage
 from harness.stages.base import Stage, Work
 from harness.stages.context import RunContext
 

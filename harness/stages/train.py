@@ -22,11 +22,11 @@ from typing import Any
 
 from harness.config import TokenizerEntry
 from harness.fit import resolve_mixed_precision, write_history
-from harness.io import write_json_atomic
+from harness_core.io import write_json_atomic
 from harness.memory import StageMemory
-from harness.registry import register_stage
+from harness_core.registry import register_stage
 from harness.results import code_version, fingerprint
-from harness.seeding import derive_seed, seeded
+from harness_core.seeding import derive_seed, seeded
 from harness.stages.base import Stage, Work
 from harness.stages.base import Backend
 from harness.stages.context import RunContext
