@@ -55,11 +55,19 @@ def data_lines(suite: Suite) -> list[tuple[str, str]]:
     return lines
 
 
-def _metric_text(value: Any) -> str:
-    if isinstance(value, dict):
-        keys = ("title", "clip", "n_rule", "feature", "preprocessing", "covariance", "groups", "source", "weights_sha256")
-        return _settings(value, keys) or _settings(value)
-    return str(value)
+#: the settings of a set metric (FVD) a card shows, in this order; other dict-valued protocols show every key
+_SET_METRIC_KEYS = ("clip", "valid_frames", "skipped_videos", "feature", "preprocessing", "covariance", "groups", "source",
+                    "weights_sha256")
+
+
+def metric_settings_text(value: Any) -> str:
+    """One line of a metric's recorded settings (its ``protocol()`` value): text as it is; a dict as ``key value``
+    pairs (for FVD-like protocols the keys of :data:`_SET_METRIC_KEYS`, sha256 values shortened to 16 digits)."""
+    if not isinstance(value, dict):
+        return str(value)
+    keys = _SET_METRIC_KEYS if "clip" in value else tuple(value)
+    shown = {k: (str(value[k])[:16] if k.endswith("sha256") and value[k] else value[k]) for k in keys if k in value}
+    return _settings({k: v for k, v in shown.items() if v not in (None, "", {}, [])})
 
 
 def metric_lines(suite: Suite) -> list[tuple[str, str]]:
@@ -70,7 +78,7 @@ def metric_lines(suite: Suite) -> list[tuple[str, str]]:
     for reference in suite.evaluate.metrics:
         metric = METRICS.create(reference, **suite.evaluate.metric_kwargs.get(reference, {}))
         protocol = metric.protocol() or {metric.name: metric.title or metric.name}
-        lines.extend((key, _metric_text(value)) for key, value in protocol.items())
+        lines.extend((key, metric_settings_text(value)) for key, value in protocol.items())
     return lines
 
 

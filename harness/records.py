@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from harness_core.registry import MetricSpec
+
 # ----------------------------------------------------------------------------- layout
 
 SUITE_FILE = "suite.json"
@@ -86,6 +88,87 @@ class RunFolder:
     generation_losses = property(lambda self: self.run_dir / GENERATION_DIR / LOSSES_FILE)
 
 
+# ----------------------------------------------------------------------------- stage records
+
+
+@dataclass
+class StageRecord:
+    """A stage's JSON record, written and read through the same class: fields are the file's keys; keys a reader
+    does not know (written by a later version) are kept in ``extra`` and written back."""
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        out.update(getattr(self, "extra", {}))
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]):
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in data.items() if k in known}, extra={k: v for k, v in data.items() if k not in known})
+
+    def write(self, path: Path) -> Path:
+        from harness_core.io import write_json_atomic
+
+        return write_json_atomic(path, self.to_json())
+
+    @classmethod
+    def read(cls, path: Path):
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+
+@dataclass
+class TrainRecord(StageRecord):
+    """``train.json``: what the train stage did (costs of the training run, or an evaluation-only entry's weights).
+
+    ``peak_memory_mb`` is the stage's own peak (:class:`harness.memory.StageMemory`, ``memory_kind`` says what it
+    measures); ``train_step_time_s`` the mean step time after the first step, seconds.
+    """
+
+    steps: int = 0
+    resumed_from: int = 0
+    train_step_time_s: float | None = None
+    batch_size: int | None = None
+    peak_memory_mb: float | None = None
+    memory_kind: str | None = None
+    last_losses: dict[str, float] = field(default_factory=dict)
+    wall_time_s: float | None = None
+    environment: dict[str, Any] | None = None
+    #: evaluation-only entry (not trained here) and the identity of its weights (source, revision, sha256)
+    pretrained: bool = False
+    weights: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ReconstructRecord(StageRecord):
+    """``reconstruct.json``: tokens per video, encode/decode throughput (videos/s over the timed videos), the stage's
+    peak memory, codebook usage of discrete tokenizers (:mod:`metrics.codebook`: ``codebook_*`` keys of the file),
+    the tokenizers' scalar token info and the tiling check (PSNR of tiling off vs on, dB)."""
+
+    tokens_per_video: int | None = None
+    videos_timed: int = 0
+    encode_videos_per_s: float | None = None
+    decode_videos_per_s: float | None = None
+    peak_memory_mb: float | None = None
+    memory_kind: str | None = None
+    codebook: dict[str, float] | None = None
+    token_info: dict[str, Any] | None = None
+    tiling_consistency: dict[str, float] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out = super().to_json()
+        out.update(out.pop("codebook") or {})  # the file keeps codebook_* keys at its top level
+        return {k: v for k, v in out.items() if v is not None or k == "tokens_per_video"}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ReconstructRecord":
+        codebook = {k: v for k, v in data.items() if k.startswith("codebook")} or None
+        record = super().from_json({k: v for k, v in data.items() if not k.startswith("codebook")})
+        record.codebook = codebook
+        return record
+
+
 # ----------------------------------------------------------------------------- record
 
 
@@ -124,9 +207,16 @@ class Costs:
 
 @dataclass
 class GenerationResult:
-    """``generation/metrics.json``: ``g<metric>`` values with companions, protocol, generator costs, sha256."""
+    """``generation/metrics.json``: ``g<metric>`` values with companions, protocol, generator costs, sha256, and
+    (since it exists) ``metric_specs``: the gFVD columns' metadata (:class:`harness_core.registry.MetricSpec`)."""
 
     values: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def specs(self) -> list[MetricSpec] | None:
+        """The recorded metadata of the ``g<name>`` columns (``None`` for results written before the key)."""
+        specs = self.values.get("metric_specs")
+        return None if specs is None else [MetricSpec.from_dict(s) for s in specs]
 
     @property
     def protocol(self) -> dict[str, Any]:
@@ -177,8 +267,13 @@ class RunRecord:
     #: PSNR of the reconstruction with tiling off vs on (``harness.clips.tiling_consistency``), when checked
     tiling_consistency: dict[str, float] | None = None
     #: the suite's metrics in its order: ``{"name": value key, "metric": how the suite named it}`` (registered
-    #: name, entry point or ``module:Class``); a list, since ``metrics.json`` is written with sorted keys
+    #: name, entry point or ``module:Class``); a list, since ``metrics.json`` is written with sorted keys. Records
+    #: written since ``metric_specs`` exists carry that instead
     metric_refs: list[dict[str, str]] | None = None
+    #: each metric's metadata as it scored (:class:`harness_core.registry.MetricSpec` as a dict: title of what it
+    #: scored, direction, unit, digits, per-video or set, table, reference), so that a report of the folder needs no
+    #: metric code
+    metric_specs: list[dict[str, Any]] | None = None
     #: per-video table, relative to the row's folder
     per_video: str | None = PER_VIDEO_FILE
     #: per-frame table (clip, frame, per-frame metrics), relative to the row's folder; ``None`` without one
@@ -226,10 +321,17 @@ class RunRecord:
 
     @property
     def metric_names(self) -> dict[str, str] | None:
-        """Value key -> metric reference, in the suite's order (``None`` for records written before the key)."""
+        """Value key -> metric reference, in the suite's order (``None`` for records written before either key)."""
+        if self.metric_specs is not None:
+            return {spec["name"]: spec.get("reference") or spec["name"] for spec in self.metric_specs}
         if self.metric_refs is None:
             return None
         return {ref["name"]: ref["metric"] for ref in self.metric_refs}
+
+    @property
+    def specs(self) -> list[MetricSpec] | None:
+        """The recorded metric metadata (``None`` for records written before ``metric_specs``)."""
+        return None if self.metric_specs is None else [MetricSpec.from_dict(s) for s in self.metric_specs]
 
     @property
     def per_video_path(self) -> Path | None:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from harness_core.errors import NonFiniteError
-from harness_core.registry import METRICS
+from harness_core.registry import METRICS, MetricSpec, spec_of
 from harness.results import check_finite
 from harness.shards import gather_lists
 
@@ -111,6 +111,11 @@ class Scorer:
                 "frame": [t for count in valid for t in range(count)],
                 **{name: [v for index, count in enumerate(valid) for v in values[index][:count]] for name, values in frames.items()},
             }))
+
+    def specs(self) -> list[MetricSpec]:
+        """Each metric's metadata (title of what it scored, direction, unit, digits, per-video or set, table), as
+        run records store it so that reports need no metric code (:func:`harness_core.registry.spec_of`)."""
+        return [spec_of(metric, reference) for reference, metric in self.metrics.items()]
 
     def frame_table(self) -> pd.DataFrame:
         """The per-frame values of every scored frame (valid frames only), batches in order: the video's first

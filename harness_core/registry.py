@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Iterator, Mapping
 
 # Modules whose import registers the built-ins of each registry.
@@ -319,6 +319,18 @@ class MetricSpec:
     generation_title: str = ""
     #: the leaderboard table the column belongs to: ``"quality"`` (the main table) or ``"temporal"``
     table: str = "quality"
+    #: how the suite named the metric (registered name, entry point or ``module:Class``)
+    reference: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain values, as run records store it (``metric_specs``)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "MetricSpec":
+        """A spec read back from a record (unknown keys ignored, missing ones at their defaults)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def metric_spec(reference: str, name: str | None = None) -> MetricSpec:
@@ -331,11 +343,18 @@ def metric_spec(reference: str, name: str | None = None) -> MetricSpec:
     Raises:
         KeyError, ImportError, AttributeError: the metric cannot be found.
     """
-    cls = METRICS.get(reference)
-    key = name or getattr(cls, "name", None) or reference
-    title = getattr(cls, "title", None) or key
-    generation_title = getattr(cls, "generation_title", None) or f"g{title}"
-    return MetricSpec(key=key, name=key, title=title, higher_is_better=getattr(cls, "higher_is_better", None),
-                      unit=getattr(cls, "unit", "") or "", digits=int(getattr(cls, "digits", 4)),
-                      per_video=bool(getattr(cls, "per_video", True)), min_comparable_n=getattr(cls, "min_comparable_n", None),
-                      generation_title=generation_title, table=str(getattr(cls, "table", "quality")))
+    return spec_of(METRICS.get(reference), reference, name)
+
+
+def spec_of(metric: Any, reference: str, name: str | None = None) -> MetricSpec:
+    """The :class:`MetricSpec` of a metric class or instance (its class attributes; an instance that has scored
+    gives the title of what it scored, ``scored_title()``: e.g. ``rFVD 32f`` for whole-clip FVD on 32 frames)."""
+    key = name or getattr(metric, "name", None) or reference
+    title = getattr(metric, "title", None) or key
+    generation_title = getattr(metric, "generation_title", None) or f"g{title}"
+    if not isinstance(metric, type) and hasattr(metric, "scored_title"):
+        title, generation_title = metric.scored_title(), metric.scored_title(generation=True)
+    return MetricSpec(key=key, name=key, title=title, higher_is_better=getattr(metric, "higher_is_better", None),
+                      unit=getattr(metric, "unit", "") or "", digits=int(getattr(metric, "digits", 4)),
+                      per_video=bool(getattr(metric, "per_video", True)), min_comparable_n=getattr(metric, "min_comparable_n", None),
+                      generation_title=generation_title, table=str(getattr(metric, "table", "quality")), reference=reference)

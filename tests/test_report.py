@@ -130,7 +130,8 @@ def test_report_files_exist_after_a_suite_run(suite_dir):
             assert image.format == "PNG" and image.width > 300 and image.height > 200
     text = (suite_dir / "report.md").read_text()
     for section in ("## Leaderboard", "## Protocol", "## Quality vs tokens per video", "## Analysis", "## Training loss curves", "## Per-frame quality", "## Gallery",
-                    "- dataset: samples", "- resolution: 32x32", "- number of videos: 9 clips (3 per video)"):
+                    "- dataset: samples", "- clips: 16 frames at stride 1, 32x32",
+                    "- evaluation clips: 9 clips, 3 per video at seeded positions", "- metric PSNR: higher is better; per frame"):
         assert section in text, section
     page = (suite_dir / "report.html").read_text()
     assert page.count("src='data:image/png;base64,") == 4 and page.count("src='data:image/gif;base64,") == 3

@@ -271,7 +271,7 @@ def _update_real(scorer: Scorer, clips: ClipBatch, device: torch.device) -> None
 def run_generation_stage(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConfig, run_dir: Path,
                          device: torch.device, num_classes: int = 1, seed: int = 0, real_seed: int | None = None,
                          label: str = "generator", deterministic: bool = False, log_with: LogWith = "none",
-                         train_videos: TrainClips | None = None) -> dict:
+                         train_videos: TrainClips | None = None, environment: dict[str, Any] | None = None) -> dict:
     """Train a generator on ``tokenizer``'s tokens, sample videos and score them with gFVD.
 
     Args:
@@ -288,6 +288,8 @@ def run_generation_stage(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg
             default ``derive_seed(seed, "real")``.
         label: the tokenizer's id, named in errors.
         deterministic: recorded in the environment card (the runner switches the algorithms).
+        environment: the environment card to record (the stage passes the run context's, with every stage's
+            backend flags); default :func:`harness_core.seeding.environment_card`.
         log_with: the tracker of the generator's losses (``train.log_with``; :mod:`harness.fit`).
         train_videos: the training videos (windows of any start), read in ``cfg.train_data: epochs`` mode.
 
@@ -313,12 +315,12 @@ def run_generation_stage(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg
         raise ValueError(f"{label}: generation.train_data 'epochs' reads the training videos, but none were given "
                          "(train_videos); set generation.train_data: pool to train on cached clips")
     return _run(tokenizer, train_clips, cfg, Path(run_dir), torch.device(device), num_classes, seed,
-                derive_seed(seed, "real") if real_seed is None else real_seed, label, deterministic, log_with,
-                train_videos)
+                derive_seed(seed, "real") if real_seed is None else real_seed, label,
+                environment or environment_card(torch.device(device), deterministic), log_with, train_videos)
 
 
 def _run(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConfig, run_dir: Path,
-         device: torch.device, num_classes: int, seed: int, real_seed: int, label: str, deterministic: bool,
+         device: torch.device, num_classes: int, seed: int, real_seed: int, label: str, environment: dict[str, Any],
          log_with: LogWith, train_videos: TrainClips | None) -> dict:
     files = RunFolder(run_dir)
     out, metrics_path = files.generation, files.generation_metrics
@@ -429,6 +431,7 @@ def _run(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConf
         "real_clips": real[2],
     }
     result["gfvd_protocol"] = protocol
+    result["metric_specs"] = [spec.for_generation().to_dict() for spec in scorer.specs()]  # reports need no metric code
     result["gfvd_comparable"] = bool(comparable)
     if not comparable:
         result["gfvd_note"] = f"N < {MIN_COMPARABLE_N} samples per set: not comparable (standard N = 2048)"
@@ -457,7 +460,7 @@ def _run(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg: GenerationConf
     if shards["world_size"] > 1:
         result["shards"] = shards  # which process sampled which samples (indices)
     check_finite(result, f"{label}: generation metrics")
-    result["environment"] = environment_card(device, deterministic)
+    result["environment"] = environment
     result["gfvd_values_sha256"] = values_sha256(result)
     write_json_atomic(metrics_path, result)
     tokenizer.train(was_training)

@@ -4,10 +4,14 @@
 it holds the :class:`harness.records.RunRecord` s, reads each per-video table
 at most once and computes each bootstrap interval at most once per (row, metric).
 
-Metric columns come from the metric registry (:func:`harness_core.registry.metric_spec`):
-a record names its metrics in ``metric_refs`` (value key and registered name,
-entry point or ``module:Class``); older records without it name them by their
-summary keys. Generation results hold ``g<name>`` keys: their metric is ``<name>``.
+Metric columns come from the records themselves: every ``metrics.json`` (and
+``generation/metrics.json``) written since issue 25 holds ``metric_specs``, each
+metric's metadata as it scored (title, direction, unit, digits, set or
+per-video, table), so a report needs no metric code and a plugin metric that
+cannot be imported keeps its column and arrow. Older records go through the
+metric registry (:func:`harness_core.registry.metric_spec`): they name their
+metrics in ``metric_refs`` (value key and registered name, entry point or
+``module:Class``), or by their summary keys. Generation results hold ``g<name>`` keys: their metric is ``<name>``.
 A column's title is the one the metric recorded in its protocol for what it
 scored (``"title"``, ``"generation_title"``; e.g. ``rFVD 32f`` for whole-clip FVD
 on 32-frame clips, :meth:`metrics.base.VideoMetric.scored_title`), else the
@@ -49,8 +53,23 @@ def _recorded_title(spec: MetricSpec, protocols: dict[str, Any], field_name: str
     return replace(spec, title=title) if isinstance(title, str) and title else spec
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def record_columns(record: RunRecord) -> tuple[list[MetricSpec], list[str]]:
-    """``(specs, problems)``: the metric columns of one record in its own order, and metrics whose class was not found."""
+    """``(specs, problems)``: the metric columns of one record in its own order, and metrics whose class was not found.
+
+    A record's own ``metric_specs`` (and its generation results') give the columns without any metric code; older
+    records are resolved through the metric registry.
+    """
+    recorded = record.specs
+    if recorded is not None:
+        specs = [spec for spec in recorded if _is_number(record.metrics.get(spec.key))]
+        generated = record.generation.specs if record.generation else None
+        if generated is not None:
+            return specs + [spec for spec in generated if _is_number(record.generation.values.get(spec.key))], []
+        return specs + _generation_columns(record), []
     specs, problems = [], []
     refs = record.metric_names if record.metric_refs is not None else {k: k for k in record.metrics}
     for key, reference in refs.items():
@@ -63,13 +82,23 @@ def record_columns(record: RunRecord) -> tuple[list[MetricSpec], list[str]]:
                 specs.append(MetricSpec(key, key, key, None, "", 4, False, None))
             continue
         specs.append(_recorded_title(spec, record.protocol.metrics, "title"))
-    for key, value in (record.generation.values if record.generation else {}).items():
-        if not key.startswith("g") or not isinstance(value, (int, float)) or isinstance(value, bool):
+    return specs + _generation_columns(record), problems
+
+
+def _generation_columns(record: RunRecord) -> list[MetricSpec]:
+    """The ``g<name>`` columns of generation results written before ``metric_specs``, through the registry."""
+    if record.generation is None:
+        return []
+    if record.generation.specs is not None:
+        return [spec for spec in record.generation.specs if _is_number(record.generation.values.get(spec.key))]
+    specs = []
+    for key, value in record.generation.values.items():
+        if not key.startswith("g") or not _is_number(value):
             continue
         spec = _spec(key[1:], key[1:])
         if spec is not None and not spec.per_video:
             specs.append(_recorded_title(spec.for_generation(), record.generation.protocol, "generation_title"))
-    return specs, problems
+    return specs
 
 
 @dataclass

@@ -299,79 +299,98 @@ def _distinct(values: list[Any]) -> str:
     return ", ".join(seen) if seen else "–"
 
 
-def _flat(prefix: str, value: Any) -> list[tuple[str, str]]:
-    """``key: value`` lines of a (nested) convention: dicts become dotted keys, lists comma-separated."""
-    if isinstance(value, dict):
-        return [line for k, v in value.items() for line in _flat(f"{prefix}.{k}", v)]
-    if isinstance(value, (list, tuple)):
-        return [(prefix, ", ".join(str(v) for v in value))]
-    return [(prefix, str(value))]
+def _eval_rule(protocol) -> str:
+    """How the evaluation clips were chosen, from a record's protocol."""
+    extra = protocol.extra or {}
+    if extra.get("eval_list"):
+        return f"the given list {extra['eval_list']}"
+    if extra.get("eval_clips"):
+        return "drawn from the suite seed: a video uniformly with replacement, then a start inside it"
+    return f"{protocol.eval_clips_per_video or 1} per video at seeded positions"
+
+
+def _tokenizer_line(record: RunRecord) -> str:
+    parts = [record.tokenizer, f"{record.tokens_per_video} tokens/video" if record.tokens_per_video else "",
+             f"clips of {record.protocol.clip_frames} frames" if record.protocol.clip_frames else "whole video"]
+    padded = (record.token_info or {}).get("padded_frames")
+    if padded:
+        parts.append(f"videos padded by {padded} repeated last frame(s) to its native length, cropped back before scoring")
+    if record.pretrained:
+        parts.append(f"pretrained weights {_weights_text(record.weights)}")
+    if record.tiling_consistency:
+        parts.append("tiling check " + ", ".join(f"{k} {v:.2f} dB" for k, v in record.tiling_consistency.items()))
+    sha_gen = record.generation.values_sha256 if record.generation else None
+    if record.metrics_sha256:
+        parts.append(f"values sha256 {record.metrics_sha256[:16]}" + (f", generation {sha_gen[:16]}" if sha_gen else ""))
+    return "; ".join(p for p in parts if p)
+
+
+def _set_sizes(data: ReportData, spec: MetricSpec) -> str:
+    """``N = n fake / m real`` of a set metric over the rows (comparability marked), or ``""``."""
+    sizes = []
+    for record in data.records:
+        source = (record.generation.values if record.generation else {}) if spec.generation else record.metrics
+        n = source.get(f"{spec.key}_n")
+        if n is None:
+            continue
+        sizes.append(f"N = {n} {'generated' if spec.generation else 'fake'} / {source.get(f'{spec.key}_n_real', '?')} real"
+                     + ("" if spec.comparable(n) else f" (N < {spec.min_comparable_n}: not comparable)"))
+    return _distinct(sizes) if sizes else ""
+
+
+def _environment_text(environment: dict[str, Any]) -> str:
+    """The environment card in one line; the per-stage backend flags (``stage_backends``) as ``stage: flags``."""
+    base = ", ".join(f"{k} {v}" for k, v in sorted(environment.items()) if k != "stage_backends")
+    stages = environment.get("stage_backends") or {}
+    flags = "; ".join(f"{stage}: " + ", ".join(f"{k} {v}" for k, v in sorted(values.items()) if v is not None)
+                      for stage, values in stages.items())
+    return base + (f"; stage backends: {flags}" if flags else "")
 
 
 def protocol_card(data: ReportData) -> list[tuple[str, str]]:
-    """The evaluation protocol as ``(key, value)`` lines; values that differ between rows are listed comma-separated.
+    """The protocol as a card a person reads: ``(label, text)`` lines, one for the suite, the dataset, the clips and
+    the evaluation clips, one per tokenizer row, one per metric (its settings as it recorded them, N of set
+    metrics), one for generation, then seeds, code version, environment and the kind of the memory figures. Values
+    that differ between rows are listed comma-separated."""
+    from harness.protocol import metric_settings_text
 
-    Suite, dataset, split, clip length, resolution, number of videos, set-metric N
-    and comparability, weights sha256, each metric's conventions, padded frames,
-    seeds, code version, environment card, train peak-memory kind and each row's values sha256.
-    """
     records, suite = data.records, data.suite
     protocols = [r.protocol for r in records]
     card: list[tuple[str, str]] = []
     if suite:
         card.append(("suite", suite.get("name", "") + (f": {suite['description']}" if suite.get("description") else "")))
-    card.append(("dataset", _distinct([p.dataset + (f" fold {p.fold}" if p.fold else "") for p in protocols if p.dataset])))
-    card.append(("split", _distinct([p.split for p in protocols])))
-    card.append(("clip length", _distinct([f"{p.frames} frames, stride {p.frame_stride}" for p in protocols])))
-    card.append(("tokenizer clip length", _distinct([f"{r.row}: {r.protocol.clip_frames or 'whole video'}" for r in records])))
-    card.append(("resolution", _distinct([f"{p.resolution}x{p.resolution}" for p in protocols])))
-    card.append(("number of videos", _distinct([f"{p.num_videos} clips ({p.eval_clips_per_video or 1} per video)" for p in protocols])))
-    sizes, sha = [], []
-    for record in records:
-        for spec in data.columns:
-            source = (record.generation.values if record.generation else {}) if spec.generation else record.metrics
-            if spec.per_video or source.get(f"{spec.key}_n") is None:
-                continue
-            n, n_real = source.get(f"{spec.key}_n"), source.get(f"{spec.key}_n_real", "?")
-            sizes.append(f"{record.row} {spec.title}: N = {n} {'generated' if spec.generation else 'fake'} / {n_real} real"
-                         + ("" if spec.comparable(n) else f" (N < {spec.min_comparable_n}: not comparable)"))
-        conventions = list(record.protocol.metrics.items()) + [
-            (f"g{k}", v) for k, v in (record.generation.protocol if record.generation else {}).items()]
-        for metric, conv in conventions:
-            if isinstance(conv, dict):
-                for key in sorted(k for k in conv if k.endswith("sha256") and conv[k]):
-                    sha.append(f"{metric} {key.removesuffix('_sha256').removesuffix('sha256').strip('_') or 'weights'} {conv[key]}")
-    card.append(("set metrics N", _distinct(sizes) if sizes else "not measured"))
-    card.append(("weights sha256", _distinct(sha) if sha else "no pretrained metric network used"))
-    conventions: dict[str, Any] = {}
+    card.append(("dataset", _distinct([p.dataset + (f" fold {p.fold}" if p.fold else "") + f"; split: {p.split}"
+                                       for p in protocols if p.dataset])))
+    card.append(("clips", _distinct([f"{p.frames} frames at stride {p.frame_stride}, {p.resolution}x{p.resolution}"
+                                     + (f", resize {p.extra['resize']}" if p.extra.get("resize") else "")
+                                     + (f", short videos {p.extra['short_videos']} ({p.extra.get('padded_clips', 0)} padded"
+                                        f" clips scored on their real frames)" if p.extra.get("short_videos") else "")
+                                     for p in protocols])))
+    card.append(("evaluation clips", _distinct([f"{p.num_videos} clips, {_eval_rule(p)}" for p in protocols])))
+    card += [(f"tokenizer {r.row}", _tokenizer_line(r)) for r in records]
+    settings: dict[str, Any] = {}
     for record in records:
         for key, value in record.protocol.metrics.items():
-            conventions.setdefault(key, value)
-    for key, value in conventions.items():
-        card += [(f"protocol of {k}", v) for k, v in _flat(key, value) if not k.endswith("sha256")]
-    features = [s.title for s in data.columns if not s.ranked and s.key not in data.unresolved]
-    if features:
-        card.append(("analysis features (no direction, not ranked)", ", ".join(features)))
-    padded = sorted({(r.tokenizer_id, (r.token_info or {}).get("padded_frames")) for r in records
-                     if (r.token_info or {}).get("padded_frames")})
-    card += [(f"padded frames of {tid}", f"videos padded by {n} repeated last frame(s) to the tokenizer's native length and "
-              f"the reconstruction cropped back before scoring") for tid, n in padded]
-    card += [(f"pretrained weights of {r.row}", _weights_text(r.weights)) for r in records if r.pretrained]
-    card += [(f"tiling check of {r.row}", ", ".join(f"{k} {v:.2f} dB" for k, v in r.tiling_consistency.items()))
-             for r in records if r.tiling_consistency]
+            settings.setdefault(key, value)
+        for key, value in (record.generation.protocol if record.generation else {}).items():
+            settings.setdefault(f"g{key}", value)
+    for spec in data.columns:
+        text = metric_settings_text(settings.get(spec.key, settings.get(spec.name, "")))
+        sizes = "" if spec.per_video else _set_sizes(data, spec)
+        direction = {True: "higher is better", False: "lower is better"}.get(spec.higher_is_better, "analysis feature, not ranked")
+        card.append((f"metric {spec.title}", "; ".join(t for t in (direction, sizes, text) if t)))
+    generation = settings.get("ggeneration")
+    if isinstance(generation, dict):
+        card.append(("generation", metric_settings_text(generation)))
     seeds = _distinct([p.seed for p in protocols])
     card.append(("seeds", f"suite seed {seeds} (clip choice, training); bootstrap seed {CI_SEED}"))
     card.append(("code version", _distinct([p.code_version for p in protocols])))
     environments = [r.environment for r in records if r.environment]
     if environments:
-        card.append(("environment", _distinct([", ".join(f"{k} {v}" for k, v in sorted(e.items())) for e in environments])))
+        card.append(("environment", _distinct([_environment_text(e) for e in environments])))
     kinds = [r.costs.memory_kind for r in records if r.costs.memory_kind]
     if kinds:
         card.append(("train peak mem (MB)", _distinct(kinds)))
-    for r in records:
-        if r.metrics_sha256:
-            sha_gen = r.generation.values_sha256 if r.generation else None
-            card.append((f"values sha256 of {r.row}", f"metrics {r.metrics_sha256[:16]}" + (f", generation {sha_gen[:16]}" if sha_gen else "")))
     return card
 
 

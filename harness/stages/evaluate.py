@@ -29,8 +29,8 @@ from harness_core.api import VideoTokenizer
 from harness.data.decode import to_model_range
 from harness.data.sampling import clip_lengths
 from harness_core.io import write_csv_atomic, write_json_atomic
-from harness.records import PER_FRAME_FILE, PER_VIDEO_FILE, Costs, Protocol, RunRecord
-from harness_core.registry import METRICS, register_stage
+from harness.records import PER_FRAME_FILE, PER_VIDEO_FILE, Costs, Protocol, ReconstructRecord, RunRecord, TrainRecord
+from harness_core.registry import METRICS, MetricSpec, register_stage
 from harness.results import code_version, fingerprint, values_sha256
 from harness.scoring import Scorer
 from harness.shards import my_share, shard_record, world_size
@@ -118,7 +118,8 @@ class EvaluateStage(Stage):
                 write_csv_atomic(variant.files.per_frame, frames)
             else:  # no per-frame metric now: a table of an earlier evaluation must not be read as this one's
                 variant.files.per_frame.unlink(missing_ok=True)
-            record = result_record(ctx, work, tokenizer, summary, protocol, shards if shards["world_size"] > 1 else None)
+            record = result_record(ctx, work, tokenizer, summary, protocol, scores.specs(),
+                                   shards if shards["world_size"] > 1 else None)
             write_json_atomic(variant.files.metrics, record)
             if not ctx.suite.evaluate.keep_reconstructions:
                 for path in recon_dir.glob("*.npy"):
@@ -127,16 +128,16 @@ class EvaluateStage(Stage):
 
 
 def result_record(ctx: RunContext, work: Work, tokenizer: VideoTokenizer, summary: dict[str, Any],
-                  protocol: dict[str, Any], shards: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The row's :class:`harness.records.RunRecord` as written to ``metrics.json``."""
+                  protocol: dict[str, Any], specs: list[MetricSpec], shards: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The row's :class:`harness.records.RunRecord` as written to ``metrics.json``, with each metric's metadata
+    (``specs``) so that reports of the folder need no metric code."""
     entry, variant = work.entry, work.variant
     data = ctx.suite.data
     folder = variant.files
-    recon = json.loads(folder.reconstruct.read_text())
-    train = json.loads(folder.train.read_text())
-    tokens = recon["tokens_per_video"]
+    recon = ReconstructRecord.read(folder.reconstruct)
+    train = TrainRecord.read(folder.train)
+    tokens = recon.tokens_per_video
     dataset = ctx.dataset.protocol()  # dataset, fold, split: the dataset describes its own protocol
-    refs = [{"name": getattr(METRICS.get(ref), "name", ref), "metric": ref} for ref in ctx.suite.evaluate.metrics]
     extra = {k: v for k, v in dataset.items() if k not in ("dataset", "fold", "split")}
     extra.update(_clip_protocol(ctx))
     record = RunRecord(
@@ -152,16 +153,16 @@ def result_record(ctx: RunContext, work: Work, tokenizer: VideoTokenizer, summar
             eval_clips_per_video=data.eval_clips_per_video, seed=ctx.suite.seed, split=dataset.get("split"),
             clip_frames=tokenizer.clip_frames, code_version=code_version(), metrics=protocol, extra=extra),
         costs=Costs(
-            train_steps=train["steps"], train_step_time_s=train["train_step_time_s"], train_batch_size=train["batch_size"],
-            peak_memory_mb=train.get("peak_memory_mb"), memory_kind=train.get("memory_kind"),
-            reconstruct_peak_memory_mb=recon.get("peak_memory_mb"),
-            encode_videos_per_s=recon.get("encode_videos_per_s"), decode_videos_per_s=recon.get("decode_videos_per_s")),
-        codebook={k: v for k, v in recon.items() if k.startswith("codebook")} or None,
-        token_info=recon.get("token_info"),
-        pretrained=bool(train.get("pretrained")), weights=train.get("weights"),
+            train_steps=train.steps, train_step_time_s=train.train_step_time_s, train_batch_size=train.batch_size,
+            peak_memory_mb=train.peak_memory_mb, memory_kind=train.memory_kind,
+            reconstruct_peak_memory_mb=recon.peak_memory_mb,
+            encode_videos_per_s=recon.encode_videos_per_s, decode_videos_per_s=recon.decode_videos_per_s),
+        codebook=recon.codebook,
+        token_info=recon.token_info,
+        pretrained=train.pretrained, weights=train.weights,
         latent_values=_latent_values(tokenizer, tokens),
-        tiling_consistency=recon.get("tiling_consistency"),
-        metric_refs=refs,
+        tiling_consistency=recon.tiling_consistency,
+        metric_specs=[spec.to_dict() for spec in specs],
         per_video=PER_VIDEO_FILE,
         per_frame=PER_FRAME_FILE if folder.per_frame.is_file() else None,
         temporal_boundaries=tokenizer.temporal_boundaries(data.frames),

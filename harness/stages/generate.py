@@ -62,4 +62,4 @@ class GenerateStage(Stage):
                              num_classes=len(ctx.dataset.classes), seed=derive_seed(ctx.suite.seed, entry.id, "generation"),
                              real_seed=derive_seed(ctx.suite.seed, "generation", "real"), label=entry.id,
                              deterministic=ctx.deterministic, log_with=ctx.suite.train_config(entry).log_with,
-                             train_videos=ctx.train_clips)
+                             train_videos=ctx.train_clips, environment=ctx.environment())

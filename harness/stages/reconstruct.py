@@ -33,6 +33,7 @@ from harness_core.errors import NonFiniteError
 from harness.generation.tree import tree_leaves
 from harness_core.io import save_numpy_atomic, write_json_atomic
 from harness.memory import StageMemory
+from harness.records import ReconstructRecord
 from harness_core.registry import register_stage
 from harness_core.seeding import derive_seed, seeded
 from harness.shards import gather_lists, my_share
@@ -124,26 +125,21 @@ def summarize(ctx: RunContext, tokenizer: VideoTokenizer, variant: Variant, batc
     recon_dir = variant.files.recon
     data = ctx.suite.data
     records = [json.loads((recon_dir / f"batch_{k:05d}.json").read_text()) for k in range(len(batches))]
-    summary: dict[str, Any] = {"tokens_per_video": records[0]["tokens_per_video"] if records else
-                               tokenizer.num_tokens(data.frames, data.resolution, data.resolution)}
     videos = sum(len(r["clips"]) for r in records)
     encode_s, decode_s = sum(r["encode_s"] for r in records), sum(r["decode_s"] for r in records)
-    summary.update({"videos_timed": videos, "encode_videos_per_s": videos / max(encode_s, 1e-9),
-                    "decode_videos_per_s": videos / max(decode_s, 1e-9)})
-    if peak_memory_mb is not None:
-        summary.update({"peak_memory_mb": peak_memory_mb, "memory_kind": memory_kind})
     size = tokenizer.codebook_size()
-    if size is not None and any(r["codes"] for r in records):
-        summary.update(codebook_summary(size, records))
-    infos = {key: value for r in records for key, value in r["info"].items()}
-    if infos:
-        summary["token_info"] = infos
+    summary = ReconstructRecord(
+        tokens_per_video=records[0]["tokens_per_video"] if records else tokenizer.num_tokens(data.frames, data.resolution, data.resolution),
+        videos_timed=videos, encode_videos_per_s=videos / max(encode_s, 1e-9), decode_videos_per_s=videos / max(decode_s, 1e-9),
+        peak_memory_mb=peak_memory_mb, memory_kind=memory_kind if peak_memory_mb is not None else None,
+        codebook=codebook_summary(size, records) if size is not None and any(r["codes"] for r in records) else None,
+        token_info={key: value for r in records for key, value in r["info"].items()} or None)
     if ctx.suite.evaluate.tiling_check and tokenizer.supports_tiling and batches:
         real = to_model_range(np.stack([ctx.clip_cache.load(c) for c in batches[0]])).to(ctx.device)
         with seeded(derive_seed(seed, "tiling_check")):
-            summary["tiling_consistency"] = tiling_consistency(tokenizer, real, ctx.suite.evaluate.clip_batch)
-        log.info("tiling check %s: %s", variant.folder, summary["tiling_consistency"])
-    write_json_atomic(variant.files.reconstruct, summary)
+            summary.tiling_consistency = tiling_consistency(tokenizer, real, ctx.suite.evaluate.clip_batch)
+        log.info("tiling check %s: %s", variant.folder, summary.tiling_consistency)
+    summary.write(variant.files.reconstruct)
 
 
 def all_finite(latents: Tensor | dict[str, Tensor] | None) -> bool:

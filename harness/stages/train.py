@@ -24,6 +24,7 @@ from harness.config import TokenizerEntry
 from harness.fit import resolve_mixed_precision, write_history
 from harness_core.io import write_json_atomic
 from harness.memory import StageMemory
+from harness.records import TrainRecord
 from harness_core.registry import register_stage
 from harness.results import code_version, fingerprint
 from harness_core.seeding import derive_seed, seeded
@@ -122,12 +123,10 @@ class TrainStage(Stage):
             result = train_tokenizer(tokenizer, ctx.train_clips, cfg, folder.checkpoint, ctx.tokenizer_seed(entry),
                                      show_progress=ctx.show_progress, label=entry.id)
             write_history(folder.losses, result.history)
-            write_json_atomic(folder.train, {
-                "steps": result.steps, "resumed_from": result.resumed_from, "train_step_time_s": result.step_time_s,
-                "peak_memory_mb": memory.current_peak_mb(), "memory_kind": memory.kind, "last_losses": result.last_losses,
-                "wall_time_s": time.perf_counter() - started, "batch_size": cfg.batch_size,
-                "environment": ctx.environment(),
-            })
+            TrainRecord(steps=result.steps, resumed_from=result.resumed_from, train_step_time_s=result.step_time_s,
+                        peak_memory_mb=memory.current_peak_mb(), memory_kind=memory.kind, last_losses=result.last_losses,
+                        wall_time_s=time.perf_counter() - started, batch_size=cfg.batch_size,
+                        environment=ctx.environment()).write(folder.train)
         ctx.models[entry.id] = tokenizer
 
     def _record_pretrained(self, ctx: RunContext, entry: TokenizerEntry) -> None:
@@ -136,8 +135,5 @@ class TrainStage(Stage):
         with StageMemory(ctx.device) as memory:
             tokenizer = ctx.tokenizer(entry)
         identity = tokenizer.weights_identity() if hasattr(tokenizer, "weights_identity") else None
-        write_json_atomic(ctx.run_folder(entry).train, {
-            "steps": 0, "resumed_from": 0, "train_step_time_s": None, "batch_size": None, "pretrained": True,
-            "weights": identity, "peak_memory_mb": memory.peak_mb, "memory_kind": memory.kind, "last_losses": {},
-            "environment": ctx.environment(),
-        })
+        TrainRecord(pretrained=True, weights=identity, peak_memory_mb=memory.peak_mb, memory_kind=memory.kind,
+                    environment=ctx.environment()).write(ctx.run_folder(entry).train)
