@@ -203,11 +203,12 @@ def test_paper_suite_runs_through_the_ucf101_loader(tmp_path):
         "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "train.steps=2", "--set", "train.batch_size=2",
         "--set", "train.micro_batch_size=2", "--set", "evaluate.metrics=[psnr,ssim]", "--set", "generation=null",
         "--set", f"tokenizers.{grid}.kwargs={{size: tiny, channels: 8}}", "--set", f"tokenizers.{grid}.train={{}}",
-        "--set", f"tokenizers.{grid}.generation=null",
+        "--set", f"tokenizers.{grid}.generation=null", "--set", "data.eval_clips=12",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "results" / grid / "metrics.json").read_text())
-    assert metrics["protocol"]["dataset"] == "ucf101" and metrics["protocol"]["num_videos"] == 5
+    assert metrics["protocol"]["dataset"] == "ucf101" and metrics["protocol"]["num_videos"] == 12
+    assert len((tmp_path / "results" / "eval_list.txt").read_text().splitlines()) == 12
     assert np.isfinite(metrics["metrics"]["psnr"])
 
 
