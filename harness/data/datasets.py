@@ -87,6 +87,10 @@ class VideoDataset:
 
     classes: list[str] = ["video"]
     split_rule: str = "not stated"
+    #: the dataset-specific ``data`` keys this dataset reads (``harness.config.schema.dataset_specific_keys``:
+    #: ``fold``, ``extensions``, ``short_videos``); one it does not list, set to a non-default value, is
+    #: rejected at load (``harness.config.validate.check_dataset_keys``)
+    data_keys: frozenset[str] = frozenset()
 
     def __init__(self, cfg: "DataConfig") -> None:
         self.cfg = cfg
@@ -172,6 +176,8 @@ class SampleVideos(TimeSplitDataset):
 class FolderVideos(TimeSplitDataset):
     """Every video under ``data.root`` (recursively, by ``data.extensions``), split in time."""
 
+    data_keys = frozenset({"extensions"})
+
     def __init__(self, cfg: "DataConfig") -> None:
         super().__init__(cfg)
         root = Path(cfg.root)
@@ -206,6 +212,8 @@ class UCF101(VideoDataset):
     dropped and counted (StyleGAN-V's ``discard_short_videos``), or with
     ``data.short_videos: pad`` kept and padded (CoordTok's ``VideoTimeSplit``).
     """
+
+    data_keys = frozenset({"fold", "short_videos"})
 
     def __init__(self, cfg: "DataConfig") -> None:
         super().__init__(cfg)
@@ -339,6 +347,8 @@ class DAVIS2017(VideoDataset):
         DataError: a listed sequence folder is missing, or no train / val sequence is one clip long.
     """
 
+    data_keys = frozenset({"short_videos"})
+
     def __init__(self, cfg: "DataConfig") -> None:
         super().__init__(cfg)
         root = Path(cfg.root)
@@ -435,6 +445,8 @@ class MCLJCV(TimeSplitDataset):
         DataError: no sequence found, or none long enough for one training and the evaluation clips.
     """
 
+    data_keys = frozenset({"extensions"})
+
     def __init__(self, cfg: "DataConfig") -> None:
         super().__init__(cfg)
         paths = _mcl_jcv_sources(Path(cfg.root), cfg.extensions)
@@ -503,6 +515,8 @@ class Kinetics600(TimeSplitDataset):
     Raises:
         DataError: no class folder with videos, or no video long enough.
     """
+
+    data_keys = frozenset({"extensions"})
 
     def __init__(self, cfg: "DataConfig") -> None:
         super().__init__(cfg)
@@ -590,6 +604,8 @@ class TokenBench(TimeSplitDataset):
     Raises:
         DataError: no video, a manifest entry missing, two videos with one stem, or no video long enough.
     """
+
+    data_keys = frozenset({"extensions"})
 
     def __init__(self, cfg: "DataConfig") -> None:
         super().__init__(cfg)

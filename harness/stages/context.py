@@ -29,7 +29,8 @@ import torch
 from accelerate import PartialState
 
 from harness_core.api import VideoTokenizer
-from harness.config import Suite, TokenizerEntry, generation_config
+from harness.config import Suite, TokenizerEntry
+from harness.config.schema import generation_config
 from harness.data.datasets import VideoDataset, build_dataset
 from harness.data.sampling import Clip, ClipCache, TrainClips, evaluation_clips
 from harness.data.store import ClipStore, open_store, prepare_store
@@ -214,7 +215,7 @@ class RunContext:
         Raises:
             RuntimeError: a reference to a tokenizer that is not an earlier entry of this suite.
         """
-        from harness.config import referenced_runs
+        from harness.config.validate import referenced_runs
 
         earlier = {e.id: e for e in self.suite.tokenizers[: self.suite.tokenizers.index(entry)]}
         for dep in referenced_runs(entry):
@@ -285,14 +286,14 @@ class RunContext:
 
 
 def build_tokenizer(suite: Suite, entry: TokenizerEntry, models: dict[str, VideoTokenizer]) -> VideoTokenizer:
-    """Instantiate ``entry`` with :func:`harness.config.tokenizer_kwargs` (``frames`` / ``resolution`` from
+    """Instantiate ``entry`` with :func:`harness.config.validate.tokenizer_kwargs` (``frames`` / ``resolution`` from
     ``data`` when the constructor takes them); ``"run:<id>"`` kwargs become ``models[<id>]``, frozen (no gradients,
     eval mode).
 
     Raises:
         KeyError: a ``"run:<id>"`` whose tokenizer is not in ``models``.
     """
-    from harness.config import tokenizer_kwargs
+    from harness.config.validate import tokenizer_kwargs
 
     kwargs = tokenizer_kwargs(suite, entry)
     for key, value in kwargs.items():
