@@ -57,6 +57,7 @@ from pydantic import Field, field_validator
 from harness.config.load import read_suite
 from harness.config.schema import Strict, TokenizerSpec
 from harness.config.validate import check_tokenizer, fill_geometry
+from harness_core.errors import run_command
 from harness_core.io import write_csv_atomic, write_png_atomic, write_text_atomic
 
 logger = logging.getLogger("harness.profile")
@@ -358,7 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m harness.profile SUITE.yaml [--output-dir DIR]``."""
     parser = _arguments(argparse.ArgumentParser(prog="python -m harness.profile", description=__doc__.split("\n\n")[0]))
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # progress lines (``harness profile`` configures its own)
-    return _main(parser.parse_args(argv), parser)
+    args = parser.parse_args(argv)
+    return run_command(lambda: _main(args, parser))
 
 
 def _main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -368,12 +370,7 @@ def _main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 0
     if not args.suite:
         parser.error("a suite file is required")
-    try:
-        suite = load_profile_suite(args.suite)
-    except (OSError, ValueError) as err:  # SuiteError is a ValueError
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    run_suite(suite, args.output_dir)
+    run_suite(load_profile_suite(args.suite), args.output_dir)
     return 0
 
 

@@ -251,14 +251,14 @@ def test_schema_imports_without_torch():
     assert result.returncode == 0, result.stderr
 
 
-def test_schema_and_errors_import_nothing_of_the_project():
+def test_schema_and_errors_import_nothing_of_the_harness():
     """The schema is data only: registries, generators and datasets are the validator's business (issue 25 item 5)."""
-    for name in ("schema.py", "errors.py"):
+    for name, allowed in (("schema.py", []), ("errors.py", ["harness_core.errors"])):
         tree = ast.parse((REPO / "harness" / "config" / name).read_text())
         imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
         imported += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
         project = [m for m in imported if m.split(".")[0] in ("harness", "harness_core", "metrics", "video_tokenizers")]
-        assert project == [], (name, project)
+        assert project == allowed, (name, project)
 
 
 def test_suite_model_validates_without_the_file_path():

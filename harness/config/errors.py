@@ -3,7 +3,7 @@
 A suite error is one line that names the file and the key path (list items by
 their ``id``: ``tokenizers[coordtok_tiny].train.stepz``); an unknown key's
 message also lists the allowed keys at its level. Imports nothing of the
-harness but the schema's own library (pydantic).
+harness but the core's error base (:class:`harness_core.errors.HarnessError`).
 """
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
+from harness_core.errors import HarnessError
 
-class SuiteError(ValueError):
-    """An invalid suite; the message names the file and the offending key."""
+
+class SuiteError(HarnessError, ValueError):
+    """An invalid suite; the message names the file and the offending key (exit code 2 on the command line)."""
 
 
 def _alternatives(annotation: Any) -> list[Any]:

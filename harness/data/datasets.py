@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.data.decode import RAW_YUV_SUFFIX, VideoDecodeError, count_frames, raw_yuv_size, source_stamp
 from harness.data.samples import sample_video_paths
+from harness_core.errors import HarnessError
 from harness_core.io import cache_root, write_json_atomic
 from harness_core.registry import register_dataset
 
@@ -40,8 +41,8 @@ if TYPE_CHECKING:
     from harness.config import DataConfig
 
 
-class DataError(ValueError):
-    """A missing or malformed data folder; the message names the path and what was expected."""
+class DataError(HarnessError, ValueError):
+    """A missing or malformed data folder; the message names the path and what was expected (exit code 2)."""
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import torch
 from accelerate import PartialState
 
 from harness_core.api import VideoTokenizer
-from harness.config import Suite, TokenizerEntry
+from harness.config import Suite, SuiteError, TokenizerEntry
 from harness.config.schema import generation_config
 from harness.data.datasets import VideoDataset, build_dataset
 from harness.data.sampling import Clip, ClipCache, TrainClips, evaluation_clips
@@ -197,7 +197,7 @@ class RunContext:
         weights).
 
         Raises:
-            RuntimeError: a ``run:<id>`` reference to a tokenizer not built in this suite run.
+            SuiteError: a ``run:<id>`` reference to a tokenizer not built in this suite run.
         """
         if entry.id not in self.models:
             self.load_dependencies(entry)
@@ -213,14 +213,15 @@ class RunContext:
         """Put the runs ``entry`` references (``run:<id>`` kwargs, e.g. VideoFlexTok's stage-0 VAE) on the device.
 
         Raises:
-            RuntimeError: a reference to a tokenizer that is not an earlier entry of this suite.
+            SuiteError: a reference to a tokenizer that is not an earlier entry of this suite.
         """
         from harness.config.validate import referenced_runs
 
         earlier = {e.id: e for e in self.suite.tokenizers[: self.suite.tokenizers.index(entry)]}
         for dep in referenced_runs(entry):
             if dep not in earlier:
-                raise RuntimeError(f"{entry.id} needs run {dep!r}, which is not an earlier entry of this suite run")
+                raise SuiteError(f"tokenizers[{entry.id}].kwargs references run:{dep}, which is not an earlier entry of "
+                                 f"this suite run")
             self.tokenizer(earlier[dep])
 
     def release(self, entry: TokenizerEntry) -> None:
