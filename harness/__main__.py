@@ -1,4 +1,10 @@
-"""Command line: ``python -m harness {run,protocol,list,leaderboard,plot,report,compare,profile}``."""
+"""Command line: ``python -m harness {run,protocol,list,leaderboard,plot,report,compare,profile}``.
+
+Exit codes (:func:`harness_core.errors.run_command`): 0 on success; 2 with one ``error:`` line on stderr for an
+expected error (a :class:`harness_core.errors.HarnessError`: bad input, suite, data, weights or results folder);
+1 with the traceback for anything else (out of memory, a bug). ``-v`` also prints the traceback of an expected
+error. A sub-command whose module fails to import is reported on stderr and left out; the others work.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +12,11 @@ import importlib
 import logging
 import sys
 from pathlib import Path
+
+from harness_core.errors import ResultsError, run_command
+
+#: modules that add their own sub-command (``add_parser(subparsers)``)
+SUBCOMMAND_MODULES = ("harness.compare", "harness.profile")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -71,19 +82,15 @@ def _leaderboard(args: argparse.Namespace) -> int:
 
     data = report.ReportData.load(Path(args.results))  # the records are read once
     if not data.records:
-        raise FileNotFoundError(f"no metrics.json under {args.results}: run a suite first")
+        raise ResultsError(f"no metrics.json under {args.results}: run a suite first")
     metrics = [m for item in args.metric or [] for m in item.split(",") if m]
     if args.format == "markdown" and not metrics and not args.sort:
         path = report.write_leaderboard(data)
         print(path.read_text())
         return 0
-    try:
-        rows = report.sort_rows(report.leaderboard_rows(data), args.sort, specs=data.ranked)
-        print(report.render_leaderboard(rows, metrics or None, args.format, specs=data.ranked),
-              end="" if args.format != "markdown" else "\n")
-    except (KeyError, ValueError) as err:
-        print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
-        return 2
+    rows = report.sort_rows(report.leaderboard_rows(data), args.sort, specs=data.ranked)
+    print(report.render_leaderboard(rows, metrics or None, args.format, specs=data.ranked),
+          end="" if args.format != "markdown" else "\n")
     return 0
 
 
@@ -92,7 +99,7 @@ def _plot(args: argparse.Namespace) -> int:
 
     paths = report.write_plots(Path(args.results))
     if not paths:
-        raise FileNotFoundError(f"nothing to plot under {args.results}: run a suite first")
+        raise ResultsError(f"nothing to plot under {args.results}: run a suite first")
     for path in paths:
         print(path)
     return 0
@@ -110,7 +117,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description="Benchmark and evaluation harness for video tokenizers")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the traceback of every error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a suite: train -> reconstruct -> evaluate -> generate -> report")
@@ -148,27 +155,24 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("results", help="the suite's results folder, e.g. results/samples_cpu")
     rep.set_defaults(func=_report)
 
-    for module in ("harness.compare", "harness.profile"):
+    for name in SUBCOMMAND_MODULES:
         try:
-            importlib.import_module(module).add_parser(sub)
-        except (ImportError, AttributeError) as err:
-            logging.getLogger("harness").debug("sub-command of %s unavailable: %s", module, err)
+            module = importlib.import_module(name)
+        except ImportError as err:  # a missing optional dependency: the other sub-commands still work
+            text = " ".join(str(err).split())
+            print(f"warning: sub-command {name.rpartition('.')[2]!r} unavailable: {name} failed to import: "
+                  f"{type(err).__name__}: {text}", file=sys.stderr)
+            continue
+        module.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line on ``argv`` (default ``sys.argv[1:]``); returns the exit code (see the module docstring)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from harness.config import SuiteError
-    from harness.data.datasets import DataError
-    from harness.data.decode import VideoDecodeError
-
-    try:
-        return args.func(args)
-    except (SuiteError, DataError, VideoDecodeError, FileNotFoundError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_command(lambda: args.func(args), verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from harness.data.decode import decode_frames, to_model_range
+from harness_core.errors import HarnessError, run_command
 from harness_core.io import write_json_atomic
 from harness_core.registry import METRICS
 from harness.scoring import Scorer
@@ -42,7 +43,7 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpe
 DEFAULT_METRICS = ("fvd_16f", "psnr", "ssim", "lpips")
 
 
-class CompareError(ValueError):
+class CompareError(HarnessError, ValueError):
     """The two folders cannot be compared (missing pairs, shapes that differ...); the message says why."""
 
 
@@ -171,12 +172,8 @@ def format_tables(result: dict[str, Any]) -> str:
 
 
 def _command(args: argparse.Namespace) -> int:
-    try:
-        run_compare(args.real_dir, args.recon_dir, metrics=args.metrics, resolution=args.resolution, frames=args.frames,
-                    start=args.start, stride=args.stride, out=args.out, device=args.device, boundaries=args.boundaries)
-    except (ValueError, RuntimeError, FileNotFoundError) as err:  # CompareError, decoding, protocol or weights problems
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    run_compare(args.real_dir, args.recon_dir, metrics=args.metrics, resolution=args.resolution, frames=args.frames,
+                start=args.start, stride=args.stride, out=args.out, device=args.device, boundaries=args.boundaries)
     if args.out:
         print(f"results: {args.out}")
     return 0
@@ -215,10 +212,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    """``python -m harness.compare REAL_DIR RECON_DIR ...`` (same options as ``python -m harness compare``)."""
+    """``python -m harness.compare REAL_DIR RECON_DIR ...`` (same options as ``python -m harness compare``); exit code
+    2 with one ``error:`` line for an expected error, 1 with the traceback for any other
+    (:func:`harness_core.errors.run_command`)."""
     parser = _configure(argparse.ArgumentParser(prog="python -m harness.compare", description=__doc__.split("\n\n")[0]))
     args = parser.parse_args(None if argv is None else list(argv))
-    return args.func(args)
+    return run_command(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -23,12 +23,12 @@ are trained the way they would see a ``T``-frame video: it is split into
 ``T / clip_frames`` clips (:func:`harness.clips.split_into_clips`) that form
 one batch. Whole-video tokenizers (CoordTok) are built for ``T`` frames: the
 ``frames`` and ``resolution`` constructor arguments are filled in when the
-tokenizer's constructor takes them (:func:`harness.config.fill_geometry`, as
+tokenizer's constructor takes them (:func:`harness.config.validate.fill_geometry`, as
 ``python -m harness run`` fills them from ``data``).
 
 A cost suite is read and checked the way run suites are
-(:func:`harness.config.read_suite`, :func:`harness.config.check_tokenizer`):
-the same strict models, tokenizer entries (:class:`harness.config.TokenizerSpec`)
+(:func:`harness.config.load.read_suite`, :func:`harness.config.validate.check_tokenizer`):
+the same strict models, tokenizer entries (:class:`harness.config.schema.TokenizerSpec`)
 and one-line :class:`harness.config.SuiteError` messages.
 
 Command line::
@@ -54,7 +54,10 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 from pydantic import Field, field_validator
 
-from harness.config import Strict, TokenizerSpec, check_tokenizer, fill_geometry, read_suite
+from harness.config.load import read_suite
+from harness.config.schema import Strict, TokenizerSpec
+from harness.config.validate import check_tokenizer, fill_geometry
+from harness_core.errors import run_command
 from harness_core.io import write_csv_atomic, write_png_atomic, write_text_atomic
 
 logger = logging.getLogger("harness.profile")
@@ -93,7 +96,7 @@ class ProfileSuite(Strict):
 
 
 def profile_geometry(frames: int, resolution: int) -> dict[str, tuple[int, str]]:
-    """The geometry a profiled tokenizer is built for (:func:`harness.config.fill_geometry`)."""
+    """The geometry a profiled tokenizer is built for (:func:`harness.config.validate.fill_geometry`)."""
     return {"frames": (frames, "lengths"), "resolution": (resolution, "resolution")}
 
 
@@ -128,7 +131,7 @@ def build_profiled_tokenizer(name: str, kwargs: dict[str, Any], frames: int, res
     """Instantiate ``name`` with ``kwargs``, adding ``frames``/``resolution`` when its constructor takes them.
 
     Raises:
-        SuiteError: ``kwargs`` sets ``frames`` / ``resolution`` to other values (:func:`harness.config.fill_geometry`).
+        SuiteError: ``kwargs`` sets ``frames`` / ``resolution`` to other values (:func:`harness.config.validate.fill_geometry`).
         KeyError, ImportError, AttributeError: ``name`` does not resolve.
     """
     from harness_core.registry import TOKENIZERS
@@ -356,7 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m harness.profile SUITE.yaml [--output-dir DIR]``."""
     parser = _arguments(argparse.ArgumentParser(prog="python -m harness.profile", description=__doc__.split("\n\n")[0]))
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # progress lines (``harness profile`` configures its own)
-    return _main(parser.parse_args(argv), parser)
+    args = parser.parse_args(argv)
+    return run_command(lambda: _main(args, parser))
 
 
 def _main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -366,12 +370,7 @@ def _main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 0
     if not args.suite:
         parser.error("a suite file is required")
-    try:
-        suite = load_profile_suite(args.suite)
-    except (OSError, ValueError) as err:  # SuiteError is a ValueError
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    run_suite(suite, args.output_dir)
+    run_suite(load_profile_suite(args.suite), args.output_dir)
     return 0
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
-from harness.config import Suite, generation_config
+from harness.config import Suite
+from harness.config.schema import generation_config
 
 #: width of the card (characters) and the widest label kept beside its text
 WIDTH = 110

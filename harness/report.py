@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness_core.errors import ResultsError
 from harness.records import RunRecord, load_records
 from harness.reports import document, plots
 from harness.reports.data import CI_CONFIDENCE, CI_RESAMPLES, CI_SEED, ReportData
@@ -46,7 +47,7 @@ __all__ = ["CI_CONFIDENCE", "CI_RESAMPLES", "CI_SEED", "IDENTITY", "MIN_COMPARAB
 def _data(results: Path) -> ReportData:
     data = ReportData.load(Path(results))
     if not data.records:
-        raise FileNotFoundError(f"no metrics.json under {results}: run a suite first")
+        raise ResultsError(f"no metrics.json under {results}: run a suite first")
     return data
 
 
@@ -54,7 +55,7 @@ def write_leaderboard(results: Path | ReportData) -> Path:
     """Write ``<results>/leaderboard.md`` (every run under ``results``, recursively); returns its path.
 
     Raises:
-        FileNotFoundError: when ``results`` holds no ``metrics.json``.
+        ResultsError: when ``results`` holds no ``metrics.json``.
     """
     return document.write_leaderboard(results if isinstance(results, ReportData) else _data(results))
 
@@ -69,6 +70,6 @@ def write_reports(results: Path) -> list[Path]:
     """Leaderboard, plots, gallery, ``report.md`` and ``report.html`` of a suite's results folder; returns the paths.
 
     Raises:
-        FileNotFoundError: when ``results`` holds neither run results nor cost tables.
+        ResultsError: when ``results`` holds neither run results nor cost tables.
     """
     return document.write_report(ReportData.load(Path(results)))

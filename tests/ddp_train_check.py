@@ -34,7 +34,7 @@ clips = TrainClips(build_dataset(DataConfig(dataset="samples", resolution=32, fr
 if mode == "generator":
     from timm.utils import ModelEmaV3
 
-    from harness.generation.config import GenerationConfig
+    from harness.config import GenerationConfig
     from harness.generation.sit import SiT
     from harness.generation.stage import train_generator
 

@@ -1,6 +1,8 @@
-"""Suite schema (harness.config): unknown-key messages, typed overrides, data geometry, the shared profile path."""
+"""Suite configuration (harness.config): unknown-key messages, typed overrides, data geometry, dataset-specific keys,
+the shared profile path, the package layout."""
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -8,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.config import (GenerationConfig, GenerationOverrides, Suite, SuiteError, TokenizerSpec, TrainConfig,
-                            TrainOverrides, fill_geometry, generation_config, load_suite, tokenizer_kwargs)
+from harness.config import GenerationConfig, Suite, SuiteError, TrainConfig, load_suite
+from harness.config.schema import GenerationOverrides, TokenizerSpec, TrainOverrides, dataset_specific_keys, generation_config
+from harness.config.validate import fill_geometry, tokenizer_kwargs
 
 from conftest import REPO, shared_path
 
@@ -78,7 +81,9 @@ def test_invalid_values_name_the_key_path(tmp_path):
     message = load_error(write_suite(tmp_path, [GRID3D, {**COORDTOK, "train": {"steps": -1}}]))
     assert "invalid value at 'tokenizers[coordtok_tiny].train.steps'" in message
     message = load_error(write_suite(tmp_path, [GRID3D, {**COORDTOK, "generation": {"model": "XXL"}}]))
-    assert "tokenizers[coordtok_tiny].generation" in message and "XXL" in message
+    assert "tokenizers[coordtok_tiny].generation.model: must be one of" in message and "'XXL'" in message
+    message = load_error(write_suite(tmp_path, [GRID3D], generation={"model": "XXL"}))
+    assert message.endswith("generation.model: must be one of ['B', 'L', 'S', 'XL', 'tiny'], got 'XXL'")
     path = tmp_path / "list.yaml"
     path.write_text("- a\n- b\n")
     assert "must be a mapping" in load_error(path)
@@ -124,6 +129,29 @@ def test_generation_disabled_unless_a_block_enables_it(tmp_path):
     assert enabled.enabled and enabled.steps == 3 and absent is None
     suite = load_suite(write_suite(tmp_path, [GRID3D], generation={"steps": 3}))
     assert generation_config(suite, suite.tokenizers[0]).enabled is False  # enabled defaults to False
+
+
+# --------------------------------------------------------------------------- dataset-specific keys
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("data.fold=2", "data.fold: 2 is read only by dataset ucf101, not by data.dataset 'samples'; remove the key"),
+    ("data.short_videos=pad", "data.short_videos: 'pad' is read only by datasets davis2017, ucf101, not by data.dataset 'samples'"),
+    ("data.extensions=[.mkv]", "data.extensions: ['.mkv'] is read only by datasets folder, kinetics600, mcl_jcv, tokenbench, "
+                               "not by data.dataset 'samples'"),
+])
+def test_a_dataset_specific_key_set_for_another_dataset_is_one_error_line(tmp_path, assignment, message):
+    assert message in load_error(write_suite(tmp_path), [assignment])
+
+
+def test_dataset_specific_keys_are_accepted_where_read_and_at_their_default_anywhere(tmp_path):
+    assert dataset_specific_keys() == ["fold", "extensions", "short_videos"]
+    path = write_suite(tmp_path)
+    assert load_suite(path, ["data.fold=1", "data.short_videos=drop"]).data.fold == 1  # defaults: nothing to reject
+    ucf = load_suite(path, ["data.dataset=ucf101", "data.fold=2", "data.short_videos=pad"], check_data=False)
+    assert (ucf.data.fold, ucf.data.short_videos) == (2, "pad")
+    folder = load_suite(path, ["data.dataset=folder", "data.extensions=[.mkv]"], check_data=False)
+    assert folder.data.extensions == [".mkv"]
 
 
 # --------------------------------------------------------------------------- data geometry
@@ -221,6 +249,16 @@ def test_schema_imports_without_torch():
     code = "import sys, harness.config; assert 'torch' not in sys.modules, 'torch imported'"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_schema_and_errors_import_nothing_of_the_harness():
+    """The schema is data only: registries, generators and datasets are the validator's business (issue 25 item 5)."""
+    for name, allowed in (("schema.py", []), ("errors.py", ["harness_core.errors"])):
+        tree = ast.parse((REPO / "harness" / "config" / name).read_text())
+        imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        imported += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        project = [m for m in imported if m.split(".")[0] in ("harness", "harness_core", "metrics", "video_tokenizers")]
+        assert project == allowed, (name, project)
 
 
 def test_suite_model_validates_without_the_file_path():

@@ -16,7 +16,8 @@ import torch
 import yaml
 
 from harness.clips import merge_clips, split_into_clips
-from harness.config import DataConfig, SuiteError, apply_override, load_suite
+from harness.config import DataConfig, SuiteError, load_suite
+from harness.config.load import apply_override
 from harness.data.datasets import build_dataset
 from harness.data.sampling import ClipCache, evaluation_clips
 

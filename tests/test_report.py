@@ -25,6 +25,7 @@ from harness.reports.browser import chromium_path, decoded_images, screenshot
 from harness.reports.gallery import pick_clips
 from harness.reports.stats import bootstrap_ci, pareto_front, spearman
 from harness.runner import SuiteRunner
+from harness_core.errors import ResultsError
 from metrics.analysis import standardize_0_100
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,7 +114,7 @@ def test_cost_table_of_the_profile_is_plotted_and_missing_results_are_reported(t
     with Image.open(folder / "cost_vs_length.png") as image:
         assert image.format == "PNG"
     assert "## Training cost vs video length" in (folder / "report.md").read_text()
-    with pytest.raises(FileNotFoundError, match="run a suite first"):
+    with pytest.raises(ResultsError, match="run a suite first"):
         write_reports(tmp_path / "empty")
 
 
@@ -200,9 +201,9 @@ def test_leaderboard_cli_across_suites_and_report_rebuild(suite_dir, tmp_path):
     data = json.loads(out.stdout)
     assert len(data) == 2 and {"psnr", "psnr_ci_low", "psnr_ci_high", "ssim_ci_half_width"} <= set(data[0])
     assert data[0]["psnr_ci_low"] < data[0]["psnr"] < data[0]["psnr_ci_high"] and "lpips" not in data[0]
-    with pytest.raises(KeyError, match="fvd_16f.*available: psnr, ssim"):
+    with pytest.raises(ResultsError, match="fvd_16f.*available: psnr, ssim"):
         sort_rows(rows, "fvd_16f")
-    with pytest.raises(ValueError, match="unknown metric"):
+    with pytest.raises(ResultsError, match="unknown metric"):
         render_leaderboard(rows, ["lpips"], "csv")
     target = many / "run_a" / "tiny_report"
     (target / "report.md").unlink()

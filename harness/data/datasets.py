@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.data.decode import RAW_YUV_SUFFIX, VideoDecodeError, count_frames, raw_yuv_size, source_stamp
 from harness.data.samples import sample_video_paths
+from harness_core.errors import HarnessError
 from harness_core.io import cache_root, write_json_atomic
 from harness_core.registry import register_dataset
 
@@ -40,8 +41,8 @@ if TYPE_CHECKING:
     from harness.config import DataConfig
 
 
-class DataError(ValueError):
-    """A missing or malformed data folder; the message names the path and what was expected."""
+class DataError(HarnessError, ValueError):
+    """A missing or malformed data folder; the message names the path and what was expected (exit code 2)."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,10 @@ class VideoDataset:
 
     classes: list[str] = ["video"]
     split_rule: str = "not stated"
+    #: the dataset-specific ``data`` keys this dataset reads (``harness.config.schema.dataset_specific_keys``:
+    #: ``fold``, ``extensions``, ``short_videos``); one it does not list, set to a non-default value, is
+    #: rejected at load (``harness.config.validate.check_dataset_keys``)
+    data_keys: frozenset[str] = frozenset()
 
     def __init__(self, cfg: "DataConfig") -> None:
         self.cfg = cfg
@@ -172,6 +177,8 @@ class SampleVideos(TimeSplitDataset):
 class FolderVideos(TimeSplitDataset):
     """Every video under ``data.root`` (recursively, by ``data.extensions``), split in time."""
 
+    data_keys = frozenset({"extensions"})
+
     def __init__(self, cfg: "DataConfig") -> None:
         super().__init__(cfg)
         root = Path(cfg.root)
@@ -206,6 +213,8 @@ class UCF101(VideoDataset):
     dropped and counted (StyleGAN-V's ``discard_short_videos``), or with
     ``data.short_videos: pad`` kept and padded (CoordTok's ``VideoTimeSplit``).
     """
+
+    data_keys = frozenset({"fold", "short_videos"})
 
     def __init__(self, cfg: "DataConfig") -> None:
         super().__init__(cfg)
@@ -339,6 +348,8 @@ class DAVIS2017(VideoDataset):
         DataError: a listed sequence folder is missing, or no train / val sequence is one clip long.
     """
 
+    data_keys = frozenset({"short_videos"})
+
     def __init__(self, cfg: "DataConfig") -> None:
         super().__init__(cfg)
         root = Path(cfg.root)
@@ -435,6 +446,8 @@ class MCLJCV(TimeSplitDataset):
         DataError: no sequence found, or none long enough for one training and the evaluation clips.
     """
 
+    data_keys = frozenset({"extensions"})
+
     def __init__(self, cfg: "DataConfig") -> None:
         super().__init__(cfg)
         paths = _mcl_jcv_sources(Path(cfg.root), cfg.extensions)
@@ -503,6 +516,8 @@ class Kinetics600(TimeSplitDataset):
     Raises:
         DataError: no class folder with videos, or no video long enough.
     """
+
+    data_keys = frozenset({"extensions"})
 
     def __init__(self, cfg: "DataConfig") -> None:
         super().__init__(cfg)
@@ -590,6 +605,8 @@ class TokenBench(TimeSplitDataset):
     Raises:
         DataError: no video, a manifest entry missing, two videos with one stem, or no video long enough.
     """
+
+    data_keys = frozenset({"extensions"})
 
     def __init__(self, cfg: "DataConfig") -> None:
         super().__init__(cfg)

@@ -45,9 +45,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harness_core.errors import HarnessError
 
-class VideoDecodeError(RuntimeError):
-    """A video file could not be opened or decoded; the message names the path."""
+
+class VideoDecodeError(HarnessError):
+    """A video file could not be opened or decoded; the message names the path (exit code 2)."""
 
 
 def _video_frames(path: Path):

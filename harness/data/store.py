@@ -145,7 +145,7 @@ class ClipStore:
         dataset: its ``train`` and ``eval`` records name the videos; ``cache_dir`` holds the store.
 
     Raises:
-        FileNotFoundError: a video file disappeared since the dataset listed it (VideoDecodeError for a frame folder).
+        DataError: a video file disappeared since the dataset listed it (VideoDecodeError for a frame folder).
     """
 
     def __init__(self, dataset: VideoDataset) -> None:
@@ -155,7 +155,10 @@ class ClipStore:
         frames: dict[Path, int] = {}
         for record in [*dataset.train, *dataset.eval]:
             frames[record.path] = max(frames.get(record.path, 0), record.stop)
-        stamps = {path: source_stamp(path) for path in frames}
+        try:
+            stamps = {path: source_stamp(path) for path in frames}
+        except FileNotFoundError as err:
+            raise DataError(f"video {err.filename} disappeared since the dataset listed it") from err
         key = json.dumps([self.resolution, RESIZE_METHODS[self.resize]])
         self.root = dataset.cache_dir / "clip_store" / f"r{self.resolution}_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
         #: video path -> (entry file name, frames, source stamp)

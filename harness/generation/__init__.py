@@ -7,9 +7,8 @@ discrete indices). The stage entry point is
 :func:`harness.generation.stage.run_generation_stage`.
 """
 from harness.generation import ar, sit  # noqa: F401  (registers "ar" and "sit")
-from harness.generation.config import GenerationConfig
 
-__all__ = ["GenerationConfig", "run_generation_stage"]
+__all__ = ["run_generation_stage"]
 
 
 def __getattr__(name: str):

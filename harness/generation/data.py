@@ -47,7 +47,7 @@ from harness_core.api import Latents, VideoTokenizer
 from harness.clips import encode_video
 from harness.data.sampling import ClipBatch, TrainClips, stack_clips
 from harness.fit import BatchFn
-from harness.generation.config import GenerationConfig
+from harness.config import GenerationConfig
 from harness.generation.normalize import LatentNormalizer
 from harness.generation.tokens import TokenLayout, pack
 from harness.generation.tree import batch_size, tree_cat, tree_map

@@ -83,7 +83,7 @@ from torch import Tensor, nn
 from harness_core.api import Latents, VideoTokenizer
 from harness.data.sampling import ClipBatch, TrainClips, stack_clips
 from harness_core.errors import NonFiniteError
-from harness.generation.config import GenerationConfig
+from harness.config import GenerationConfig
 from harness.generation.data import (ClipSource, EpochStream, batch_sizes, encode_normalization_set,
                                      encode_training_set, latent_batches, video_batches)
 from harness.generation.normalize import LatentNormalizer

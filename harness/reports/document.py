@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from harness_core.errors import ResultsError
 from harness_core.io import write_text_atomic
 from harness.reports import leaderboard as lb
 from harness.reports.data import ReportData
@@ -169,10 +170,10 @@ def write_report(data: ReportData) -> list[Path]:
     """Write leaderboard, plots, gallery, ``report.md`` and ``report.html``; returns the paths.
 
     Raises:
-        FileNotFoundError: when the folder holds neither run results nor cost tables.
+        ResultsError: when the folder holds neither run results nor cost tables.
     """
     if not data.records and not plots.cost_tables(data.results):
-        raise FileNotFoundError(f"no metrics.json and no cost_vs_length*.csv under {data.results}: run a suite first")
+        raise ResultsError(f"no metrics.json and no cost_vs_length*.csv under {data.results}: run a suite first")
     sections, written = build_sections(data)
     title = data.suite.get("name") if data.suite else data.results.name
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness_core.errors import HarnessError
 from harness_core.io import gif_bytes as _gif_bytes
 from harness_core.io import write_bytes_atomic
 from harness.records import EVAL_CLIPS_FILE
@@ -134,7 +135,7 @@ def write_gallery(data: ReportData, out_dir: Path | None = None) -> tuple[list[G
                 if clip not in real_cache:
                     real_cache[clip] = load_real_clip(clips[clip])
                 write_bytes_atomic(path, gif_bytes(side_by_side(real_cache[clip], np.load(recon_path))))
-            except (OSError, ValueError, RuntimeError) as err:
+            except (OSError, ValueError, HarnessError) as err:  # a moved or unreadable video or reconstruction
                 notes.append(f"{record.row}: no GIF of {clip}: {type(err).__name__}: {err}")
                 continue
             items.append(GalleryItem(record.row, rank, clip, psnr, path))

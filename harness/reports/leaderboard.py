@@ -18,6 +18,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from harness.records import RunRecord
+from harness_core.errors import ResultsError
 from harness_core.registry import MetricSpec
 from harness.reports.data import CI_CONFIDENCE, CI_RESAMPLES, CI_SEED, ReportData
 
@@ -108,16 +109,16 @@ def sort_rows(rows: list[dict[str, Any]], metric: str | None = None,
         specs: the metric columns (default: looked up through the registry from the rows' keys).
 
     Raises:
-        KeyError: when no row has ``metric``, or the metric has no direction.
+        ResultsError: when no row has ``metric``, or the metric has no direction.
     """
     if metric is None:
         return sorted(rows, key=lambda r: (r.get("suite") or "", r.get("tokens_per_video") or 0, r["row"]))
     specs = list(specs) if specs is not None else _specs_of_rows(rows)
     if not any(_finite(r.get(metric)) for r in rows):
-        raise KeyError(f"no row has metric {metric!r}; available: {', '.join(s.key for s in row_specs(rows, specs)) or 'none'}")
+        raise ResultsError(f"no row has metric {metric!r}; available: {', '.join(s.key for s in row_specs(rows, specs)) or 'none'}")
     spec = next((s for s in specs if s.key == metric), None)
     if spec is None or spec.higher_is_better is None:
-        raise KeyError(f"metric {metric!r} has no direction (higher_is_better) to sort by")
+        raise ResultsError(f"metric {metric!r} has no direction (higher_is_better) to sort by")
     sign = -1 if spec.higher_is_better else 1
     return sorted(rows, key=lambda r: (0, sign * r[metric]) if _finite(r.get(metric)) else (1, 0))
 
@@ -237,14 +238,15 @@ def render_leaderboard(rows: list[dict[str, Any]], metrics: Iterable[str] | None
         specs: the metric columns (default: looked up through the registry from the rows' keys).
 
     Raises:
-        ValueError: unknown ``fmt`` or unknown metric names.
+        ResultsError: metric names the rows do not have.
+        ValueError: unknown ``fmt``.
     """
     specs = list(specs) if specs is not None else _specs_of_rows(rows)
     available = [s.key for s in row_specs(rows, specs)]
     chosen = list(metrics) if metrics else available
     unknown = [m for m in chosen if m not in available]
     if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; available: {', '.join(available) or 'none'}")
+        raise ResultsError(f"unknown metric(s) {unknown}; available: {', '.join(available) or 'none'}")
     multi_suite = len({r.get("suite") for r in rows}) > 1
     if fmt in ("csv", "json"):
         keep = [k for k in IDENTITY if multi_suite or k != "suite"]

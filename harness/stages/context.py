@@ -29,7 +29,8 @@ import torch
 from accelerate import PartialState
 
 from harness_core.api import VideoTokenizer
-from harness.config import Suite, TokenizerEntry, generation_config
+from harness.config import Suite, SuiteError, TokenizerEntry
+from harness.config.schema import generation_config
 from harness.data.datasets import VideoDataset, build_dataset
 from harness.data.sampling import Clip, ClipCache, TrainClips, evaluation_clips
 from harness.data.store import ClipStore, open_store, prepare_store
@@ -196,7 +197,7 @@ class RunContext:
         weights).
 
         Raises:
-            RuntimeError: a ``run:<id>`` reference to a tokenizer not built in this suite run.
+            SuiteError: a ``run:<id>`` reference to a tokenizer not built in this suite run.
         """
         if entry.id not in self.models:
             self.load_dependencies(entry)
@@ -212,14 +213,15 @@ class RunContext:
         """Put the runs ``entry`` references (``run:<id>`` kwargs, e.g. VideoFlexTok's stage-0 VAE) on the device.
 
         Raises:
-            RuntimeError: a reference to a tokenizer that is not an earlier entry of this suite.
+            SuiteError: a reference to a tokenizer that is not an earlier entry of this suite.
         """
-        from harness.config import referenced_runs
+        from harness.config.validate import referenced_runs
 
         earlier = {e.id: e for e in self.suite.tokenizers[: self.suite.tokenizers.index(entry)]}
         for dep in referenced_runs(entry):
             if dep not in earlier:
-                raise RuntimeError(f"{entry.id} needs run {dep!r}, which is not an earlier entry of this suite run")
+                raise SuiteError(f"tokenizers[{entry.id}].kwargs references run:{dep}, which is not an earlier entry of "
+                                 f"this suite run")
             self.tokenizer(earlier[dep])
 
     def release(self, entry: TokenizerEntry) -> None:
@@ -285,14 +287,14 @@ class RunContext:
 
 
 def build_tokenizer(suite: Suite, entry: TokenizerEntry, models: dict[str, VideoTokenizer]) -> VideoTokenizer:
-    """Instantiate ``entry`` with :func:`harness.config.tokenizer_kwargs` (``frames`` / ``resolution`` from
+    """Instantiate ``entry`` with :func:`harness.config.validate.tokenizer_kwargs` (``frames`` / ``resolution`` from
     ``data`` when the constructor takes them); ``"run:<id>"`` kwargs become ``models[<id>]``, frozen (no gradients,
     eval mode).
 
     Raises:
         KeyError: a ``"run:<id>"`` whose tokenizer is not in ``models``.
     """
-    from harness.config import tokenizer_kwargs
+    from harness.config.validate import tokenizer_kwargs
 
     kwargs = tokenizer_kwargs(suite, entry)
     for key, value in kwargs.items():

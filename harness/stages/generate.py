@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from harness.config import generation_config
+from harness.config.schema import generation_config
 from harness_core.registry import register_stage
 from harness_core.seeding import derive_seed
 from harness.stages.base import Stage, Work

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import TokenizerEntry
+from harness_core.errors import ResultsError
 from harness.fit import resolve_mixed_precision, write_history
 from harness_core.io import write_json_atomic
 from harness.memory import StageMemory
@@ -68,7 +69,7 @@ def write_config(suite, entry: TokenizerEntry, path: Path) -> None:
     """Write ``config.json`` at ``path``; refuse to mix results of a different training configuration.
 
     Raises:
-        RuntimeError: ``path`` holds a ``config.json`` with another training fingerprint.
+        ResultsError: ``path`` holds a ``config.json`` with another training fingerprint.
     """
     resolved = {
         "suite": suite.name, "tokenizer": entry.model_dump(mode="json"), "train_fingerprint": fingerprint(train_fingerprint(suite, entry)),
@@ -78,7 +79,7 @@ def write_config(suite, entry: TokenizerEntry, path: Path) -> None:
     if path.is_file():
         previous = json.loads(path.read_text())
         if previous.get("train_fingerprint") != resolved["train_fingerprint"]:
-            raise RuntimeError(f"{path.parent} holds results of a different configuration of {entry.id!r} "
+            raise ResultsError(f"{path.parent} holds results of a different configuration of {entry.id!r} "
                                f"(tokenizer kwargs, training schedule, data protocol or seed changed); "
                                f"delete that folder or set another output_dir to start it afresh")
     write_json_atomic(path, resolved)
