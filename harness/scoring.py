@@ -25,7 +25,7 @@ from torch import Tensor
 from harness_core.errors import NonFiniteError
 from harness_core.registry import METRICS, MetricSpec, spec_of
 from harness.results import check_finite
-from harness.shards import gather_lists
+from harness.shards import gather_lists, is_local_main
 
 
 def _valid_frames(n_frames: Tensor | None) -> dict[str, Tensor]:
@@ -72,11 +72,19 @@ class Scorer:
     def use_real_cache(self, key: dict, folder: Path) -> bool:
         """Load cached real statistics of the set metrics (FVD) keyed by ``key`` from ``folder``.
 
+        With ``synchronize`` a metric uses its cache only when every process finds the file: ``folder`` may be
+        node-local (``$HARNESS_CACHE`` differs per node), and a process that skipped the real clips while another
+        fed its share would count that share on top of the whole cached set, and call one collective fewer
+        (:meth:`metrics.fvd.FVD.save_real_cache`). Collective then: call it on every process.
+
         Returns:
-            True when every set metric found its cache (real videos need not be fed).
+            True when every set metric uses its cache (real videos need not be fed); the same on every process.
         """
         self._real_cached = [metric for metric in self.metrics.values() if hasattr(metric, "use_real_cache")]
-        return all([metric.use_real_cache(key, folder) for metric in self._real_cached])
+        found = [metric.real_cache_path(key, folder).is_file() for metric in self._real_cached]
+        if self.synchronize:
+            found = [all(column) for column in zip(*gather_lists([found]))]
+        return all([metric.use_real_cache(key, folder, load=hit) for metric, hit in zip(self._real_cached, found)])
 
     @torch.no_grad()
     def update(self, real: Tensor, fake: Tensor, rows: list[dict[str, Any]], n_frames: Tensor | None = None) -> None:
@@ -153,8 +161,9 @@ class Scorer:
         for metric in self.metrics.values():
             summary.update(metric.compute())
             protocol.update(metric.protocol())
+        writer = is_local_main() if self.synchronize else None  # each node's cache folder gets the file
         for metric in self._real_cached:
-            metric.save_real_cache()  # a no-op when the statistics came from the cache
+            metric.save_real_cache(write=writer)  # a no-op when the statistics came from the cache
         if self.synchronize:
             self.rows, self._frame_tables = gather_lists(self.rows), gather_lists(self._frame_tables)
         check_finite(summary, f"{self.label}: metrics")

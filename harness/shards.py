@@ -29,6 +29,12 @@ def world_size() -> int:
     return PartialState().num_processes
 
 
+def is_local_main() -> bool:
+    """Whether this process is its node's main process (local rank 0; the one process of a single-process run):
+    the one that writes node-local files (the clip store, cached real FVD statistics)."""
+    return PartialState().is_local_main_process
+
+
 def my_share(count: int, what: str) -> list[int]:
     """This process's unit indices out of ``range(count)``: a contiguous, disjoint share (empty when ``count`` is
     smaller than the number of processes and this rank comes last). Logs which rank handles how many ``what``."""

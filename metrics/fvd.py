@@ -253,7 +253,7 @@ class FVD(VideoMetric):
     ``update_real(videos, n_frames=None)`` and ``update_fake(videos, n_frames=None)``
     (generation: unpaired sets), ``update_features(real=, fake=)`` (precomputed
     ``[N, 400]`` logits), ``compute()``, ``protocol()``, ``scored_title()``,
-    ``use_real_cache``/``save_real_cache``.
+    ``real_cache_path``/``use_real_cache``/``save_real_cache``.
     """
 
     name = "fvd"
@@ -490,21 +490,26 @@ class FVD(VideoMetric):
             value = self._cached_real[state].to(device=getattr(self, state).device, dtype=torch.float64)
             setattr(self, state, value.clone() if keep else torch.zeros_like(value))
 
-    def use_real_cache(self, key: dict, cache_dir: str | Path) -> bool:
+    def real_cache_path(self, key: dict, cache_dir: str | Path) -> Path:
+        """The real-statistics file of ``key`` in ``cache_dir``: its name holds a sha256 of ``key`` together with the
+        protocol (clip rule, preprocessing, groups, covariance, I3D weights sha256)."""
+        return Path(cache_dir) / f"{self.name}_real_{self._cache_digest(key)[:32]}.pt"
+
+    def use_real_cache(self, key: dict, cache_dir: str | Path, load: bool = True) -> bool:
         """Use cached real statistics keyed by ``key`` (dataset, split, clip sampling...).
 
-        The file name holds a sha256 of ``key`` together with the protocol
-        (clip rule, preprocessing, groups, covariance, I3D weights sha256). When it
-        exists, the real statistics are loaded (and kept across :meth:`reset`) and
-        later real batches are skipped; else :meth:`save_real_cache` writes it once
-        the real set was seen.
+        When the file (:meth:`real_cache_path`) exists and ``load`` is true, the real
+        statistics are loaded (and kept across :meth:`reset`) and later real batches
+        are skipped; else :meth:`save_real_cache` writes it once the real set was seen.
+        ``load=False`` is for a process whose peers lack the file (each node of a run
+        may have its own cache folder): every process must then feed its real share.
 
         Returns:
             True when the statistics were loaded from the cache.
         """
-        path = Path(cache_dir) / f"{self.name}_real_{self._cache_digest(key)[:32]}.pt"
+        path = self.real_cache_path(key, cache_dir)
         self._real_cache_path = path
-        if not path.is_file():
+        if not load or not path.is_file():
             return False
         stats = torch.load(path, map_location="cpu", weights_only=True)
         expected = {"real_sum": (self.groups, FEATURE_DIM), "real_outer": (self.groups, FEATURE_DIM, FEATURE_DIM), "real_n": (self.groups,)}
@@ -514,11 +519,14 @@ class FVD(VideoMetric):
         self._apply_cached_real()
         return True
 
-    def save_real_cache(self) -> Path:
+    def save_real_cache(self, write: bool | None = None) -> Path:
         """Write the real statistics (summed over processes) to the file chosen by :meth:`use_real_cache`.
 
-        Atomic (:func:`harness_core.io.torch_save_atomic`); only rank 0 writes. Call it on
-        every rank (it all-reduces the statistics).
+        Atomic (:func:`harness_core.io.torch_save_atomic`). Call it on every rank (it all-reduces the statistics).
+
+        Args:
+            write: whether this process writes the file; default: rank 0 only. A run whose nodes have their own
+                cache folders passes true on each node's main process (:class:`harness.scoring.Scorer`).
 
         Raises:
             RuntimeError: without a prior :meth:`use_real_cache`, or when no real sample was seen.
@@ -534,7 +542,9 @@ class FVD(VideoMetric):
                 torch.distributed.all_reduce(value, group=self.process_group)
         if float(stats["real_n"].sum()) == 0:
             raise RuntimeError(f"{self.name}.save_real_cache: no real samples were seen")
-        if self._rank() == 0:
+        if write is None:
+            write = self._rank() == 0
+        if write:
             torch_save_atomic(path, {k: v.cpu() for k, v in stats.items()})
         return path
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 # 400x400 BLAS calls (FVD) crawl when OpenBLAS threads fight torch's on a small shared CPU
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -15,6 +16,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HARNESS_SHARED_DIR", REPO.parent / "shared"))
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a torchrun rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def shared_path(*parts: str) -> Path:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import REPO, free_port
 from metrics.fvd import (FVD16, FVD128, FVD16Chunks, frechet_distance, gaussian_fit, i3d_logits, preprocess,
                          trace_sqrt_product)
 
-REPO = Path(__file__).resolve().parents[1]
 NOISE_LEVELS = (0.05, 0.15, 0.4)
 
 
@@ -178,17 +177,11 @@ def test_real_statistics_cache(features, tmp_path):
     assert FVD16(groups=2).use_real_cache(key, tmp_path) is False
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_processes_equal_one(features, tmp_path):
     real = torch.cat([features[0.0], features[0.05], features[0.15]])  # 9 samples
     fake = torch.cat([features[0.4], features[0.15], features[0.0]])
     torch.save({"real": real, "fake": fake}, tmp_path / "features.pt")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            str(Path(__file__).resolve()), str(tmp_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
@@ -197,6 +190,7 @@ def test_two_processes_equal_one(features, tmp_path):
     assert report["world_size"] == 2 and report["backend"] == "gloo" and report["local_n"] == [5, 4]
     single = fvd_of(real, fake)
     assert report["fvd_16f_n"] == 9 and report["fvd_16f_n_real"] == 9
+    assert report["cache_hits"] == {"shared": [True, True], "node_local": [False, False]}
     assert report["fvd_16f"] == pytest.approx(single["fvd_16f"], rel=1e-9, abs=1e-9)
     # the real statistics written by the distributed run are those of the whole set
     cached = FVD16()
@@ -208,8 +202,9 @@ def test_two_processes_equal_one(features, tmp_path):
 def _ddp_worker(folder: Path) -> None:
     """Each rank adds an uneven shard of the features; torchmetrics sums the states over gloo."""
     import torch.distributed as dist
+    from accelerate import PartialState
 
-    dist.init_process_group("gloo")
+    PartialState(cpu=True)  # the process group as the harness starts it (gloo on the CPU), which its Scorer gathers over
     rank, world = dist.get_rank(), dist.get_world_size()
     data = torch.load(folder / "features.pt", weights_only=True)
     shard = slice(0, 5) if rank == 0 else slice(5, None)
@@ -220,8 +215,15 @@ def _ddp_worker(folder: Path) -> None:
     metric.save_real_cache()
     sizes = [None] * world
     dist.all_gather_object(sizes, int(data["real"][shard].shape[0]))
+    # a Scorer uses a cache only when every process finds the file: each node may have its own cache folder
+    from harness.scoring import Scorer
+
+    hits = {}
+    for case, cache in (("shared", folder / "cache"), ("node_local", folder / ("cache" if rank == 0 else "empty"))):
+        hits[case] = [None] * world
+        dist.all_gather_object(hits[case], Scorer(["fvd_16f"], synchronize=True).use_real_cache({"test": "ddp"}, cache))
     if rank == 0:
-        report = {"world_size": world, "backend": dist.get_backend(), "local_n": sizes, **result}
+        report = {"world_size": world, "backend": dist.get_backend(), "local_n": sizes, "cache_hits": hits, **result}
         (folder / "ddp_report.json").write_text(json.dumps(report))
     dist.barrier()
     dist.destroy_process_group()

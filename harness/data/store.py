@@ -42,10 +42,10 @@ An entry file without a manifest record (the build was killed after writing it
 and before the next manifest write) is rebuilt too, since nothing records what
 it should hold. A lock file (``flock``) serializes builders of one store.
 
-Processes: one process builds (the main process, before the others use the
-store); the others open it with :func:`open_store` after a barrier and only
-read. ``data.store`` chooses whether the store is used at all
-(:func:`store_active`).
+Processes: one process of each node builds (its local main process, into the
+node's cache folder, before the others use the store); the others open it with
+:func:`open_store` after a barrier and only read. ``data.store`` chooses
+whether the store is used at all (:func:`store_active`).
 """
 from __future__ import annotations
 
