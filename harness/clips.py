@@ -44,7 +44,7 @@ def length_kwargs(tokenizer: VideoTokenizer, n_frames: Tensor | None) -> dict[st
 
 
 @torch.no_grad()
-def encode_video(tokenizer: VideoTokenizer, video: Tensor, num_tokens: int | None = None,
+def encode_video(tokenizer: VideoTokenizer, video: Tensor, budget: int | None = None,
                  clip_batch: int = 8, n_frames: Tensor | None = None) -> list[Tokens]:
     """Tokens of a whole video batch, one :class:`Tokens` per group of clips.
 
@@ -53,13 +53,13 @@ def encode_video(tokenizer: VideoTokenizer, video: Tensor, num_tokens: int | Non
     """
     check_video(video)
     if not tokenizer.clip_frames or tokenizer.clip_frames == video.shape[2]:
-        return [tokenizer.encode(video, num_tokens=num_tokens, **length_kwargs(tokenizer, n_frames))]
+        return [tokenizer.encode(video, budget=budget, **length_kwargs(tokenizer, n_frames))]
     clips, _ = split_into_clips(video, tokenizer.clip_frames)
-    return [tokenizer.encode(chunk, num_tokens=num_tokens) for chunk in clips.split(clip_batch)]
+    return [tokenizer.encode(chunk, budget=budget) for chunk in clips.split(clip_batch)]
 
 
 @torch.no_grad()
-def reconstruct_video(tokenizer: VideoTokenizer, video: Tensor, num_tokens: int | None = None,
+def reconstruct_video(tokenizer: VideoTokenizer, video: Tensor, budget: int | None = None,
                       clip_batch: int = 8, on_tokens: Callable[[Tokens], None] | None = None,
                       timings: dict[str, float] | None = None, n_frames: Tensor | None = None) -> tuple[Tensor, int]:
     """Reconstruct ``video`` ``float32 [B, 3, T, H, W]`` in ``[-1, 1]``, clip by clip when needed.
@@ -83,14 +83,14 @@ def reconstruct_video(tokenizer: VideoTokenizer, video: Tensor, num_tokens: int 
     parts, per_clip = [], 0
     for chunk in [clips] if whole else clips.split(clip_batch):
         began = time.perf_counter()
-        tokens = tokenizer.encode(chunk, num_tokens=num_tokens, **(length_kwargs(tokenizer, n_frames) if whole else {}))
+        tokens = tokenizer.encode(chunk, budget=budget, **(length_kwargs(tokenizer, n_frames) if whole else {}))
         _synchronize(chunk.device)
         middle = time.perf_counter()
         parts.append(tokenizer.decode(tokens))
         _synchronize(chunk.device)
         timings["encode_s"] = timings.get("encode_s", 0.0) + middle - began
         timings["decode_s"] = timings.get("decode_s", 0.0) + time.perf_counter() - middle
-        per_clip = tokens.num_tokens
+        per_clip = tokens.tokens_per_video
         if on_tokens:
             on_tokens(tokens)
     if whole:

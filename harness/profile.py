@@ -178,7 +178,7 @@ def measure_step(name: str, kwargs: dict[str, Any], frames: int, resolution: int
         "peak_memory_mb": memory.peak_mb,
         "step_seconds": seconds,
         "params": sum(p.numel() for p in model.parameters()),
-        "tokens": model.num_tokens(frames, resolution, resolution),
+        "tokens": model.tokens_per_video(frames, resolution, resolution),
         "clips": clips,
     }
 

@@ -33,9 +33,9 @@ class Tokens:
             ``float32 [B, C', T', H', W']``) or a dict of named tensors (for
             example CoordTok's three planes ``{"xy", "xt", "yt"}``). For a
             quantizing tokenizer these are the quantized latents.
-        num_tokens: tokens per video (one row of the batch), the number that the
-            leaderboard reports. For a flexible tokenizer it counts only the
-            kept prefix.
+        tokens_per_video: tokens per video (one row of the batch; one chunk
+            when the engine encodes chunks), the number that the leaderboard
+            reports. For a flexible tokenizer it counts only the kept prefix.
         indices: discrete codes when the tokenizer quantizes (``int64``, any
             layout the tokenizer documents), else ``None``.
         info: whatever decode needs besides the latents: the video shape
@@ -45,7 +45,7 @@ class Tokens:
     """
 
     latents: Latents
-    num_tokens: int
+    tokens_per_video: int
     indices: Tensor | dict[str, Tensor] | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -53,7 +53,7 @@ class Tokens:
         """Return a copy with every tensor moved to ``device``."""
         return Tokens(
             latents=move_to(self.latents, device),
-            num_tokens=self.num_tokens,
+            tokens_per_video=self.tokens_per_video,
             indices=move_to(self.indices, device),
             info=move_to(self.info, device),
         )
@@ -84,8 +84,8 @@ class VideoTokenizer(nn.Module):
     * ``continuous``: ``True`` when the latents are continuous (SiT generators),
       ``False`` when ``Tokens.indices`` carries discrete codes (autoregressive
       generators).
-    * ``flexible``: ``True`` when ``encode`` accepts ``num_tokens`` as a prefix
-      length (VideoFlexTok); the suite can then sweep token budgets.
+    * ``flexible``: ``True`` when ``encode`` accepts a ``budget`` (a prefix
+      length, VideoFlexTok); the suite can then sweep token budgets.
     * ``frozen_stage0``: ``True`` when the tokenizer starts with a frozen,
       deterministic front end (VideoFlexTok's stage-0 VAE) and implements
       ``stage0_features`` and ``stage0_losses`` with
@@ -132,12 +132,12 @@ class VideoTokenizer(nn.Module):
     #: shown by ``python -m harness protocol``; plugins may set it
     recipe_source: str = ""
 
-    def encode(self, video: Tensor, num_tokens: int | None = None) -> Tokens:
+    def encode(self, video: Tensor, budget: int | None = None) -> Tokens:
         """Encode ``video`` ``float32 [B, 3, T, H, W]`` in ``[-1, 1]`` into tokens.
 
-        ``num_tokens`` is a prefix length (tokens per latent timestep for
-        VideoFlexTok); fixed-budget tokenizers raise ``ValueError`` when it is
-        given and differs from their budget.
+        ``budget`` is a prefix length (tokens per latent timestep for
+        VideoFlexTok; ``None``: the full set); fixed-budget tokenizers raise
+        ``ValueError`` when it is given and differs from their budget.
         """
         raise NotImplementedError
 
@@ -170,7 +170,7 @@ class VideoTokenizer(nn.Module):
         whose official recipe runs a later stage as a new run (CoordTok's stage 2); default none."""
         return []
 
-    def num_tokens(self, frames: int, height: int, width: int) -> int:
+    def tokens_per_video(self, frames: int, height: int, width: int) -> int:
         """Tokens for one video of ``frames x height x width`` pixels.
 
         Counted over every clip when the tokenizer works on clips.
@@ -178,13 +178,13 @@ class VideoTokenizer(nn.Module):
         raise NotImplementedError
 
     def token_budgets(self) -> list[int]:
-        """Prefix lengths that ``encode(num_tokens=...)`` accepts (flexible tokenizers)."""
+        """Budgets (prefix lengths) that ``encode(budget=...)`` accepts (flexible tokenizers)."""
         return []
 
     @torch.no_grad()
-    def reconstruct(self, video: Tensor, num_tokens: int | None = None) -> Tensor:
+    def reconstruct(self, video: Tensor, budget: int | None = None) -> Tensor:
         """``decode(encode(video))`` for one clip the tokenizer handles natively."""
-        return self.decode(self.encode(video, num_tokens=num_tokens))
+        return self.decode(self.encode(video, budget=budget))
 
     def codebook_size(self) -> int | None:
         """Number of discrete codes, or ``None`` for continuous tokenizers."""

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from harness.config import GenerationConfig, Suite, SuiteError, TrainConfig, load_suite
+from harness.config.errors import RENAMED_KEYS
 from harness.config.schema import GenerationOverrides, TokenizerSpec, TrainOverrides, dataset_specific_keys, generation_config
 from harness.config.validate import fill_geometry, tokenizer_kwargs
 
@@ -67,6 +68,22 @@ def test_unknown_key_in_a_tokenizer_override_names_the_tokenizer_id(tmp_path, bl
     where = f"tokenizers[coordtok_tiny].{block}"
     assert f"unknown key '{where}.stepz'; allowed keys under {where}: " in message
     assert message.split(f"under {where}: ")[1].split(", ") == list(config.model_fields)
+
+
+@pytest.mark.parametrize("block, old", sorted(RENAMED_KEYS))
+def test_a_renamed_key_names_its_new_name(tmp_path, block, old):
+    new = RENAMED_KEYS[(block, old)]
+    if block == "kwargs":
+        message = load_error(write_suite(tmp_path, [{**GRID3D, "kwargs": {**GRID3D["kwargs"], old: 16}}]))
+        assert f"unknown argument(s) ['{old}'] for grid3d (renamed to 'tokenizers[grid3d_tiny].kwargs.{new}')" in message
+        return
+    message = load_error(write_suite(tmp_path), [f"{block}.{old}=4"])
+    assert f"unknown key '{block}.{old}' (renamed to '{block}.{new}'); allowed keys under {block}: " in message
+    assert new in message.split(": ")[-1].split(", ")
+    if block == "generation":  # also inside a tokenizer's overrides
+        message = load_error(write_suite(tmp_path, [GRID3D, {**COORDTOK, "generation": {old: 4}}]))
+        where = "tokenizers[coordtok_tiny].generation"
+        assert f"unknown key '{where}.{old}' (renamed to '{where}.{new}'); allowed keys under {where}: " in message
 
 
 def test_unknown_key_of_an_entry_and_of_an_entry_without_id(tmp_path):

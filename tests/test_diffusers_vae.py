@@ -102,7 +102,7 @@ def test_round_trip_from_local_folder(name, tmp_path, clips32):
     t, h, w = tok.latent_shape(frames, 32, 32)
     assert tokens.latents.dtype == torch.float32
     assert tuple(tokens.latents.shape) == (3, tok.latent_channels, t, h, w)
-    assert tokens.num_tokens == t * h * w == tok.num_tokens(frames, 32, 32)
+    assert tokens.tokens_per_video == t * h * w == tok.tokens_per_video(frames, 32, 32)
     assert tokens.info["padded_frames"] == padded - frames
     assert tokens.info["shape"] == (frames, 32, 32)
     recon = tok.decode(tokens)
@@ -142,7 +142,7 @@ def test_frame_rules_and_boundaries(tmp_path):
     assert cog.temporal_boundaries(40) == []
     clipped = create_tokenizer("cogvideox_vae", pretrained=str(tmp_path / "cog"), clip_frames=17)
     assert clipped.temporal_boundaries(40) == [17, 34]
-    assert clipped.num_tokens(40, 32, 32) == 3 * 5 * 4 * 4
+    assert clipped.tokens_per_video(40, 32, 32) == 3 * 5 * 4 * 4
 
     _save_tiny("hunyuanvideo_vae", tmp_path / "hy")
     hy = create_tokenizer("hunyuanvideo_vae", pretrained=str(tmp_path / "hy"))

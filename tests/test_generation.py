@@ -240,7 +240,7 @@ def test_pack_unpack_round_trip_for_clip_tokenizers(long_videos):
         tok = create_tokenizer(name).eval()
         groups = encode_video(tok, long_videos, clip_batch=4)
         packed, layout = pack(groups, 3, tok, 32)
-        assert layout.clips == 2 and layout.tokens_per_video == 2 * groups[0].num_tokens
+        assert layout.clips == 2 and layout.tokens_per_video == 2 * groups[0].tokens_per_video
         rows = unpack(packed, layout)
         if tok.continuous:
             ref = torch.cat([g.latents for g in groups]) if isinstance(groups[0].latents, torch.Tensor) \
@@ -259,7 +259,7 @@ def test_videoflextok_indices_pack_in_coarse_to_fine_order(long_videos):
     torch.manual_seed(0)
     tok = create_tokenizer("videoflextok").eval()
     videos = long_videos[:2, :, :17]  # 17 frames: one chunk, 5 latent timesteps
-    groups = encode_video(tok, videos, num_tokens=4)
+    groups = encode_video(tok, videos, budget=4)
     seq, layout = pack(groups, 2, tok, 17)
     idx = groups[0].indices  # [B, t, 4]
     assert layout.coarse_to_fine and seq.shape == (2, idx.shape[1] * 4)
@@ -476,7 +476,7 @@ def test_generation_stage_end_to_end_with_resume(train_data, train_videos, tmp_p
     assert math.isfinite(first["gfvd_16f"]) and first["gfvd_16f_n"] == 2 and first["gfvd_16f_n_real"] == 2
     assert first["gfvd_comparable"] is False and "fvd_16f" in first["gfvd_protocol"]
     gen = first["generator"]
-    assert gen["name"] == "sit" and gen["steps"] == 2 and gen["tokens_per_video"] == tok.num_tokens(16, 32, 32)
+    assert gen["name"] == "sit" and gen["steps"] == 2 and gen["tokens_per_video"] == tok.tokens_per_video(16, 32, 32)
     assert gen["params"] > 0 and gen["train_step_time_s"] > 0 and gen["train_data"] == train_data
     normalization = json.loads((run / "generation" / "normalization.json").read_text())
     # real clips (generation.real_clips: first_videos): one window of each of the first 2 training videos, read from

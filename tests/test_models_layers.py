@@ -94,7 +94,7 @@ def _videoflextok():
 
     def outputs() -> list[torch.Tensor]:
         video = _video(17)
-        out = _tokenizer_outputs(model, video, num_tokens=4)
+        out = _tokenizer_outputs(model, video, budget=4)
         torch.manual_seed(3)
         model.train()
         losses = model.training_losses(video, step=0)

@@ -457,7 +457,7 @@ class DiffusersVAE(VideoTokenizer):
             return t, h // s, w // s
         return (t - 1) // self.temporal_ratio + 1, h // s, w // s
 
-    def num_tokens(self, frames: int, height: int, width: int) -> int:
+    def tokens_per_video(self, frames: int, height: int, width: int) -> int:
         """Latent positions ``t * h * w`` of a video, summed over the engine's clips when ``clip_frames`` is set."""
         clip = self.clip_frames or frames
         t, h, w = self.latent_shape(clip, height, width)
@@ -538,15 +538,15 @@ class DiffusersVAE(VideoTokenizer):
         return next(self.vae.parameters())
 
     @torch.no_grad()
-    def encode(self, video: Tensor, num_tokens: int | None = None) -> Tokens:
+    def encode(self, video: Tensor, budget: int | None = None) -> Tokens:
         """Encode ``video`` ``float32 [B, 3, T, H, W]`` in ``[-1, 1]`` into the scaled latent grid.
 
         Returns:
-            :class:`Tokens` with ``latents`` ``float32 [B, C, t, h, w]``, ``num_tokens = t * h * w`` and ``info``
+            :class:`Tokens` with ``latents`` ``float32 [B, C, t, h, w]``, ``tokens_per_video = t * h * w`` and ``info``
             ``{"shape": (T, H, W), "padded_frames": int, "padded_hw": (H', W')}``.
 
         Raises:
-            ValueError: bad video, or ``num_tokens`` other than the fixed budget.
+            ValueError: bad video, or a ``budget`` other than the fixed one.
         """
         check_video(video)
         frames, height, width = video.shape[2:]
@@ -562,10 +562,10 @@ class DiffusersVAE(VideoTokenizer):
             z = self._posterior(self.vae.encode(x).latent_dist)
         latents = self.scale_latents(z)
         count = int(latents.shape[2] * latents.shape[3] * latents.shape[4])
-        if num_tokens is not None and num_tokens != count:
-            raise ValueError(f"{self.model_class_name} has a fixed budget of {count} tokens for this size, got num_tokens={num_tokens}")
+        if budget is not None and budget != count:
+            raise ValueError(f"{self.model_class_name} has a fixed budget of {count} tokens for this size, got budget={budget}")
         info = {"shape": (frames, height, width), "padded_frames": pt - frames, "padded_hw": (ph, pw)}
-        return Tokens(latents=latents, num_tokens=count, info=info)
+        return Tokens(latents=latents, tokens_per_video=count, info=info)
 
     def _posterior(self, dist: Any) -> Tensor:
         return dist.sample() if self.sample_posterior else dist.mode()

@@ -145,7 +145,7 @@ class Frame2dVQ(VQAutoencoderMixin, VideoTokenizer):
             raise ValueError(f"height and width must be multiples of {self.space_factor}, got {height}x{width}")
         return frames, height // self.space_factor, width // self.space_factor
 
-    def num_tokens(self, frames: int, height: int, width: int) -> int:
+    def tokens_per_video(self, frames: int, height: int, width: int) -> int:
         t, h, w = self.latent_shape(frames, height, width)
         return t * h * w
 

@@ -68,7 +68,7 @@ class Grid3dAutoencoder(VideoTokenizer):
             raise ValueError(f"frames must be a multiple of {self.time_factor}, got {frames}")
         return frames // self.time_factor, height // self.space_factor, width // self.space_factor
 
-    def num_tokens(self, frames: int, height: int, width: int) -> int:
+    def tokens_per_video(self, frames: int, height: int, width: int) -> int:
         clip = self.clip_frames or frames
         clips = -(-frames // clip)
         t, h, w = self.latent_shape(clip, height, width)
@@ -98,12 +98,12 @@ class Grid3dVAE(Grid3dAutoencoder):
         self.latent_shape(*video.shape[2:])
         return DiagonalGaussian(self.encoder(video))
 
-    def encode(self, video: Tensor, num_tokens: int | None = None) -> Tokens:
+    def encode(self, video: Tensor, budget: int | None = None) -> Tokens:
         latents = self.posterior(video).mean
         count = latents.shape[2] * latents.shape[3] * latents.shape[4]
-        if num_tokens is not None and num_tokens != count:
-            raise ValueError(f"grid3d has a fixed budget of {count} tokens per clip, got num_tokens={num_tokens}")
-        return Tokens(latents=latents, num_tokens=count, info={"shape": tuple(video.shape[2:])})
+        if budget is not None and budget != count:
+            raise ValueError(f"grid3d has a fixed budget of {count} tokens per clip, got budget={budget}")
+        return Tokens(latents=latents, tokens_per_video=count, info={"shape": tuple(video.shape[2:])})
 
     def decode(self, tokens: Tokens) -> Tensor:
         return self.decode_latents(tokens.latents)

@@ -75,15 +75,15 @@ class VQAutoencoderMixin:
         quantized, indices, commit = self.quantizer(grid)
         return quantized, indices, commit
 
-    def encode(self, video: Tensor, num_tokens: int | None = None) -> Tokens:
+    def encode(self, video: Tensor, budget: int | None = None) -> Tokens:
         check_video(video)
         grid = self.encode_grid(video)
         quantized, indices, _ = self.quantize(grid)
         count = int(indices[0].numel())
-        if num_tokens is not None and num_tokens != count:
+        if budget is not None and budget != count:
             raise ValueError(f"{type(self).__name__} has a fixed budget of {count} tokens per clip, "
-                             f"got num_tokens={num_tokens}")
-        return Tokens(latents=quantized, num_tokens=count, indices=indices, info={"shape": tuple(video.shape[2:])})
+                             f"got budget={budget}")
+        return Tokens(latents=quantized, tokens_per_video=count, indices=indices, info={"shape": tuple(video.shape[2:])})
 
     def indices_to_latents(self, indices: Tensor) -> Tensor:
         """Codebook vectors of ``indices`` ``int64 [B, t, h, w]`` as a grid ``float32 [B, D, t, h, w]``."""

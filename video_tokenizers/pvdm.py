@@ -110,7 +110,7 @@ class PVDMAutoencoder(VideoTokenizer):
         clip_frames: native clip length (16; the temporal planes have one row per frame).
 
     Tokens: ``latents`` ``{"xy": [B, C, H/p, W/p], "xt": [B, C, T, W/p], "yt": [B, C, T, H/p]}``
-    (``float32``, tanh-bounded), ``num_tokens = (H/p)(W/p) + T(W/p) + T(H/p)``.
+    (``float32``, tanh-bounded), ``tokens_per_video = (H/p)(W/p) + T(W/p) + T(H/p)``.
 
     Raises:
         ValueError: frame sizes not divisible by ``patch_size``, unknown loss options.
@@ -163,7 +163,7 @@ class PVDMAutoencoder(VideoTokenizer):
         h, w = height // p, width // p
         return {"xy": (h, w), "xt": (frames, w), "yt": (frames, h)}
 
-    def num_tokens(self, frames: int, height: int, width: int) -> int:
+    def tokens_per_video(self, frames: int, height: int, width: int) -> int:
         clip = self.clip_frames or frames
         clips = -(-frames // clip)
         return clips * sum(a * b for a, b in self.plane_shapes(clip, height, width).values())
@@ -221,12 +221,12 @@ class PVDMAutoencoder(VideoTokenizer):
 
     # --- contract
 
-    def encode(self, video: Tensor, num_tokens: int | None = None) -> Tokens:
+    def encode(self, video: Tensor, budget: int | None = None) -> Tokens:
         planes = self.encode_planes(video)
         count = sum(int(v[0, 0].numel()) for v in planes.values())
-        if num_tokens is not None and num_tokens != count:
-            raise ValueError(f"pvdm has a fixed budget of {count} tokens per clip, got num_tokens={num_tokens}")
-        return Tokens(latents=planes, num_tokens=count, info={"shape": tuple(video.shape[2:])})
+        if budget is not None and budget != count:
+            raise ValueError(f"pvdm has a fixed budget of {count} tokens per clip, got budget={budget}")
+        return Tokens(latents=planes, tokens_per_video=count, info={"shape": tuple(video.shape[2:])})
 
     def decode(self, tokens: Tokens) -> Tensor:
         if not isinstance(tokens.latents, dict):

@@ -40,8 +40,8 @@ the duplicate frame is dropped. Other lengths are padded by repeating the last
 frame and cropped back; ``Tokens.info["padded_frames"]`` says how many frames
 were added.
 
-Token budgets: ``encode(video, num_tokens=k)`` keeps the first ``k`` registers
-of every latent timestep; ``Tokens.num_tokens = timesteps x k``. The paper's
+Token budgets: ``encode(video, budget=k)`` keeps the first ``k`` registers
+of every latent timestep; ``Tokens.tokens_per_video = timesteps x k``. The paper's
 81-frame, 672-token setting is ``k = 32`` on ``21`` timesteps
 (:data:`PAPER_81F_672`).
 """
@@ -400,7 +400,7 @@ class VideoFlexTok(RegisterEncoder, FlowDecoder, VideoTokenizer):
         t_max: latent timesteps per chunk; derived from ``chunk_frames`` by default.
 
     Tokens: ``latents`` ``float32 [B, t, k, 6]`` (FSQ codes in ``[-1, 1]``),
-    ``indices`` ``int64 [B, t, k]`` in ``[0, 64000)``, ``num_tokens = t * k``
+    ``indices`` ``int64 [B, t, k]`` in ``[0, 64000)``, ``tokens_per_video = t * k``
     with ``t = 1 + 4K`` for a (padded) video of ``1 + 16K`` frames.
     """
 
@@ -511,7 +511,7 @@ class VideoFlexTok(RegisterEncoder, FlowDecoder, VideoTokenizer):
         """Pixels ``[B, 3, frames, H, W]`` from normalized latents ``[B, C, t, h, w]``."""
         lat = latents * self.latent_std.view(1, -1, 1, 1, 1) + self.latent_mean.view(1, -1, 1, 1, 1)
         shape = (frames, lat.shape[3] * self.space_factor, lat.shape[4] * self.space_factor)
-        return self.vae.decode(Tokens(latents=lat, num_tokens=lat[0, 0].numel(), info={"shape": shape})).float()
+        return self.vae.decode(Tokens(latents=lat, tokens_per_video=lat[0, 0].numel(), info={"shape": shape})).float()
 
     @torch.no_grad()
     def _init_latent_stats(self, latents: Tensor) -> None:
@@ -547,22 +547,22 @@ class VideoFlexTok(RegisterEncoder, FlowDecoder, VideoTokenizer):
         return rearrange(clips, "b c k h w t -> (b k) c t h w").contiguous(), chunks, pad
 
     # ---------------------------------------------------------------- contract
-    def _budget(self, num_tokens: int | None) -> int:
-        if num_tokens is None:
+    def _budget(self, budget: int | None) -> int:
+        if budget is None:
             return self.n_max
         try:
-            k = operator.index(num_tokens)
+            k = operator.index(budget)
         except TypeError:
             k = None
-        if k is None or isinstance(num_tokens, bool) or not 1 <= k <= self.n_max:
-            raise ValueError(f"num_tokens is registers per latent timestep, an int in [1, {self.n_max}]; got {num_tokens!r}")
+        if k is None or isinstance(budget, bool) or not 1 <= k <= self.n_max:
+            raise ValueError(f"budget is registers per latent timestep, an int in [1, {self.n_max}]; got {budget!r}")
         return k
 
     @torch.no_grad()
-    def encode(self, video: Tensor, num_tokens: int | None = None) -> Tokens:
+    def encode(self, video: Tensor, budget: int | None = None) -> Tokens:
         """Tokens of ``video`` ``float32 [B, 3, T, H, W]`` in ``[-1, 1]``.
 
-        ``num_tokens`` is the register prefix kept per latent timestep
+        ``budget`` is the register prefix kept per latent timestep
         (``1 .. n_max``, default ``n_max``). The video is padded to ``1 + 16K``
         frames by repeating its last frame (``info["padded_frames"]``).
         ``H`` and ``W`` must be multiples of 16 (VAE x8, 2x2 patches).
@@ -571,7 +571,7 @@ class VideoFlexTok(RegisterEncoder, FlowDecoder, VideoTokenizer):
             ValueError: bad video shape or budget.
         """
         check_video(video)
-        k = self._budget(num_tokens)
+        k = self._budget(budget)
         batch, frames = video.shape[0], video.shape[2]
         clips, chunks, pad = self._chunks(video)
         latents = self.vae_latents(clips)
@@ -585,7 +585,7 @@ class VideoFlexTok(RegisterEncoder, FlowDecoder, VideoTokenizer):
         codes, indices = stitch(codes), stitch(indices)
         info = {"shape": (frames, *video.shape[3:]), "keep": k, "chunks": chunks, "padded_frames": pad,
                 "latent_hw": tuple(latents.shape[3:])}
-        return Tokens(latents=codes, num_tokens=codes.shape[1] * k, indices=indices, info=info)
+        return Tokens(latents=codes, tokens_per_video=codes.shape[1] * k, indices=indices, info=info)
 
     @torch.no_grad()
     def decode(self, tokens: Tokens) -> Tensor:
@@ -683,7 +683,7 @@ class VideoFlexTok(RegisterEncoder, FlowDecoder, VideoTokenizer):
         return {"loss": rf_loss, "rf_loss": rf_loss.detach(), "mean_keep": keep.float().sum(-1).mean().detach(),
                 "prefix_frac": prefix.float().mean().detach()}
 
-    def num_tokens(self, frames: int, height: int, width: int) -> int:
+    def tokens_per_video(self, frames: int, height: int, width: int) -> int:
         """Full-budget tokens of one video: ``timesteps(frames) x n_max``."""
         return self.timesteps(frames) * self.n_max
 
@@ -719,7 +719,7 @@ VIDEOFLEXTOK_SIZES: dict[str, SizeConfig] = {
 
 #: The paper's long-video setting (notes 2.2): 81 frames (10 s at 8 fps) = 1 + 16 x 5 frames ->
 #: 21 latent timesteps; 32 tokens per timestep -> 21 x 32 = 672 tokens (8x fewer than the
-#: 21 x 256 = 5376 of a comparable 3D grid). Use as ``frames`` and ``num_tokens`` of a suite.
-PAPER_81F_672 = {"frames": 81, "num_tokens": 32, "tokens_per_video": 672, "size": "d18_d28", "resolution": 256}
+#: 21 x 256 = 5376 of a comparable 3D grid). Use as ``frames`` and ``budget`` of a suite.
+PAPER_81F_672 = {"frames": 81, "budget": 32, "tokens_per_video": 672, "size": "d18_d28", "resolution": 256}
 
 register_size_presets("videoflextok", VIDEOFLEXTOK_SIZES, source="VideoFlexTok project page; FlexTok d{N} widths")

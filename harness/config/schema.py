@@ -184,7 +184,7 @@ class GenerationConfig(Strict):
             training set (one clip per ``train_clips`` draw); unused in ``epochs`` mode.
         encode_batch_size: clips per encoder call for the cached clips (``pool``) and the normalization
             clips (``epochs``).
-        num_tokens: token budget passed to ``encode`` (flexible tokenizers; ``None`` = full).
+        budget: token budget passed to ``encode`` (flexible tokenizers: tokens per latent timestep; ``None`` = full).
         num_samples: generated videos for gFVD (2048, StyleGAN-V).
         num_real: real clips for gFVD (2048, StyleGAN-V).
         sample_batch_size: videos per sampling / decoding batch.
@@ -243,7 +243,7 @@ class GenerationConfig(Strict):
     train_data: Literal["epochs", "pool"] = "epochs"
     num_train_clips: int = Field(2048, ge=1)
     encode_batch_size: int = Field(16, ge=1)
-    num_tokens: Optional[int] = None
+    budget: Optional[int] = None
     num_samples: int = Field(2048, ge=1)
     num_real: int = Field(2048, ge=1)
     sample_batch_size: int = Field(16, ge=1)

@@ -48,7 +48,7 @@ class TokenLayout:
         clip_frames: frames per clip given to the tokenizer (``None``: whole video).
         pad: frames added to complete the last clip (cropped after decoding).
         frames: frames per video.
-        clip_tokens: ``Tokens.num_tokens`` of one clip (or video).
+        clip_tokens: ``Tokens.tokens_per_video`` of one clip (or video).
         info: decode ``info`` of one clip row.
         clip_shape: continuous: per-clip latent shape(s) without batch;
             discrete: per-clip index shape(s) without batch.
@@ -122,7 +122,7 @@ def pack(groups: list[Tokens], batch: int, tokenizer: VideoTokenizer, frames: in
     clip = tokenizer.clip_frames if n > 1 or (tokenizer.clip_frames and tokenizer.clip_frames != frames) else None
     pad = (-frames) % clip if clip else 0
     layout = TokenLayout(continuous=bool(tokenizer.continuous), clips=n, clip_frames=clip, pad=pad, frames=frames,
-                         clip_tokens=int(groups[0].num_tokens),
+                         clip_tokens=int(groups[0].tokens_per_video),
                          info=_generated_info(_info_template(groups[0].info, groups[0].batch_size), clip or frames))
     if tokenizer.continuous:
         first = groups[0].latents
@@ -196,7 +196,7 @@ def decode(tokenizer: VideoTokenizer, packed: Latents, layout: TokenLayout, clip
         size = sl.stop - sl.start
         info = _info_expand(layout.info, size, leaves[0].device)
         if layout.continuous:
-            tokens = Tokens(latents=chunk, num_tokens=layout.clip_tokens, info=info)
+            tokens = Tokens(latents=chunk, tokens_per_video=layout.clip_tokens, info=info)
         else:
             count = layout.clip_tokens
             if layout.coarse_to_fine:
@@ -204,7 +204,7 @@ def decode(tokenizer: VideoTokenizer, packed: Latents, layout: TokenLayout, clip
                 if isinstance(info, dict) and "keep" in info:
                     info = {**info, "keep": keep}
                 count = int(chunk.shape[1]) * keep
-            tokens = Tokens(latents=None, indices=chunk, num_tokens=count, info=info)
+            tokens = Tokens(latents=None, indices=chunk, tokens_per_video=count, info=info)
         parts.append(tokenizer.decode(tokens).float())
     clips = torch.cat(parts)
     if layout.clips > 1 or layout.clip_frames:

@@ -100,7 +100,7 @@ def reconstruct_batch(ctx: RunContext, work: Work, tokenizer: VideoTokenizer, gr
 
     timings: dict[str, float] = {}
     real = to_model_range(np.stack([ctx.clip_cache.load(c) for c in group])).to(ctx.device)
-    recon, tokens_per_video = reconstruct_video(tokenizer, real, num_tokens=work.variant.budget,
+    recon, tokens_per_video = reconstruct_video(tokenizer, real, budget=work.variant.budget,
                                                 clip_batch=ctx.suite.evaluate.clip_batch, on_tokens=on_tokens, timings=timings,
                                                 n_frames=clip_lengths(group, ctx.device))
     for clip, video in zip(group, recon):
@@ -129,7 +129,7 @@ def summarize(ctx: RunContext, tokenizer: VideoTokenizer, variant: Variant, batc
     encode_s, decode_s = sum(r["encode_s"] for r in records), sum(r["decode_s"] for r in records)
     size = tokenizer.codebook_size()
     summary = ReconstructRecord(
-        tokens_per_video=records[0]["tokens_per_video"] if records else tokenizer.num_tokens(data.frames, data.resolution, data.resolution),
+        tokens_per_video=records[0]["tokens_per_video"] if records else tokenizer.tokens_per_video(data.frames, data.resolution, data.resolution),
         videos_timed=videos, encode_videos_per_s=videos / max(encode_s, 1e-9), decode_videos_per_s=videos / max(decode_s, 1e-9),
         peak_memory_mb=peak_memory_mb, memory_kind=memory_kind if peak_memory_mb is not None else None,
         codebook=codebook_summary(size, records) if size is not None and any(r["codes"] for r in records) else None,
