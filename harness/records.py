@@ -29,6 +29,10 @@ A suite's results folder::
 ``per_video`` key) are read the same way: the metric columns are then the
 summary keys that name a registered metric, and the per-video table is
 ``per_video.csv`` beside the record.
+
+Record keys renamed in issue 25 (names that say one thing) are written with
+their new name and read under either (:data:`RENAMED_RECORD_KEYS`): a
+``metrics.json`` written before the rename reads back to the same record.
 """
 from __future__ import annotations
 
@@ -248,7 +252,8 @@ class RunRecord:
     tokenizer: str
     budget: int | None = None
     tokens_per_video: int | None = None
-    compression_ratio: float | None = None
+    #: pixels (frames x height x width) per token of a video; ``compression_ratio`` in records written before issue 25
+    pixels_per_token: float | None = None
     parameters: int | None = None
     #: summary values: ``name`` per metric plus companions (``name_n``, ``fvd_16f_n_real``...)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -308,7 +313,12 @@ class RunRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], folder: Path | None = None) -> "RunRecord":
-        """Read a ``metrics.json`` dict (any version); unknown keys are kept in ``extra``."""
+        """Read a ``metrics.json`` dict (any version); unknown keys are kept in ``extra``.
+
+        Migration: keys renamed since a record was written (:data:`RENAMED_RECORD_KEYS`, e.g.
+        ``compression_ratio`` -> ``pixels_per_token``) are read into the field of their new name.
+        """
+        data = _renamed(data, "")
         known = {f.name for f in fields(cls)} - set(cls._READ_ONLY) - {"extra"}
         kwargs = {k: v for k, v in data.items() if k in known}
         kwargs["protocol"] = _typed(Protocol, data.get("protocol") or {})
@@ -351,6 +361,24 @@ class RunRecord:
     def run_folder(self) -> RunFolder:
         folder = Path(self.folder)
         return RunFolder(folder, folder.parents[1]) if self.budget is not None else RunFolder(folder)
+
+
+#: ``metrics.json`` keys renamed in issue 25: ``(section, old key) -> new key`` (section ``""``: the top level,
+#: ``"protocol"``: inside ``protocol``). Written under the new name; read under either (:meth:`RunRecord.from_json`).
+RENAMED_RECORD_KEYS = {
+    ("", "compression_ratio"): "pixels_per_token",
+}
+
+
+def _renamed(data: dict[str, Any], section: str) -> dict[str, Any]:
+    """``data`` with the old keys of ``section`` (:data:`RENAMED_RECORD_KEYS`) under their new names; a new key
+    already present wins."""
+    out = dict(data)
+    for (where, old), new in RENAMED_RECORD_KEYS.items():
+        if where == section and old in out:
+            value = out.pop(old)
+            out.setdefault(new, value)
+    return out
 
 
 def _flatten(value: Protocol | Costs) -> dict[str, Any]:

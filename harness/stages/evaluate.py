@@ -143,7 +143,7 @@ def result_record(ctx: RunContext, work: Work, tokenizer: VideoTokenizer, summar
     record = RunRecord(
         row=work.label, tokenizer_id=entry.id, tokenizer=entry.name, budget=variant.budget,
         tokens_per_video=tokens,
-        compression_ratio=data.frames * data.resolution * data.resolution / tokens if tokens else None,
+        pixels_per_token=data.frames * data.resolution * data.resolution / tokens if tokens else None,
         parameters=count_parameters(tokenizer), metrics=summary, metrics_sha256=values_sha256(summary),
         evaluation_fingerprint=evaluation_fingerprint(ctx),
         environment=ctx.environment(),
