@@ -437,7 +437,7 @@ def warping_errors(video: Tensor, real: Tensor, flow_fn, motion_boundaries: bool
 
 
 @register_metric("warp_error")
-class WarpError(_FlowOptions, TemporalMetric):
+class EWarp(_FlowOptions, TemporalMetric):
     """Warping error (Lai et al. 2018, Sec. 4) of the reconstruction under the real video's flow and occlusion mask.
 
     Args:
@@ -482,7 +482,7 @@ class WarpError(_FlowOptions, TemporalMetric):
 
 
 @register_metric("warp_error_real")
-class WarpErrorReal(WarpError):
+class EWarpReal(EWarp):
     """The warping error of the real video itself: the floor ``warp_error`` reaches for a perfect reconstruction.
 
     Same options and protocol as ``warp_error``; only the real video is measured.

@@ -23,7 +23,7 @@ from harness_core.registry import METRICS
 from metrics.base import frames_of
 from metrics.lpips import lpips_distance
 from metrics.quality import per_frame_psnr
-from metrics.temporal import (FARNEBACK_DEFAULTS, TOF, TDiff, TLP, WarpError, WarpErrorReal, boundary_jump,
+from metrics.temporal import (FARNEBACK_DEFAULTS, TOF, TDiff, TLP, EWarp, EWarpReal, boundary_jump,
                               optical_flow, per_frame_curves, warp)
 
 TEMPORAL = ("tlp", "tof", "warp_error", "tdiff")
@@ -176,7 +176,7 @@ def test_class_attributes_and_protocols():
         assert list(protocol) == [name] and protocol[name]["method"]
     assert TOF.unit == "px" and TOF.title == "tOF" and TLP.title == "tLP"
 
-    for cls in (TOF, WarpError, WarpErrorReal):
+    for cls in (TOF, EWarp, EWarpReal):
         flow = cls().protocol()[cls.name]["flow"]
         assert flow["method"] == "farneback" and "OpenCV" in flow["implementation"]
         assert {k: flow[k] for k in FARNEBACK_DEFAULTS} == FARNEBACK_DEFAULTS
@@ -184,7 +184,7 @@ def test_class_attributes_and_protocols():
                                       "poly_sigma": 1.2, "flags": 0}  # TecoGAN metrics.py
     custom = TOF(winsize=21, levels=2, norm="l1").protocol()["tof"]
     assert custom["flow"]["winsize"] == 21 and custom["flow"]["levels"] == 2 and custom["norm"] == "l1"
-    assert WarpError(motion_boundaries=True).protocol()["warp_error"]["motion_boundaries"]
+    assert EWarp(motion_boundaries=True).protocol()["warp_error"]["motion_boundaries"]
     assert TLP().protocol()["tlp"]["lpips_net"] == "alex"
     with pytest.raises(ValueError, match="window"):
         TOF(window=3)  # neither a Farneback parameter nor a torchmetrics option
@@ -207,7 +207,7 @@ def test_flow_direction_and_warping_on_a_real_pan(sample_videos):
     shifted = warp(prev, torch.tensor([1.0, 0.0]).view(1, 2, 1, 1).expand(5, 2, 48, 48))
     assert torch.allclose(shifted[..., :-1], cur[..., :-1], atol=1e-5)
     # the warping error of the pan is far below the unwarped frame difference
-    metric = WarpErrorReal()
+    metric = EWarpReal()
     metric.update(pan, pan)
     unwarped = ((pan[:, :, 1:] - pan[:, :, :-1]) / 2).pow(2).mean()
     assert float(metric.last_values[0]) < 0.2 * float(unwarped)
