@@ -189,7 +189,9 @@ class Protocol:
     eval_clips_per_video: int | None = None
     seed: int | None = None
     split: str | None = None
-    clip_frames: int | None = None
+    #: the tokenizer's native chunk length (``VideoTokenizer.chunk_frames``; ``None``: whole videos);
+    #: ``clip_frames`` in records written before issue 25
+    chunk_frames: int | None = None
     code_version: str | None = None
     #: each metric's conventions (``metric.protocol()``): text or a dict of settings and weights' sha256
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -269,7 +271,7 @@ class RunRecord:
     weights: dict[str, Any] | None = None
     #: latent values per video (tokens x latent channels), for the input-values / latent-values compression
     latent_values: int | None = None
-    #: PSNR of the reconstruction with tiling off vs on (``harness.clips.tiling_consistency``), when checked
+    #: PSNR of the reconstruction with tiling off vs on (``harness.chunks.tiling_consistency``), when checked
     tiling_consistency: dict[str, float] | None = None
     #: the suite's metrics in its order: ``{"name": value key, "metric": how the suite named it}`` (registered
     #: name, entry point or ``module:Class``); a list, since ``metrics.json`` is written with sorted keys. Records
@@ -315,13 +317,14 @@ class RunRecord:
     def from_json(cls, data: dict[str, Any], folder: Path | None = None) -> "RunRecord":
         """Read a ``metrics.json`` dict (any version); unknown keys are kept in ``extra``.
 
-        Migration: keys renamed since a record was written (:data:`RENAMED_RECORD_KEYS`, e.g.
-        ``compression_ratio`` -> ``pixels_per_token``) are read into the field of their new name.
+        Migration: keys renamed since a record was written (:data:`RENAMED_RECORD_KEYS`:
+        ``compression_ratio`` -> ``pixels_per_token``, ``protocol.clip_frames`` -> ``protocol.chunk_frames``) are
+        read into the field of their new name.
         """
         data = _renamed(data, "")
         known = {f.name for f in fields(cls)} - set(cls._READ_ONLY) - {"extra"}
         kwargs = {k: v for k, v in data.items() if k in known}
-        kwargs["protocol"] = _typed(Protocol, data.get("protocol") or {})
+        kwargs["protocol"] = _typed(Protocol, _renamed(data.get("protocol") or {}, "protocol"))
         kwargs["costs"] = _typed(Costs, data.get("costs") or {})
         if "per_video" not in data:  # written before the key existed: the table beside the record
             kwargs["per_video"] = PER_VIDEO_FILE
@@ -367,6 +370,7 @@ class RunRecord:
 #: ``"protocol"``: inside ``protocol``). Written under the new name; read under either (:meth:`RunRecord.from_json`).
 RENAMED_RECORD_KEYS = {
     ("", "compression_ratio"): "pixels_per_token",
+    ("protocol", "clip_frames"): "chunk_frames",
 }
 
 

@@ -8,10 +8,11 @@ Conventions, everywhere in the engine:
 * video tensors are ``float32 [B, C, T, H, W]``, RGB, values in ``[-1, 1]``;
 * decoded data on disk and in caches is ``uint8 [T, H, W, C]``.
 
-A tokenizer that handles only short clips natively (16 or 17 frames) sets
-``clip_frames``; the engine then splits long videos into clips, encodes and
-decodes each clip and concatenates the reconstructions, exactly as CoordTok
-supplementary B.1 describes for the baselines (see :func:`harness.clips.reconstruct`).
+A tokenizer that handles only short chunks natively (16 or 17 frames) sets
+``chunk_frames``; the engine then splits long videos into chunks, encodes and
+decodes each chunk and concatenates the reconstructions, exactly as CoordTok
+supplementary B.1 describes for the baselines (see :func:`harness.chunks.reconstruct_video`).
+A *chunk* is a tokenizer's temporal unit; a *clip* is a dataset sample.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ class Tokens:
             layout the tokenizer documents), else ``None``.
         info: whatever decode needs besides the latents: the video shape
             ``(T, H, W)`` under ``"shape"``, the kept prefix length under
-            ``"keep"``, clip boundaries, and so on. Values must be tensors,
+            ``"keep"``, chunk boundaries, and so on. Values must be tensors,
             plain Python values or nested dicts of those.
     """
 
@@ -78,9 +79,11 @@ class VideoTokenizer(nn.Module):
 
     Class attributes a subclass may override:
 
-    * ``clip_frames``: native clip length in frames, or ``None`` when the
-      tokenizer takes whole videos of any supported length. The engine splits
-      longer videos into clips of this length (CoordTok supp. B.1).
+    * ``chunk_frames``: native chunk length in frames, or ``None`` when the
+      tokenizer takes whole videos of any supported length (it may chunk them
+      itself, as VideoFlexTok's overlapping ``chunk_size`` chunks). The engine
+      splits longer videos into independent chunks of this length (CoordTok
+      supp. B.1). ``clip_frames`` before issue 25.
     * ``continuous``: ``True`` when the latents are continuous (SiT generators),
       ``False`` when ``Tokens.indices`` carries discrete codes (autoregressive
       generators).
@@ -108,7 +111,7 @@ class VideoTokenizer(nn.Module):
       and after ``n_frames[b]`` are padding, ``data.short_videos: pad``) as a
       keyword argument (CoordTok, whose official loader pads videos shorter
       than 128 frames). The engine passes it only to such tokenizers
-      (:func:`harness.clips.length_kwargs`); others see padded videos.
+      (:func:`harness.chunks.length_kwargs`); others see padded videos.
 
     Subclasses implement the four methods below. ``training_losses`` returns a
     dict of scalar tensors that must hold ``"loss"`` (what the optimizer
@@ -122,7 +125,7 @@ class VideoTokenizer(nn.Module):
     reconstructions. Other entries are logged.
     """
 
-    clip_frames: int | None = None
+    chunk_frames: int | None = None
     continuous: bool = True
     flexible: bool = False
     frozen_stage0: bool = False
@@ -173,7 +176,7 @@ class VideoTokenizer(nn.Module):
     def tokens_per_video(self, frames: int, height: int, width: int) -> int:
         """Tokens for one video of ``frames x height x width`` pixels.
 
-        Counted over every clip when the tokenizer works on clips.
+        Counted over every chunk when the tokenizer works on chunks.
         """
         raise NotImplementedError
 
@@ -183,7 +186,7 @@ class VideoTokenizer(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, video: Tensor, budget: int | None = None) -> Tensor:
-        """``decode(encode(video))`` for one clip the tokenizer handles natively."""
+        """``decode(encode(video))`` for one video or chunk the tokenizer handles natively."""
         return self.decode(self.encode(video, budget=budget))
 
     def codebook_size(self) -> int | None:
@@ -195,7 +198,7 @@ class VideoTokenizer(nn.Module):
         return tokens
 
     #: whether :meth:`set_tiling` can switch tiled encoding/decoding on and off (the tiling check,
-    #: :func:`harness.clips.tiling_consistency`); pretrained VAEs that tile override it
+    #: :func:`harness.chunks.tiling_consistency`); pretrained VAEs that tile override it
     supports_tiling: bool = False
 
     @property
@@ -212,14 +215,14 @@ class VideoTokenizer(nn.Module):
         raise ValueError(f"{type(self).__name__} has no switchable tiling")
 
     def temporal_boundaries(self, frames: int) -> list[int]:
-        """First frames of the independently coded pieces of a ``frames``-frame video (clips, chunks, tiles) after
+        """First frames of the independently coded pieces of a ``frames``-frame video (chunks, tiles) after
         the first, where reconstructions may jump (the boundary-jump metrics, ``metrics.temporal``).
 
-        Default: every ``clip_frames`` frames (the engine's clips, :mod:`harness.clips`); none for whole-video
+        Default: every ``chunk_frames`` frames (the engine's chunks, :mod:`harness.chunks`); none for whole-video
         tokenizers.
         """
-        clip = self.clip_frames
-        return list(range(clip, frames, clip)) if clip else []
+        chunk = self.chunk_frames
+        return list(range(chunk, frames, chunk)) if chunk else []
 
 
 def check_video(video: Tensor, name: str = "video") -> None:

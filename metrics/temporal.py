@@ -548,8 +548,8 @@ def per_frame_curves(real: Tensor, fake: Tensor, net: str = "alex", weights: str
 def boundary_jump(per_frame: Tensor, boundaries: Sequence[int]) -> Tensor:
     """Mean of a per-frame value at frames next to boundaries minus its mean at the other frames, ``float64 [B]``.
 
-    A boundary ``t`` (the first frame of a clip, e.g. where a clip-based
-    tokenizer starts a new clip) makes frames ``t-1`` and ``t`` adjacent; only
+    A boundary ``t`` (the first frame of a chunk, e.g. where a chunk-based
+    tokenizer starts a new chunk) makes frames ``t-1`` and ``t`` adjacent; only
     boundaries with ``0 < t < T`` count (0 and ``T`` are not between two frames).
     The result is ``mean(per_frame[:, adjacent]) - mean(per_frame[:, interior])``
     with interior = all other frames: positive for an error (LPIPS) that

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness_core.api import Tokens
-from harness.clips import reconstruct_video
+from harness.chunks import reconstruct_video
 from harness.data.decode import decode_frames, to_model_range
 from harness.stages.reconstruct import codebook_summary
 from metrics.codebook import CodebookUsage
@@ -40,7 +40,7 @@ def test_tokens_per_128_frame_video_match_table7():
     assert grid.tokens_per_video(128, 128, 128) == 8192
     assert frame.tokens_per_video(128, 128, 128) == 8192
     assert pvdm.tokens_per_video(128, 128, 128) == 6144
-    assert (grid.clip_frames, frame.clip_frames, pvdm.clip_frames) == (16, 16, 16)
+    assert (grid.chunk_frames, frame.chunk_frames, pvdm.chunk_frames) == (16, 16, 16)
     assert (grid.continuous, frame.continuous, pvdm.continuous) == (False, False, True)
     assert Grid3dVQ(**{**GRID3D_VQ_PRESETS["tats"], "size": "tiny"}).codebook_size() == 16384
     assert frame.codebook_size() == 256 and pvdm.codebook_size() is None

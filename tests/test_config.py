@@ -51,7 +51,7 @@ def load_error(path: Path, overrides: list[str] = ()) -> str:
     ("nmae", "'nmae'; allowed keys:", ["name", "data", "tokenizers", "generation"]),
     ("data.resolutoin", "'data.resolutoin'; allowed keys under data:", ["resolution", "frame_stride", "cache_dir"]),
     ("train.stepz", "'train.stepz'; allowed keys under train:", list(TrainConfig.model_fields)),
-    ("evaluate.metricz", "'evaluate.metricz'; allowed keys under evaluate:", ["metrics", "metric_kwargs", "clip_batch"]),
+    ("evaluate.metricz", "'evaluate.metricz'; allowed keys under evaluate:", ["metrics", "metric_kwargs", "chunk_batch"]),
     ("generation.stepz", "'generation.stepz'; allowed keys under generation:", list(GenerationConfig.model_fields)),
 ])
 def test_unknown_key_names_file_key_path_and_allowed_keys(tmp_path, key, path, allowed):
@@ -207,6 +207,16 @@ def test_fingerprint_is_the_same_whether_geometry_is_spelled_out_or_not(tmp_path
         payload = train_fingerprint(suite, suite.tokenizers[0])
         prints.append(fingerprint(payload))
     assert prints[0] == prints[1]
+
+
+def test_fingerprint_spells_renamed_kwargs_as_before_the_rename(tmp_path):
+    """A folder trained with ``clip_frames: 17`` (before issue 25) matches the suite that now says ``chunk_frames: 17``."""
+    from harness.stages.train import train_fingerprint
+
+    entry = {**GRID3D, "kwargs": {**GRID3D["kwargs"], "chunk_frames": 17}}
+    suite = load_suite(write_suite(tmp_path, [entry]))
+    kwargs = train_fingerprint(suite, suite.tokenizers[0])["kwargs"]
+    assert kwargs == {**GRID3D["kwargs"], "clip_frames": 17}
 
 
 def test_shipped_suites_load_and_do_not_repeat_the_geometry():

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from harness.clips import encode_video
+from harness.chunks import encode_video
 from harness.config import DataConfig, GenerationConfig
 from harness.data.datasets import build_dataset
 from harness.data.sampling import TrainClips
@@ -15,7 +15,7 @@ from harness.generation.ar import ARTransformer, from_sequence, to_sequence
 from harness.generation.data import EpochStream, encode_normalization_set, normalization_videos, video_batches
 from harness.generation.normalize import LatentNormalizer
 from harness.generation.sit import SiT
-from harness.generation.tokens import decode, pack, unpack
+from harness.generation.tokens import TokenLayout, decode, pack, unpack
 from harness.generation.transport import interpolate, sample_ode, sample_sde, training_loss
 from harness_core.registry import GENERATORS, TOKENIZERS, create_tokenizer
 from harness_core.seeding import derive_seed
@@ -232,15 +232,18 @@ def long_videos(sample_videos):
     return torch.cat([small, small.flip(0)], dim=2)
 
 
-def test_pack_unpack_round_trip_for_clip_tokenizers(long_videos):
+def test_pack_unpack_round_trip_for_chunk_tokenizers(long_videos):
     torch.manual_seed(0)
     for name in ("grid3d", "grid3d_vq", "pvdm"):
         if name not in TOKENIZERS:
             continue
         tok = create_tokenizer(name).eval()
-        groups = encode_video(tok, long_videos, clip_batch=4)
+        groups = encode_video(tok, long_videos, chunk_batch=4)
         packed, layout = pack(groups, 3, tok, 32)
-        assert layout.clips == 2 and layout.tokens_per_video == 2 * groups[0].tokens_per_video
+        assert layout.chunks == 2 and layout.tokens_per_video == 2 * groups[0].tokens_per_video
+        before = {"chunks": "clips", "chunk_frames": "clip_frames", "chunk_tokens": "clip_tokens", "chunk_shape": "clip_shape"}
+        old = {before.get(key, key): value for key, value in layout.to_dict().items()}  # a token cache before issue 25
+        assert "clip_shape" in old and TokenLayout.from_dict(old) == layout
         rows = unpack(packed, layout)
         if tok.continuous:
             ref = torch.cat([g.latents for g in groups]) if isinstance(groups[0].latents, torch.Tensor) \

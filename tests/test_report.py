@@ -105,11 +105,13 @@ def test_fvd_with_groups_shows_pooled_value_and_group_mean_std():
 
 def test_a_record_written_before_the_issue_25_renames_reads_back_under_the_new_names():
     old = {"row": "grid3d", "tokenizer_id": "grid3d", "tokenizer": "grid3d", "tokens_per_video": 64,
-           "compression_ratio": 256.0, "metrics": {"psnr": 20.0}, "protocol": {"frames": 16}}
+           "compression_ratio": 256.0, "metrics": {"psnr": 20.0}, "protocol": {"frames": 16, "clip_frames": 16}}
     record = RunRecord.from_json(old)
     assert record.pixels_per_token == 256.0 and "compression_ratio" not in record.extra
+    assert record.protocol.chunk_frames == 16 and "clip_frames" not in record.protocol.extra
     written = record.to_json()
     assert written["pixels_per_token"] == 256.0 and "compression_ratio" not in written
+    assert written["protocol"]["chunk_frames"] == 16 and "clip_frames" not in written["protocol"]
     assert RunRecord.from_json(written) == record
     rows = leaderboard_rows([record], intervals=False)
     assert rows[0]["pixels_per_token"] == 256.0 and "compression_ratio" not in rows[0]

@@ -298,10 +298,10 @@ def test_boundary_jump_sees_a_seam_at_frame_16_only_for_a_16_frame_clip_tokenize
     seam = long_clips.clone()
     noise = 0.3 * torch.randn(seam[:, :, 16].shape, generator=torch.Generator().manual_seed(0))
     seam[:, :, 16] = (seam[:, :, 16] + noise).clamp(-1, 1)
-    clip_tokenizer = create_tokenizer("grid3d", size="tiny", channels=8)  # clip_frames 16 (supp. B.1)
+    chunk_tokenizer = create_tokenizer("grid3d", size="tiny", channels=8)  # chunk_frames 16 (supp. B.1)
     whole_video = create_tokenizer("coordtok", size="tiny", frames=32, resolution=32)
     results = {}
-    for name, tokenizer in (("grid3d", clip_tokenizer), ("coordtok", whole_video)):
+    for name, tokenizer in (("grid3d", chunk_tokenizer), ("coordtok", whole_video)):
         scorer = Scorer(["psnr", "psnr_jump", "tdiff_jump"], boundaries=tokenizer.temporal_boundaries(32), label=name)
         scorer.update(long_clips, seam, [{"clip": str(i)} for i in range(3)])
         results[name] = scorer.compute()
@@ -319,7 +319,7 @@ def test_videoflextok_boundaries_are_its_chunk_starts():
     """17-frame chunks overlapping by one frame: chunk i > 0 adds frames 16 i + 1 .. 16 i + 16."""
     from harness_core.registry import create_tokenizer
 
-    vae = {"name": "grid3d", "kwargs": {"size": "tiny", "channels": 8, "causal": True, "latent_channels": 16, "clip_frames": 17}}
+    vae = {"name": "grid3d", "kwargs": {"size": "tiny", "channels": 8, "causal": True, "latent_channels": 16, "chunk_frames": 17}}
     model = create_tokenizer("videoflextok", size="tiny", vae=vae, n_max=4, enc_depth=1, enc_dim=32, enc_heads=2,
                              dec_depth=1, dec_dim=32, dec_heads=2)
     assert model.temporal_boundaries(17) == [] and model.temporal_boundaries(32) == [17]

@@ -10,7 +10,7 @@ from harness_core.registry import create_tokenizer
 from video_tokenizers.videoflextok import (FSQ_LEVELS, PAPER_81F_672, VideoFlexTok, decoder_attention_mask,
                                            encoder_attention_mask, latent_mosaic)
 
-VAE = {"name": "grid3d", "kwargs": {"size": "tiny", "channels": 8, "causal": True, "latent_channels": 16, "clip_frames": 17}}
+VAE = {"name": "grid3d", "kwargs": {"size": "tiny", "channels": 8, "causal": True, "latent_channels": 16, "chunk_frames": 17}}
 SMALL = dict(size="tiny", vae=VAE, n_max=8, enc_depth=1, enc_dim=32, enc_heads=2, dec_depth=2, dec_dim=32, dec_heads=2,
              sample_steps=2)
 
@@ -37,7 +37,7 @@ def videos33(sample_paths) -> torch.Tensor:
 
 def test_registered_and_contract():
     model = make_model()
-    assert model.flexible and not model.continuous and model.clip_frames is None
+    assert model.flexible and not model.continuous and model.chunk_frames is None
     assert model.codebook_size() == int(np.prod(FSQ_LEVELS)) == 64000
     assert model.token_budgets() == [1, 2, 4, 8]
     assert model.tokens_per_video(17, 32, 32) == 5 * 8 and model.tokens_per_video(33, 32, 32) == 9 * 8

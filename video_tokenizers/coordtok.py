@@ -358,7 +358,7 @@ class CoordTok(VideoTokenizer):
     #: where the recipe comes from (``python -m harness protocol`` shows it; conformance in docs/fidelity.md)
     recipe_source = "CoordTok supp. A.1; huiwon-jang/CoordTok 8475272 train_coordtok.py, tools/trainer_coordtok.py, models/coordtok/* (docs/fidelity.md section 3)"
 
-    clip_frames = None
+    chunk_frames = None
     continuous = True
     unused_parameters = False  # both stages train every parameter
     variable_length = True  # the engine passes n_frames to encode and training_losses

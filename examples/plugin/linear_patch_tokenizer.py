@@ -13,7 +13,7 @@ from harness_core.api import Tokens, VideoTokenizer, check_video
 class LinearPatchTokenizer(VideoTokenizer):
     """Linear patch autoencoder: ``[B, 3, T, H, W] -> [B, channels, T/4, H/8, W/8]`` tokens."""
 
-    clip_frames = 16  # the engine splits longer videos into 16-frame clips
+    chunk_frames = 16  # the engine splits longer videos into 16-frame chunks
 
     def __init__(self, channels: int = 16, patch=(4, 8, 8)):
         super().__init__()
@@ -34,6 +34,6 @@ class LinearPatchTokenizer(VideoTokenizer):
         return {"loss": loss}
 
     def tokens_per_video(self, frames, height, width):
-        clips = -(-frames // self.clip_frames)
+        chunks = -(-frames // self.chunk_frames)
         t, h, w = self.patch
-        return clips * (self.clip_frames // t) * (height // h) * (width // w)
+        return chunks * (self.chunk_frames // t) * (height // h) * (width // w)

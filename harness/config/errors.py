@@ -26,6 +26,8 @@ class SuiteError(HarnessError, ValueError):
 #: suite that still spells the old key fails with one line naming the new one (:func:`renamed_hint`).
 RENAMED_KEYS = {
     ("generation", "num_tokens"): "budget",
+    ("evaluate", "clip_batch"): "chunk_batch",
+    ("kwargs", "clip_frames"): "chunk_frames",
 }
 
 

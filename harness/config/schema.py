@@ -137,10 +137,11 @@ class EvaluateConfig(Strict):
     metrics: list[str] = ["psnr", "ssim", "lpips", "fvd_16f", "dynamics", "frequency"]
     metric_kwargs: dict[str, dict[str, Any]] = {}
     batch_size: int = Field(2, ge=1)
-    clip_batch: int = Field(8, ge=1)
+    #: chunks per ``encode`` call for chunk-based tokenizers (``clip_batch`` before issue 25)
+    chunk_batch: int = Field(8, ge=1)
     keep_reconstructions: bool = True
     #: reconstruct the first evaluation batch with tiling off and on for tokenizers that can switch it
-    #: (``harness.clips.tiling_consistency``; recorded as ``tiling_consistency``)
+    #: (``harness.chunks.tiling_consistency``; recorded as ``tiling_consistency``)
     tiling_check: bool = False
 
 

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from harness_core.api import Latents, VideoTokenizer
-from harness.clips import encode_video
+from harness.chunks import encode_video
 from harness.data.sampling import ClipBatch, TrainClips, stack_clips
 from harness.fit import BatchFn
 from harness.config import GenerationConfig
@@ -82,7 +82,7 @@ def encode_clips(tokenizer: VideoTokenizer, clips: ClipBatch, budget: int | None
                  seed: int) -> tuple[Latents, TokenLayout]:
     """Encode a batch of clips on ``device`` under the global RNGs seeded by ``seed`` and pack it per video.
 
-    ``clips.n_frames`` goes to ``variable_length`` tokenizers (:func:`harness.clips.encode_video`), as
+    ``clips.n_frames`` goes to ``variable_length`` tokenizers (:func:`harness.chunks.encode_video`), as
     CoordTok-SiT's ``encode(x, n_frames)``.
 
     Returns:

@@ -313,7 +313,7 @@ def _eval_rule(protocol) -> str:
 
 def _tokenizer_line(record: RunRecord) -> str:
     parts = [record.tokenizer, f"{record.tokens_per_video} tokens/video" if record.tokens_per_video else "",
-             f"clips of {record.protocol.clip_frames} frames" if record.protocol.clip_frames else "whole video"]
+             f"chunks of {record.protocol.chunk_frames} frames" if record.protocol.chunk_frames else "whole video"]
     padded = (record.token_info or {}).get("padded_frames")
     if padded:
         parts.append(f"videos padded by {padded} repeated last frame(s) to its native length, cropped back before scoring")
