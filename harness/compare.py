@@ -198,7 +198,7 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out", help="write the results and the protocol as JSON here")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--boundaries", type=_frame_list, default=None,
-                        help="comma-separated first frames of the reconstructions' clips/chunks after the first "
+                        help="comma-separated first frames of the reconstructions' chunks after the first "
                              "(e.g. 16,32,48), for psnr_jump and tdiff_jump")
     parser.set_defaults(func=_command)
     return parser

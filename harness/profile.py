@@ -18,9 +18,9 @@ For each tokenizer and each video length ``T`` (16, 32, 64, 128 frames at
 Every measurement runs in its own subprocess so that allocator caches of one
 measurement never mask the next.
 
-Clip-based tokenizers (``clip_frames`` set: the grid baselines, 16 frames)
+Chunk-based tokenizers (``chunk_frames`` set: the grid baselines, 16 frames)
 are trained the way they would see a ``T``-frame video: it is split into
-``T / clip_frames`` clips (:func:`harness.clips.split_into_clips`) that form
+``T / chunk_frames`` chunks (:func:`harness.chunks.split_into_chunks`) that form
 one batch. Whole-video tokenizers (CoordTok) are built for ``T`` frames: the
 ``frames`` and ``resolution`` constructor arguments are filled in when the
 tokenizer's constructor takes them (:func:`harness.config.validate.fill_geometry`, as
@@ -146,12 +146,12 @@ def measure_step(name: str, kwargs: dict[str, Any], frames: int, resolution: int
 
     Returns a dict with ``train_gflops`` (forward + backward, GFLOP), ``peak_memory_mb``
     (MiB), ``step_seconds`` (wall clock, informative only: it runs under the FLOP
-    counter), ``params``, ``tokens`` (per video) and ``clips`` (per video).
+    counter), ``params``, ``tokens`` (per video) and ``chunks`` (per video).
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from harness.clips import split_into_clips
+    from harness.chunks import split_into_chunks
     from harness.memory import StageMemory
 
     torch.manual_seed(seed)
@@ -159,11 +159,11 @@ def measure_step(name: str, kwargs: dict[str, Any], frames: int, resolution: int
     with StageMemory(dev) as memory:
         model = build_profiled_tokenizer(name, kwargs, frames, resolution).to(dev).train()
         video = torch.rand(batch, 3, frames, resolution, resolution, device=dev) * 2 - 1
-        clip = getattr(model, "clip_frames", None)
-        clips = 1
-        if clip and clip != frames:
-            video, _ = split_into_clips(video, clip)
-            clips = video.shape[0] // batch
+        chunk = getattr(model, "chunk_frames", None)
+        chunks = 1
+        if chunk and chunk != frames:
+            video, _ = split_into_chunks(video, chunk)
+            chunks = video.shape[0] // batch
         counter = FlopCounterMode(display=False)
         start = time.perf_counter()
         with counter:
@@ -178,8 +178,8 @@ def measure_step(name: str, kwargs: dict[str, Any], frames: int, resolution: int
         "peak_memory_mb": memory.peak_mb,
         "step_seconds": seconds,
         "params": sum(p.numel() for p in model.parameters()),
-        "tokens": model.num_tokens(frames, resolution, resolution),
-        "clips": clips,
+        "tokens": model.tokens_per_video(frames, resolution, resolution),
+        "chunks": chunks,
     }
 
 
@@ -251,7 +251,7 @@ def profile_costs(tokenizers: Sequence[Entry], lengths: Sequence[int] = (16, 32,
 
     Returns:
         one row per (tokenizer, length): ``label, tokenizer, frames, resolution,
-        batch, clips, tokens, params, train_gflops, peak_memory_mb, step_seconds,
+        batch, chunks, tokens, params, train_gflops, peak_memory_mb, step_seconds,
         device``.
     """
     from harness_core.registry import TOKENIZERS
@@ -276,7 +276,7 @@ def profile_costs(tokenizers: Sequence[Entry], lengths: Sequence[int] = (16, 32,
             rows.append(row)
             log(f"{label:>24s} {frames:4d} frames: {result['train_gflops']:10.1f} GFLOP "
                 f"{result['peak_memory_mb']:9.1f} MiB ({result['step_seconds']:.1f} s)")
-    columns = ["label", "tokenizer", "frames", "resolution", "batch", "clips", "tokens", "params",
+    columns = ["label", "tokenizer", "frames", "resolution", "batch", "chunks", "tokens", "params",
                "train_gflops", "peak_memory_mb", "step_seconds", "device"]
     return pd.DataFrame(rows, columns=columns)
 
@@ -308,7 +308,7 @@ def write_cost_report(df: pd.DataFrame, output_dir: str | Path, title: str = "Tr
     out = Path(output_dir)
     paths = {"csv": out / "cost_vs_length.csv", "md": out / "cost_vs_length.md", "png": out / "cost_vs_length.png"}
     write_csv_atomic(paths["csv"], df)
-    table = df[["label", "frames", "clips", "tokens", "params", "train_gflops", "peak_memory_mb"]].round(1)
+    table = df[["label", "frames", "chunks", "tokens", "params", "train_gflops", "peak_memory_mb"]].round(1)
     text = [f"# {title}", "", table.to_markdown(index=False), "", "## Growth from the shortest to the longest video", "",
             growth_table(df).to_markdown(index=False) if len(df) else "(no rows)", ""]
     write_text_atomic(paths["md"], "\n".join(text))

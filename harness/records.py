@@ -29,6 +29,10 @@ A suite's results folder::
 ``per_video`` key) are read the same way: the metric columns are then the
 summary keys that name a registered metric, and the per-video table is
 ``per_video.csv`` beside the record.
+
+Record keys renamed in issue 25 (names that say one thing) are written with
+their new name and read under either (:data:`RENAMED_RECORD_KEYS`): a
+``metrics.json`` written before the rename reads back to the same record.
 """
 from __future__ import annotations
 
@@ -185,7 +189,9 @@ class Protocol:
     eval_clips_per_video: int | None = None
     seed: int | None = None
     split: str | None = None
-    clip_frames: int | None = None
+    #: the tokenizer's native chunk length (``VideoTokenizer.chunk_frames``; ``None``: whole videos);
+    #: ``clip_frames`` in records written before issue 25
+    chunk_frames: int | None = None
     code_version: str | None = None
     #: each metric's conventions (``metric.protocol()``): text or a dict of settings and weights' sha256
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -248,7 +254,8 @@ class RunRecord:
     tokenizer: str
     budget: int | None = None
     tokens_per_video: int | None = None
-    compression_ratio: float | None = None
+    #: pixels (frames x height x width) per token of a video; ``compression_ratio`` in records written before issue 25
+    pixels_per_token: float | None = None
     parameters: int | None = None
     #: summary values: ``name`` per metric plus companions (``name_n``, ``fvd_16f_n_real``...)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -264,7 +271,7 @@ class RunRecord:
     weights: dict[str, Any] | None = None
     #: latent values per video (tokens x latent channels), for the input-values / latent-values compression
     latent_values: int | None = None
-    #: PSNR of the reconstruction with tiling off vs on (``harness.clips.tiling_consistency``), when checked
+    #: PSNR of the reconstruction with tiling off vs on (``harness.chunks.tiling_consistency``), when checked
     tiling_consistency: dict[str, float] | None = None
     #: the suite's metrics in its order: ``{"name": value key, "metric": how the suite named it}`` (registered
     #: name, entry point or ``module:Class``); a list, since ``metrics.json`` is written with sorted keys. Records
@@ -308,10 +315,16 @@ class RunRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], folder: Path | None = None) -> "RunRecord":
-        """Read a ``metrics.json`` dict (any version); unknown keys are kept in ``extra``."""
+        """Read a ``metrics.json`` dict (any version); unknown keys are kept in ``extra``.
+
+        Migration: keys renamed since a record was written (:data:`RENAMED_RECORD_KEYS`:
+        ``compression_ratio`` -> ``pixels_per_token``, ``protocol.clip_frames`` -> ``protocol.chunk_frames``) are
+        read into the field of their new name.
+        """
+        data = _renamed(data, "")
         known = {f.name for f in fields(cls)} - set(cls._READ_ONLY) - {"extra"}
         kwargs = {k: v for k, v in data.items() if k in known}
-        kwargs["protocol"] = _typed(Protocol, data.get("protocol") or {})
+        kwargs["protocol"] = _typed(Protocol, _renamed(data.get("protocol") or {}, "protocol"))
         kwargs["costs"] = _typed(Costs, data.get("costs") or {})
         if "per_video" not in data:  # written before the key existed: the table beside the record
             kwargs["per_video"] = PER_VIDEO_FILE
@@ -351,6 +364,25 @@ class RunRecord:
     def run_folder(self) -> RunFolder:
         folder = Path(self.folder)
         return RunFolder(folder, folder.parents[1]) if self.budget is not None else RunFolder(folder)
+
+
+#: ``metrics.json`` keys renamed in issue 25: ``(section, old key) -> new key`` (section ``""``: the top level,
+#: ``"protocol"``: inside ``protocol``). Written under the new name; read under either (:meth:`RunRecord.from_json`).
+RENAMED_RECORD_KEYS = {
+    ("", "compression_ratio"): "pixels_per_token",
+    ("protocol", "clip_frames"): "chunk_frames",
+}
+
+
+def _renamed(data: dict[str, Any], section: str) -> dict[str, Any]:
+    """``data`` with the old keys of ``section`` (:data:`RENAMED_RECORD_KEYS`) under their new names; a new key
+    already present wins."""
+    out = dict(data)
+    for (where, old), new in RENAMED_RECORD_KEYS.items():
+        if where == section and old in out:
+            value = out.pop(old)
+            out.setdefault(new, value)
+    return out
 
 
 def _flatten(value: Protocol | Costs) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from torch import Tensor, nn
 
 from harness_core.api import VideoTokenizer
-from harness.clips import length_kwargs, split_into_clips
+from harness.chunks import length_kwargs, split_into_chunks
 from harness.config import TrainConfig
 from harness.config.validate import stage0_cache_problem
 from harness.data.decode import to_model_range
@@ -37,44 +37,44 @@ from harness_core.seeding import derive_seed, seeded
 class TrainingObjective(nn.Module):
     """Wraps ``training_losses`` as ``forward`` so DDP sees one forward per backward.
 
-    A tokenizer with a native ``clip_frames`` trains on clips of that length
-    (CoordTok supp. B.1 baselines train on 16-frame clips): a training video
-    whose length is a multiple of it is split into clips along the batch, any
-    other length contributes one window of ``clip_frames`` frames at a random
+    A tokenizer with a native ``chunk_frames`` trains on chunks of that length
+    (CoordTok supp. B.1 baselines train on 16-frame clips): a training clip
+    whose length is a multiple of it is split into chunks along the batch, any
+    other length contributes one window of ``chunk_frames`` frames at a random
     offset. With ``n_frames`` (padded short videos, ``data.short_videos: pad``)
-    such tokenizers train on real frames only: split clips that reach into the
-    padding are dropped (each video keeps at least its first clip) and the
+    such tokenizers train on real frames only: split chunks that reach into the
+    padding are dropped (each video keeps at least its first chunk) and the
     random window lies inside the shortest video; a ``variable_length``
-    tokenizer gets ``n_frames`` itself (:func:`harness.clips.length_kwargs`).
+    tokenizer gets ``n_frames`` itself (:func:`harness.chunks.length_kwargs`).
     """
 
     def __init__(self, tokenizer: VideoTokenizer) -> None:
         super().__init__()
         self.tokenizer = tokenizer
 
-    def native_clips(self, video: Tensor, n_frames: Tensor | None = None) -> Tensor:
-        clip, frames = self.tokenizer.clip_frames, video.shape[2]
-        if not clip or clip == frames:
+    def native_chunks(self, video: Tensor, n_frames: Tensor | None = None) -> Tensor:
+        chunk, frames = self.tokenizer.chunk_frames, video.shape[2]
+        if not chunk or chunk == frames:
             return video
-        if clip > frames:
-            raise ValueError(f"training clips have {frames} frames, fewer than the tokenizer's native clip of {clip} frames")
+        if chunk > frames:
+            raise ValueError(f"training clips have {frames} frames, fewer than the tokenizer's native chunk of {chunk} frames")
         real = frames if n_frames is None else int(n_frames.min())
-        if frames % clip == 0:
-            clips = split_into_clips(video, clip)[0]
+        if frames % chunk == 0:
+            chunks = split_into_chunks(video, chunk)[0]
             if real >= frames:
-                return clips
-            ends = (torch.arange(frames // clip, device=n_frames.device) + 1) * clip
-            keep = (ends[None, :] <= n_frames[:, None]) | (ends[None, :] == clip)  # [B, n]: clips of real frames
-            return clips[keep.flatten().to(clips.device)]
-        offset = int(torch.randint(0, max(real, clip) - clip + 1, ()))
-        return video[:, :, offset : offset + clip]
+                return chunks
+            ends = (torch.arange(frames // chunk, device=n_frames.device) + 1) * chunk
+            keep = (ends[None, :] <= n_frames[:, None]) | (ends[None, :] == chunk)  # [B, n]: chunks of real frames
+            return chunks[keep.flatten().to(chunks.device)]
+        offset = int(torch.randint(0, max(real, chunk) - chunk + 1, ()))
+        return video[:, :, offset : offset + chunk]
 
     def forward(self, video: Tensor, step: int, stage0: bool = False, n_frames: Tensor | None = None) -> dict[str, Tensor]:
         if stage0:  # ``video`` holds cached stage-0 features
             return self.tokenizer.stage0_losses(video, step)
         if self.tokenizer.variable_length:
             return self.tokenizer.training_losses(video, step, **length_kwargs(self.tokenizer, n_frames))
-        return self.tokenizer.training_losses(self.native_clips(video, n_frames), step)
+        return self.tokenizer.training_losses(self.native_chunks(video, n_frames), step)
 
 
 def stage0_cache(objective: TrainingObjective, clips: TrainClips, count: int, path: Path, accelerator: Accelerator,
@@ -91,7 +91,7 @@ def stage0_cache(objective: TrainingObjective, clips: TrainClips, count: int, pa
         for first in range(0, count, batch_size):
             video, _, n_frames = clips.batch(list(range(first, min(first + batch_size, count))))
             with seeded(derive_seed(seed, "stage0_cache", first)):
-                parts.append(tokenizer.stage0_features(objective.native_clips(video.to(accelerator.device), n_frames)).cpu())
+                parts.append(tokenizer.stage0_features(objective.native_chunks(video.to(accelerator.device), n_frames)).cpu())
         torch_save_atomic(path, torch.cat(parts))
     accelerator.wait_for_everyone()
     return torch.load(path, map_location="cpu", weights_only=True)

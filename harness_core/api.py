@@ -8,10 +8,11 @@ Conventions, everywhere in the engine:
 * video tensors are ``float32 [B, C, T, H, W]``, RGB, values in ``[-1, 1]``;
 * decoded data on disk and in caches is ``uint8 [T, H, W, C]``.
 
-A tokenizer that handles only short clips natively (16 or 17 frames) sets
-``clip_frames``; the engine then splits long videos into clips, encodes and
-decodes each clip and concatenates the reconstructions, exactly as CoordTok
-supplementary B.1 describes for the baselines (see :func:`harness.clips.reconstruct`).
+A tokenizer that handles only short chunks natively (16 or 17 frames) sets
+``chunk_frames``; the engine then splits long videos into chunks, encodes and
+decodes each chunk and concatenates the reconstructions, exactly as CoordTok
+supplementary B.1 describes for the baselines (see :func:`harness.chunks.reconstruct_video`).
+A *chunk* is a tokenizer's temporal unit; a *clip* is a dataset sample.
 """
 from __future__ import annotations
 
@@ -33,19 +34,19 @@ class Tokens:
             ``float32 [B, C', T', H', W']``) or a dict of named tensors (for
             example CoordTok's three planes ``{"xy", "xt", "yt"}``). For a
             quantizing tokenizer these are the quantized latents.
-        num_tokens: tokens per video (one row of the batch), the number that the
-            leaderboard reports. For a flexible tokenizer it counts only the
-            kept prefix.
+        tokens_per_video: tokens per video (one row of the batch; one chunk
+            when the engine encodes chunks), the number that the leaderboard
+            reports. For a flexible tokenizer it counts only the kept prefix.
         indices: discrete codes when the tokenizer quantizes (``int64``, any
             layout the tokenizer documents), else ``None``.
         info: whatever decode needs besides the latents: the video shape
             ``(T, H, W)`` under ``"shape"``, the kept prefix length under
-            ``"keep"``, clip boundaries, and so on. Values must be tensors,
+            ``"keep"``, chunk boundaries, and so on. Values must be tensors,
             plain Python values or nested dicts of those.
     """
 
     latents: Latents
-    num_tokens: int
+    tokens_per_video: int
     indices: Tensor | dict[str, Tensor] | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -53,7 +54,7 @@ class Tokens:
         """Return a copy with every tensor moved to ``device``."""
         return Tokens(
             latents=move_to(self.latents, device),
-            num_tokens=self.num_tokens,
+            tokens_per_video=self.tokens_per_video,
             indices=move_to(self.indices, device),
             info=move_to(self.info, device),
         )
@@ -78,14 +79,16 @@ class VideoTokenizer(nn.Module):
 
     Class attributes a subclass may override:
 
-    * ``clip_frames``: native clip length in frames, or ``None`` when the
-      tokenizer takes whole videos of any supported length. The engine splits
-      longer videos into clips of this length (CoordTok supp. B.1).
+    * ``chunk_frames``: native chunk length in frames, or ``None`` when the
+      tokenizer takes whole videos of any supported length (it may chunk them
+      itself, as VideoFlexTok's overlapping ``chunk_size`` chunks). The engine
+      splits longer videos into independent chunks of this length (CoordTok
+      supp. B.1). ``clip_frames`` before issue 25.
     * ``continuous``: ``True`` when the latents are continuous (SiT generators),
       ``False`` when ``Tokens.indices`` carries discrete codes (autoregressive
       generators).
-    * ``flexible``: ``True`` when ``encode`` accepts ``num_tokens`` as a prefix
-      length (VideoFlexTok); the suite can then sweep token budgets.
+    * ``flexible``: ``True`` when ``encode`` accepts a ``budget`` (a prefix
+      length, VideoFlexTok); the suite can then sweep token budgets.
     * ``frozen_stage0``: ``True`` when the tokenizer starts with a frozen,
       deterministic front end (VideoFlexTok's stage-0 VAE) and implements
       ``stage0_features`` and ``stage0_losses`` with
@@ -108,7 +111,7 @@ class VideoTokenizer(nn.Module):
       and after ``n_frames[b]`` are padding, ``data.short_videos: pad``) as a
       keyword argument (CoordTok, whose official loader pads videos shorter
       than 128 frames). The engine passes it only to such tokenizers
-      (:func:`harness.clips.length_kwargs`); others see padded videos.
+      (:func:`harness.chunks.length_kwargs`); others see padded videos.
 
     Subclasses implement the four methods below. ``training_losses`` returns a
     dict of scalar tensors that must hold ``"loss"`` (what the optimizer
@@ -122,7 +125,7 @@ class VideoTokenizer(nn.Module):
     reconstructions. Other entries are logged.
     """
 
-    clip_frames: int | None = None
+    chunk_frames: int | None = None
     continuous: bool = True
     flexible: bool = False
     frozen_stage0: bool = False
@@ -132,12 +135,12 @@ class VideoTokenizer(nn.Module):
     #: shown by ``python -m harness protocol``; plugins may set it
     recipe_source: str = ""
 
-    def encode(self, video: Tensor, num_tokens: int | None = None) -> Tokens:
+    def encode(self, video: Tensor, budget: int | None = None) -> Tokens:
         """Encode ``video`` ``float32 [B, 3, T, H, W]`` in ``[-1, 1]`` into tokens.
 
-        ``num_tokens`` is a prefix length (tokens per latent timestep for
-        VideoFlexTok); fixed-budget tokenizers raise ``ValueError`` when it is
-        given and differs from their budget.
+        ``budget`` is a prefix length (tokens per latent timestep for
+        VideoFlexTok; ``None``: the full set); fixed-budget tokenizers raise
+        ``ValueError`` when it is given and differs from their budget.
         """
         raise NotImplementedError
 
@@ -170,21 +173,21 @@ class VideoTokenizer(nn.Module):
         whose official recipe runs a later stage as a new run (CoordTok's stage 2); default none."""
         return []
 
-    def num_tokens(self, frames: int, height: int, width: int) -> int:
+    def tokens_per_video(self, frames: int, height: int, width: int) -> int:
         """Tokens for one video of ``frames x height x width`` pixels.
 
-        Counted over every clip when the tokenizer works on clips.
+        Counted over every chunk when the tokenizer works on chunks.
         """
         raise NotImplementedError
 
     def token_budgets(self) -> list[int]:
-        """Prefix lengths that ``encode(num_tokens=...)`` accepts (flexible tokenizers)."""
+        """Budgets (prefix lengths) that ``encode(budget=...)`` accepts (flexible tokenizers)."""
         return []
 
     @torch.no_grad()
-    def reconstruct(self, video: Tensor, num_tokens: int | None = None) -> Tensor:
-        """``decode(encode(video))`` for one clip the tokenizer handles natively."""
-        return self.decode(self.encode(video, num_tokens=num_tokens))
+    def reconstruct(self, video: Tensor, budget: int | None = None) -> Tensor:
+        """``decode(encode(video))`` for one video or chunk the tokenizer handles natively."""
+        return self.decode(self.encode(video, budget=budget))
 
     def codebook_size(self) -> int | None:
         """Number of discrete codes, or ``None`` for continuous tokenizers."""
@@ -195,7 +198,7 @@ class VideoTokenizer(nn.Module):
         return tokens
 
     #: whether :meth:`set_tiling` can switch tiled encoding/decoding on and off (the tiling check,
-    #: :func:`harness.clips.tiling_consistency`); pretrained VAEs that tile override it
+    #: :func:`harness.chunks.tiling_consistency`); pretrained VAEs that tile override it
     supports_tiling: bool = False
 
     @property
@@ -212,14 +215,14 @@ class VideoTokenizer(nn.Module):
         raise ValueError(f"{type(self).__name__} has no switchable tiling")
 
     def temporal_boundaries(self, frames: int) -> list[int]:
-        """First frames of the independently coded pieces of a ``frames``-frame video (clips, chunks, tiles) after
+        """First frames of the independently coded pieces of a ``frames``-frame video (chunks, tiles) after
         the first, where reconstructions may jump (the boundary-jump metrics, ``metrics.temporal``).
 
-        Default: every ``clip_frames`` frames (the engine's clips, :mod:`harness.clips`); none for whole-video
+        Default: every ``chunk_frames`` frames (the engine's chunks, :mod:`harness.chunks`); none for whole-video
         tokenizers.
         """
-        clip = self.clip_frames
-        return list(range(clip, frames, clip)) if clip else []
+        chunk = self.chunk_frames
+        return list(range(chunk, frames, chunk)) if chunk else []
 
 
 def check_video(video: Tensor, name: str = "video") -> None:

@@ -437,7 +437,7 @@ def warping_errors(video: Tensor, real: Tensor, flow_fn, motion_boundaries: bool
 
 
 @register_metric("warp_error")
-class WarpError(_FlowOptions, TemporalMetric):
+class EWarp(_FlowOptions, TemporalMetric):
     """Warping error (Lai et al. 2018, Sec. 4) of the reconstruction under the real video's flow and occlusion mask.
 
     Args:
@@ -482,7 +482,7 @@ class WarpError(_FlowOptions, TemporalMetric):
 
 
 @register_metric("warp_error_real")
-class WarpErrorReal(WarpError):
+class EWarpReal(EWarp):
     """The warping error of the real video itself: the floor ``warp_error`` reaches for a perfect reconstruction.
 
     Same options and protocol as ``warp_error``; only the real video is measured.
@@ -548,8 +548,8 @@ def per_frame_curves(real: Tensor, fake: Tensor, net: str = "alex", weights: str
 def boundary_jump(per_frame: Tensor, boundaries: Sequence[int]) -> Tensor:
     """Mean of a per-frame value at frames next to boundaries minus its mean at the other frames, ``float64 [B]``.
 
-    A boundary ``t`` (the first frame of a clip, e.g. where a clip-based
-    tokenizer starts a new clip) makes frames ``t-1`` and ``t`` adjacent; only
+    A boundary ``t`` (the first frame of a chunk, e.g. where a chunk-based
+    tokenizer starts a new chunk) makes frames ``t-1`` and ``t`` adjacent; only
     boundaries with ``0 < t < T`` count (0 and ``T`` are not between two frames).
     The result is ``mean(per_frame[:, adjacent]) - mean(per_frame[:, interior])``
     with interior = all other frames: positive for an error (LPIPS) that

@@ -29,7 +29,7 @@ fi
 # Tiny sizes and schedules, the paper's rules: 96-frame 32x32 clips keep short videos (the 80-frame ones) padded.
 SETS=(
   data.root="$ROOT" data.cache_dir="$OUT/cache" data.frames=96 data.resolution=32 data.num_workers=1
-  data.eval_clips=8 evaluate.batch_size=4 evaluate.clip_batch=4
+  data.eval_clips=8 evaluate.batch_size=4 evaluate.chunk_batch=4
   train.steps=4 train.batch_size=2 train.checkpoint_every=2 train.log_every=1
   tokenizers.coordtok_l_1280.kwargs.size=tiny tokenizers.coordtok_l_1280.kwargs.stage1_steps=2
   tokenizers.coordtok_l_1280.kwargs.stage2_frames=4 tokenizers.coordtok_l_1280.kwargs.points_per_video=64

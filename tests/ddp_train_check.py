@@ -23,7 +23,7 @@ accelerator = Accelerator(cpu=True)
 mode = sys.argv[2] if len(sys.argv) > 2 else "grid3d"
 torch.manual_seed(0)
 if mode == "videoflextok_stage0":
-    vae = {"name": "grid3d", "kwargs": {"size": "tiny", "channels": 8, "causal": True, "latent_channels": 16, "clip_frames": 17}}
+    vae = {"name": "grid3d", "kwargs": {"size": "tiny", "channels": 8, "causal": True, "latent_channels": 16, "chunk_frames": 17}}
     model = create_tokenizer("videoflextok", size="tiny", vae=vae, n_max=4, enc_depth=1, enc_dim=32, enc_heads=2,
                              dec_depth=1, dec_dim=32, dec_heads=2)
     frames, train = 17, TrainConfig(steps=2, batch_size=4, micro_batch_size=1, stage0_cache_clips=6)

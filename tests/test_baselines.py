@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness_core.api import Tokens
-from harness.clips import reconstruct_video
+from harness.chunks import reconstruct_video
 from harness.data.decode import decode_frames, to_model_range
 from harness.stages.reconstruct import codebook_summary
 from metrics.codebook import CodebookUsage
@@ -37,10 +37,10 @@ def test_tokens_per_128_frame_video_match_table7():
     assert grid.latent_shape(16, 128, 128) == (4, 16, 16)
     assert frame.latent_shape(1, 128, 128) == (1, 8, 8)
     assert pvdm.plane_shapes(16, 128, 128) == {"xy": (16, 16), "xt": (16, 16), "yt": (16, 16)}
-    assert grid.num_tokens(128, 128, 128) == 8192
-    assert frame.num_tokens(128, 128, 128) == 8192
-    assert pvdm.num_tokens(128, 128, 128) == 6144
-    assert (grid.clip_frames, frame.clip_frames, pvdm.clip_frames) == (16, 16, 16)
+    assert grid.tokens_per_video(128, 128, 128) == 8192
+    assert frame.tokens_per_video(128, 128, 128) == 8192
+    assert pvdm.tokens_per_video(128, 128, 128) == 6144
+    assert (grid.chunk_frames, frame.chunk_frames, pvdm.chunk_frames) == (16, 16, 16)
     assert (grid.continuous, frame.continuous, pvdm.continuous) == (False, False, True)
     assert Grid3dVQ(**{**GRID3D_VQ_PRESETS["tats"], "size": "tiny"}).codebook_size() == 16384
     assert frame.codebook_size() == 256 and pvdm.codebook_size() is None
@@ -54,7 +54,7 @@ def test_clip_engine_counts_tokens_over_all_clips(sample_videos):
         tok.eval()
         recon, count = reconstruct_video(tok, video)
         assert recon.shape == video.shape
-        assert count == tok.num_tokens(32, 32, 32)
+        assert count == tok.tokens_per_video(32, 32, 32)
 
 
 @pytest.mark.parametrize("cls", [Grid3dVQ, Frame2dVQ])
@@ -72,7 +72,7 @@ def test_indices_decode_like_quantized_latents(cls, sample_videos):
         assert tokens.indices.shape == (2, *tok.latent_shape(16, 32, 32))
         assert tokens.indices.min() >= 0 and tokens.indices.max() < tok.codebook_size()
         from_latents = tok.decode(tokens)
-        from_indices = tok.decode(Tokens(latents=None, num_tokens=tokens.num_tokens, indices=tokens.indices))
+        from_indices = tok.decode(Tokens(latents=None, tokens_per_video=tokens.tokens_per_video, indices=tokens.indices))
         # the quantized latents are exactly the codebook rows of the indices
         torch.testing.assert_close(tok.indices_to_latents(tokens.indices), tokens.latents, rtol=0, atol=0)
     torch.testing.assert_close(from_indices, from_latents, rtol=0, atol=0)
@@ -134,7 +134,7 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="multiples of 8"):
         grid.encode(torch.zeros(1, 3, 16, 36, 36))
     with pytest.raises(ValueError, match="fixed budget"):
-        grid.eval().encode(torch.zeros(1, 3, 16, 32, 32), num_tokens=3)
+        grid.eval().encode(torch.zeros(1, 3, 16, 32, 32), budget=3)
     with pytest.raises(ValueError, match="indices"):
         grid.decode_indices(torch.zeros(1, 4, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="unknown loss option 'gan_weight'"):

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from harness.config import GenerationConfig, Suite, SuiteError, TrainConfig, load_suite
+from harness.config.errors import RENAMED_KEYS
 from harness.config.schema import GenerationOverrides, TokenizerSpec, TrainOverrides, dataset_specific_keys, generation_config
 from harness.config.validate import fill_geometry, tokenizer_kwargs
 
@@ -50,7 +51,7 @@ def load_error(path: Path, overrides: list[str] = ()) -> str:
     ("nmae", "'nmae'; allowed keys:", ["name", "data", "tokenizers", "generation"]),
     ("data.resolutoin", "'data.resolutoin'; allowed keys under data:", ["resolution", "frame_stride", "cache_dir"]),
     ("train.stepz", "'train.stepz'; allowed keys under train:", list(TrainConfig.model_fields)),
-    ("evaluate.metricz", "'evaluate.metricz'; allowed keys under evaluate:", ["metrics", "metric_kwargs", "clip_batch"]),
+    ("evaluate.metricz", "'evaluate.metricz'; allowed keys under evaluate:", ["metrics", "metric_kwargs", "chunk_batch"]),
     ("generation.stepz", "'generation.stepz'; allowed keys under generation:", list(GenerationConfig.model_fields)),
 ])
 def test_unknown_key_names_file_key_path_and_allowed_keys(tmp_path, key, path, allowed):
@@ -67,6 +68,22 @@ def test_unknown_key_in_a_tokenizer_override_names_the_tokenizer_id(tmp_path, bl
     where = f"tokenizers[coordtok_tiny].{block}"
     assert f"unknown key '{where}.stepz'; allowed keys under {where}: " in message
     assert message.split(f"under {where}: ")[1].split(", ") == list(config.model_fields)
+
+
+@pytest.mark.parametrize("block, old", sorted(RENAMED_KEYS))
+def test_a_renamed_key_names_its_new_name(tmp_path, block, old):
+    new = RENAMED_KEYS[(block, old)]
+    if block == "kwargs":
+        message = load_error(write_suite(tmp_path, [{**GRID3D, "kwargs": {**GRID3D["kwargs"], old: 16}}]))
+        assert f"unknown argument(s) ['{old}'] for grid3d (renamed to 'tokenizers[grid3d_tiny].kwargs.{new}')" in message
+        return
+    message = load_error(write_suite(tmp_path), [f"{block}.{old}=4"])
+    assert f"unknown key '{block}.{old}' (renamed to '{block}.{new}'); allowed keys under {block}: " in message
+    assert new in message.split(": ")[-1].split(", ")
+    if block == "generation":  # also inside a tokenizer's overrides
+        message = load_error(write_suite(tmp_path, [GRID3D, {**COORDTOK, "generation": {old: 4}}]))
+        where = "tokenizers[coordtok_tiny].generation"
+        assert f"unknown key '{where}.{old}' (renamed to '{where}.{new}'); allowed keys under {where}: " in message
 
 
 def test_unknown_key_of_an_entry_and_of_an_entry_without_id(tmp_path):
@@ -190,6 +207,16 @@ def test_fingerprint_is_the_same_whether_geometry_is_spelled_out_or_not(tmp_path
         payload = train_fingerprint(suite, suite.tokenizers[0])
         prints.append(fingerprint(payload))
     assert prints[0] == prints[1]
+
+
+def test_fingerprint_spells_renamed_kwargs_as_before_the_rename(tmp_path):
+    """A folder trained with ``clip_frames: 17`` (before issue 25) matches the suite that now says ``chunk_frames: 17``."""
+    from harness.stages.train import train_fingerprint
+
+    entry = {**GRID3D, "kwargs": {**GRID3D["kwargs"], "chunk_frames": 17}}
+    suite = load_suite(write_suite(tmp_path, [entry]))
+    kwargs = train_fingerprint(suite, suite.tokenizers[0])["kwargs"]
+    assert kwargs == {**GRID3D["kwargs"], "clip_frames": 17}
 
 
 def test_shipped_suites_load_and_do_not_repeat_the_geometry():

@@ -28,7 +28,7 @@ def small(**kwargs) -> CoordTok:
 def test_token_budgets_of_the_paper(budget, xy, t, c):
     with torch.device("meta"):
         model = CoordTok(size="L", latent_resolution_xy=xy, latent_resolution_t=t, latent_channels=c)
-    assert model.num_tokens(128, 128, 128) == budget
+    assert model.tokens_per_video(128, 128, 128) == budget
     assert model.encoder.grid == (16, 8, 8)  # Conv3D (8, 16, 16): 1024 video tokens
     assert model.decoder_grid == (128, 16, 16)  # 32,768 patch coordinates
 
@@ -37,11 +37,11 @@ def test_registered_and_encode_shapes():
     model = create_tokenizer("coordtok", size="tiny", width=32, heads=2, frames=16, resolution=32)
     video = torch.rand(2, 3, 16, 32, 32) * 2 - 1
     tokens = model.encode(video)
-    assert tokens.num_tokens == 1280 == model.num_tokens(16, 32, 32)
+    assert tokens.tokens_per_video == 1280 == model.tokens_per_video(16, 32, 32)
     assert {k: tuple(v.shape) for k, v in tokens.latents.items()} == {"xy": (2, 8, 16, 16), "xt": (2, 8, 32, 16), "yt": (2, 8, 32, 16)}
     assert model.decode(tokens).shape == video.shape
     with pytest.raises(ValueError, match="fixed budget"):
-        model.encode(video, num_tokens=100)
+        model.encode(video, budget=100)
     with pytest.raises(ValueError, match="32x32"):
         model.encode(torch.zeros(1, 3, 16, 64, 64))
     with pytest.raises(ValueError, match="up to 16 frames"):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 pytest.importorskip("diffusers")
 
-from harness.clips import tiling_consistency  # noqa: E402
+from harness.chunks import tiling_consistency  # noqa: E402
 from harness_core.errors import WeightsError  # noqa: E402
 from harness_core.registry import create_tokenizer  # noqa: E402
 from video_tokenizers.diffusers_vae import DiffusersVAE  # noqa: E402
@@ -96,13 +96,13 @@ def test_round_trip_from_local_folder(name, tmp_path, clips32):
     _, _, frames, padded, extra = CASES[name]
     # the download layout: <folder>/vae/config.json; the tokenizer finds the vae subfolder itself
     tok = create_tokenizer(name, pretrained=str(tmp_path), **extra)
-    assert isinstance(tok, DiffusersVAE) and tok.continuous and tok.clip_frames is None
+    assert isinstance(tok, DiffusersVAE) and tok.continuous and tok.chunk_frames is None
     video = clips32[:, :, :frames]
     tokens = tok.encode(video)
     t, h, w = tok.latent_shape(frames, 32, 32)
     assert tokens.latents.dtype == torch.float32
     assert tuple(tokens.latents.shape) == (3, tok.latent_channels, t, h, w)
-    assert tokens.num_tokens == t * h * w == tok.num_tokens(frames, 32, 32)
+    assert tokens.tokens_per_video == t * h * w == tok.tokens_per_video(frames, 32, 32)
     assert tokens.info["padded_frames"] == padded - frames
     assert tokens.info["shape"] == (frames, 32, 32)
     recon = tok.decode(tokens)
@@ -140,9 +140,9 @@ def test_frame_rules_and_boundaries(tmp_path):
     assert [cog.padded_size(n, 32, 32)[0] for n in (1, 2, 5, 9, 13, 49)] == [1, 9, 9, 9, 17, 49]
     assert cog.padded_size(9, 30, 33)[1:] == (32, 40) and cog.latent_shape(49, 480, 720) == (13, 60, 90)
     assert cog.temporal_boundaries(40) == []
-    clipped = create_tokenizer("cogvideox_vae", pretrained=str(tmp_path / "cog"), clip_frames=17)
-    assert clipped.temporal_boundaries(40) == [17, 34]
-    assert clipped.num_tokens(40, 32, 32) == 3 * 5 * 4 * 4
+    chunked = create_tokenizer("cogvideox_vae", pretrained=str(tmp_path / "cog"), chunk_frames=17)
+    assert chunked.temporal_boundaries(40) == [17, 34]
+    assert chunked.tokens_per_video(40, 32, 32) == 3 * 5 * 4 * 4
 
     _save_tiny("hunyuanvideo_vae", tmp_path / "hy")
     hy = create_tokenizer("hunyuanvideo_vae", pretrained=str(tmp_path / "hy"))

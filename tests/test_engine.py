@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from harness.clips import merge_clips, split_into_clips
+from harness.chunks import merge_chunks, split_into_chunks
 from harness.config import DataConfig, SuiteError, load_suite
 from harness.config.load import apply_override
 from harness.data.datasets import build_dataset
@@ -151,11 +151,11 @@ def test_ucf101_official_split_and_labels():
     assert {r.label for r in dataset.eval} == {0, 1, 2}
 
 
-def test_split_and_merge_clips_round_trip():
+def test_split_and_merge_chunks_round_trip():
     video = torch.randn(2, 3, 37, 8, 8)
-    clips, pad = split_into_clips(video, 16)
-    assert clips.shape == (6, 3, 16, 8, 8) and pad == 11
-    assert torch.equal(merge_clips(clips, 2, pad), video)
+    chunks, pad = split_into_chunks(video, 16)
+    assert chunks.shape == (6, 3, 16, 8, 8) and pad == 11
+    assert torch.equal(merge_chunks(chunks, 2, pad), video)
 
 
 # --------------------------------------------------------------------------- runs

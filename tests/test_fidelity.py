@@ -50,7 +50,7 @@ NON_PROTOCOL: dict[str, str] = {
     "train.checkpoint_every": "checkpoint interval; a resumed run reproduces the uninterrupted one (harness/fit.py)",
     "train.log_every": "logging interval",
     "evaluate.batch_size": "videos per model call; every metric is per video or a sum of per-clip statistics",
-    "evaluate.clip_batch": "clips per model call; every metric is per video or a sum of per-clip statistics",
+    "evaluate.chunk_batch": "chunks per model call; every metric is per video or a sum of per-chunk statistics",
     "evaluate.keep_reconstructions": "whether reconstructions are kept on disk",
     "generation.sample_batch_size": "videos per sampling batch: the draws change, their distribution does not",
     "generation.num_gif_samples": "GIFs written for inspection",

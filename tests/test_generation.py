@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from harness.clips import encode_video
+from harness.chunks import encode_video
 from harness.config import DataConfig, GenerationConfig
 from harness.data.datasets import build_dataset
 from harness.data.sampling import TrainClips
@@ -15,7 +15,7 @@ from harness.generation.ar import ARTransformer, from_sequence, to_sequence
 from harness.generation.data import EpochStream, encode_normalization_set, normalization_videos, video_batches
 from harness.generation.normalize import LatentNormalizer
 from harness.generation.sit import SiT
-from harness.generation.tokens import decode, pack, unpack
+from harness.generation.tokens import TokenLayout, decode, pack, unpack
 from harness.generation.transport import interpolate, sample_ode, sample_sde, training_loss
 from harness_core.registry import GENERATORS, TOKENIZERS, create_tokenizer
 from harness_core.seeding import derive_seed
@@ -232,15 +232,18 @@ def long_videos(sample_videos):
     return torch.cat([small, small.flip(0)], dim=2)
 
 
-def test_pack_unpack_round_trip_for_clip_tokenizers(long_videos):
+def test_pack_unpack_round_trip_for_chunk_tokenizers(long_videos):
     torch.manual_seed(0)
     for name in ("grid3d", "grid3d_vq", "pvdm"):
         if name not in TOKENIZERS:
             continue
         tok = create_tokenizer(name).eval()
-        groups = encode_video(tok, long_videos, clip_batch=4)
+        groups = encode_video(tok, long_videos, chunk_batch=4)
         packed, layout = pack(groups, 3, tok, 32)
-        assert layout.clips == 2 and layout.tokens_per_video == 2 * groups[0].num_tokens
+        assert layout.chunks == 2 and layout.tokens_per_video == 2 * groups[0].tokens_per_video
+        before = {"chunks": "clips", "chunk_frames": "clip_frames", "chunk_tokens": "clip_tokens", "chunk_shape": "clip_shape"}
+        old = {before.get(key, key): value for key, value in layout.to_dict().items()}  # a token cache before issue 25
+        assert "clip_shape" in old and TokenLayout.from_dict(old) == layout
         rows = unpack(packed, layout)
         if tok.continuous:
             ref = torch.cat([g.latents for g in groups]) if isinstance(groups[0].latents, torch.Tensor) \
@@ -259,7 +262,7 @@ def test_videoflextok_indices_pack_in_coarse_to_fine_order(long_videos):
     torch.manual_seed(0)
     tok = create_tokenizer("videoflextok").eval()
     videos = long_videos[:2, :, :17]  # 17 frames: one chunk, 5 latent timesteps
-    groups = encode_video(tok, videos, num_tokens=4)
+    groups = encode_video(tok, videos, budget=4)
     seq, layout = pack(groups, 2, tok, 17)
     idx = groups[0].indices  # [B, t, 4]
     assert layout.coarse_to_fine and seq.shape == (2, idx.shape[1] * 4)
@@ -476,7 +479,7 @@ def test_generation_stage_end_to_end_with_resume(train_data, train_videos, tmp_p
     assert math.isfinite(first["gfvd_16f"]) and first["gfvd_16f_n"] == 2 and first["gfvd_16f_n_real"] == 2
     assert first["gfvd_comparable"] is False and "fvd_16f" in first["gfvd_protocol"]
     gen = first["generator"]
-    assert gen["name"] == "sit" and gen["steps"] == 2 and gen["tokens_per_video"] == tok.num_tokens(16, 32, 32)
+    assert gen["name"] == "sit" and gen["steps"] == 2 and gen["tokens_per_video"] == tok.tokens_per_video(16, 32, 32)
     assert gen["params"] > 0 and gen["train_step_time_s"] > 0 and gen["train_data"] == train_data
     normalization = json.loads((run / "generation" / "normalization.json").read_text())
     # real clips (generation.real_clips: first_videos): one window of each of the first 2 training videos, read from

@@ -87,14 +87,14 @@ def _coordtok():
 def _videoflextok():
     from harness_core.registry import create_tokenizer
 
-    vae = {"name": "grid3d", "kwargs": {"size": "tiny", "channels": 8, "causal": True, "latent_channels": 16, "clip_frames": 17}}
+    vae = {"name": "grid3d", "kwargs": {"size": "tiny", "channels": 8, "causal": True, "latent_channels": 16, "chunk_frames": 17}}
     torch.manual_seed(0)
     model = create_tokenizer("videoflextok", size="tiny", vae=vae, n_max=8, enc_depth=1, enc_dim=32, enc_heads=2,
                              dec_depth=2, dec_dim=32, dec_heads=2, sample_steps=2).eval()
 
     def outputs() -> list[torch.Tensor]:
         video = _video(17)
-        out = _tokenizer_outputs(model, video, num_tokens=4)
+        out = _tokenizer_outputs(model, video, budget=4)
         torch.manual_seed(3)
         model.train()
         losses = model.training_losses(video, step=0)

@@ -24,6 +24,7 @@ from harness.report import display_frame, leaderboard_rows, load_records, render
 from harness.reports.browser import chromium_path, decoded_images, screenshot
 from harness.reports.gallery import pick_clips
 from harness.reports.stats import bootstrap_ci, pareto_front, spearman
+from harness.records import RunRecord
 from harness.runner import SuiteRunner
 from harness_core.errors import ResultsError
 from metrics.analysis import standardize_0_100
@@ -95,11 +96,25 @@ def test_spearman_degenerate_inputs_are_nan():
 
 
 def test_fvd_with_groups_shows_pooled_value_and_group_mean_std():
-    row = {"row": "x", "tokenizer": "grid3d", "tokens_per_video": 64, "compression_ratio": 4.0, "parameters": 1e6,
+    row = {"row": "x", "tokenizer": "grid3d", "tokens_per_video": 64, "pixels_per_token": 4.0, "parameters": 1e6,
            "fvd_16f": 123.45, "fvd_16f_n": 300, "fvd_16f_mean": 130.0, "fvd_16f_std": 4.5, "fvd_16f_groups": 4}
     text = display_frame([row], ["fvd_16f"], extras=False).iloc[0]["rFVD 16f ↓"]
     assert text == "123.5 (N=300); 4 groups: 130.0 ± 4.5"
     assert "not comparable" in display_frame([{**row, "fvd_16f_n": 32}], ["fvd_16f"], extras=False).iloc[0]["rFVD 16f ↓"]
+
+
+def test_a_record_written_before_the_issue_25_renames_reads_back_under_the_new_names():
+    old = {"row": "grid3d", "tokenizer_id": "grid3d", "tokenizer": "grid3d", "tokens_per_video": 64,
+           "compression_ratio": 256.0, "metrics": {"psnr": 20.0}, "protocol": {"frames": 16, "clip_frames": 16}}
+    record = RunRecord.from_json(old)
+    assert record.pixels_per_token == 256.0 and "compression_ratio" not in record.extra
+    assert record.protocol.chunk_frames == 16 and "clip_frames" not in record.protocol.extra
+    written = record.to_json()
+    assert written["pixels_per_token"] == 256.0 and "compression_ratio" not in written
+    assert written["protocol"]["chunk_frames"] == 16 and "clip_frames" not in written["protocol"]
+    assert RunRecord.from_json(written) == record
+    rows = leaderboard_rows([record], intervals=False)
+    assert rows[0]["pixels_per_token"] == 256.0 and "compression_ratio" not in rows[0]
 
 
 def test_cost_table_of_the_profile_is_plotted_and_missing_results_are_reported(tmp_path):

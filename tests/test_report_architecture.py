@@ -26,7 +26,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "plugin" / "mae_metric.py"
-METRIC = "mae_metric:MeanAbsoluteError"
+METRIC = "mae_metric:MAE"
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -88,7 +88,7 @@ def test_one_not_comparable_threshold():
 def test_readme_metric_example_is_the_file_the_test_runs():
     readme = (REPO / "README.md").read_text()
     source = EXAMPLE.read_text()
-    start = source.index("class MeanAbsoluteError")
+    start = source.index("class MAE")
     assert textwrap.dedent(source[start:]).strip() in readme
     assert f"name: {METRIC}" in readme or f"- {METRIC}" in readme
 

@@ -63,7 +63,7 @@ def test_each_stage_runs_on_a_context_and_then_is_done(context):
         with context.stage(stage, row):
             stage.run(context, row)
         assert stage.done(context, row)
-    assert ReconstructRecord.read(variant.files.reconstruct).tokens_per_video == context.tokenizer(entry).num_tokens(16, 32, 32)
+    assert ReconstructRecord.read(variant.files.reconstruct).tokens_per_video == context.tokenizer(entry).tokens_per_video(16, 32, 32)
     record = RunRecord.from_json(json.loads(variant.files.metrics.read_text()))
     assert {s.key for s in record.specs} == {"psnr", "fvd_16f"} and record.metrics["fvd_16f_n"] == 3
     assert not list(variant.files.recon.glob("*.npy")) or context.suite.evaluate.keep_reconstructions

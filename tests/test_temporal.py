@@ -23,7 +23,7 @@ from harness_core.registry import METRICS
 from metrics.base import frames_of
 from metrics.lpips import lpips_distance
 from metrics.quality import per_frame_psnr
-from metrics.temporal import (FARNEBACK_DEFAULTS, TOF, TDiff, TLP, WarpError, WarpErrorReal, boundary_jump,
+from metrics.temporal import (FARNEBACK_DEFAULTS, TOF, TDiff, TLP, EWarp, EWarpReal, boundary_jump,
                               optical_flow, per_frame_curves, warp)
 
 TEMPORAL = ("tlp", "tof", "warp_error", "tdiff")
@@ -176,7 +176,7 @@ def test_class_attributes_and_protocols():
         assert list(protocol) == [name] and protocol[name]["method"]
     assert TOF.unit == "px" and TOF.title == "tOF" and TLP.title == "tLP"
 
-    for cls in (TOF, WarpError, WarpErrorReal):
+    for cls in (TOF, EWarp, EWarpReal):
         flow = cls().protocol()[cls.name]["flow"]
         assert flow["method"] == "farneback" and "OpenCV" in flow["implementation"]
         assert {k: flow[k] for k in FARNEBACK_DEFAULTS} == FARNEBACK_DEFAULTS
@@ -184,7 +184,7 @@ def test_class_attributes_and_protocols():
                                       "poly_sigma": 1.2, "flags": 0}  # TecoGAN metrics.py
     custom = TOF(winsize=21, levels=2, norm="l1").protocol()["tof"]
     assert custom["flow"]["winsize"] == 21 and custom["flow"]["levels"] == 2 and custom["norm"] == "l1"
-    assert WarpError(motion_boundaries=True).protocol()["warp_error"]["motion_boundaries"]
+    assert EWarp(motion_boundaries=True).protocol()["warp_error"]["motion_boundaries"]
     assert TLP().protocol()["tlp"]["lpips_net"] == "alex"
     with pytest.raises(ValueError, match="window"):
         TOF(window=3)  # neither a Farneback parameter nor a torchmetrics option
@@ -207,7 +207,7 @@ def test_flow_direction_and_warping_on_a_real_pan(sample_videos):
     shifted = warp(prev, torch.tensor([1.0, 0.0]).view(1, 2, 1, 1).expand(5, 2, 48, 48))
     assert torch.allclose(shifted[..., :-1], cur[..., :-1], atol=1e-5)
     # the warping error of the pan is far below the unwarped frame difference
-    metric = WarpErrorReal()
+    metric = EWarpReal()
     metric.update(pan, pan)
     unwarped = ((pan[:, :, 1:] - pan[:, :, :-1]) / 2).pow(2).mean()
     assert float(metric.last_values[0]) < 0.2 * float(unwarped)
@@ -298,10 +298,10 @@ def test_boundary_jump_sees_a_seam_at_frame_16_only_for_a_16_frame_clip_tokenize
     seam = long_clips.clone()
     noise = 0.3 * torch.randn(seam[:, :, 16].shape, generator=torch.Generator().manual_seed(0))
     seam[:, :, 16] = (seam[:, :, 16] + noise).clamp(-1, 1)
-    clip_tokenizer = create_tokenizer("grid3d", size="tiny", channels=8)  # clip_frames 16 (supp. B.1)
+    chunk_tokenizer = create_tokenizer("grid3d", size="tiny", channels=8)  # chunk_frames 16 (supp. B.1)
     whole_video = create_tokenizer("coordtok", size="tiny", frames=32, resolution=32)
     results = {}
-    for name, tokenizer in (("grid3d", clip_tokenizer), ("coordtok", whole_video)):
+    for name, tokenizer in (("grid3d", chunk_tokenizer), ("coordtok", whole_video)):
         scorer = Scorer(["psnr", "psnr_jump", "tdiff_jump"], boundaries=tokenizer.temporal_boundaries(32), label=name)
         scorer.update(long_clips, seam, [{"clip": str(i)} for i in range(3)])
         results[name] = scorer.compute()
@@ -319,7 +319,7 @@ def test_videoflextok_boundaries_are_its_chunk_starts():
     """17-frame chunks overlapping by one frame: chunk i > 0 adds frames 16 i + 1 .. 16 i + 16."""
     from harness_core.registry import create_tokenizer
 
-    vae = {"name": "grid3d", "kwargs": {"size": "tiny", "channels": 8, "causal": True, "latent_channels": 16, "clip_frames": 17}}
+    vae = {"name": "grid3d", "kwargs": {"size": "tiny", "channels": 8, "causal": True, "latent_channels": 16, "chunk_frames": 17}}
     model = create_tokenizer("videoflextok", size="tiny", vae=vae, n_max=4, enc_depth=1, enc_dim=32, enc_heads=2,
                              dec_depth=1, dec_dim=32, dec_heads=2)
     assert model.temporal_boundaries(17) == [] and model.temporal_boundaries(32) == [17]

@@ -10,7 +10,7 @@ from harness_core.registry import create_tokenizer
 from video_tokenizers.videoflextok import (FSQ_LEVELS, PAPER_81F_672, VideoFlexTok, decoder_attention_mask,
                                            encoder_attention_mask, latent_mosaic)
 
-VAE = {"name": "grid3d", "kwargs": {"size": "tiny", "channels": 8, "causal": True, "latent_channels": 16, "clip_frames": 17}}
+VAE = {"name": "grid3d", "kwargs": {"size": "tiny", "channels": 8, "causal": True, "latent_channels": 16, "chunk_frames": 17}}
 SMALL = dict(size="tiny", vae=VAE, n_max=8, enc_depth=1, enc_dim=32, enc_heads=2, dec_depth=2, dec_dim=32, dec_heads=2,
              sample_steps=2)
 
@@ -37,12 +37,12 @@ def videos33(sample_paths) -> torch.Tensor:
 
 def test_registered_and_contract():
     model = make_model()
-    assert model.flexible and not model.continuous and model.clip_frames is None
+    assert model.flexible and not model.continuous and model.chunk_frames is None
     assert model.codebook_size() == int(np.prod(FSQ_LEVELS)) == 64000
     assert model.token_budgets() == [1, 2, 4, 8]
-    assert model.num_tokens(17, 32, 32) == 5 * 8 and model.num_tokens(33, 32, 32) == 9 * 8
-    assert model.num_tokens(81, 128, 128) == 21 * 8
-    assert PAPER_81F_672["tokens_per_video"] == model.timesteps(PAPER_81F_672["frames"]) * PAPER_81F_672["num_tokens"]
+    assert model.tokens_per_video(17, 32, 32) == 5 * 8 and model.tokens_per_video(33, 32, 32) == 9 * 8
+    assert model.tokens_per_video(81, 128, 128) == 21 * 8
+    assert PAPER_81F_672["tokens_per_video"] == model.timesteps(PAPER_81F_672["frames"]) * PAPER_81F_672["budget"]
     assert all(not p.requires_grad for p in model.vae.parameters())
     model.train()
     assert not model.vae.training
@@ -52,17 +52,17 @@ def test_token_count_is_timesteps_times_budget(videos33):
     model = make_model()
     for frames, timesteps in ((17, 5), (33, 9)):
         for k in model.token_budgets():
-            tokens = model.encode(videos33[:, :, :frames], num_tokens=k)
-            assert tokens.num_tokens == timesteps * k
+            tokens = model.encode(videos33[:, :, :frames], budget=k)
+            assert tokens.tokens_per_video == timesteps * k
             assert tokens.indices.shape == (2, timesteps, k) and tokens.indices.dtype == torch.int64
             assert tokens.latents.shape == (2, timesteps, k, len(FSQ_LEVELS))
             assert tokens.info["padded_frames"] == 0
     # a budget prefix is exactly the prefix of the full token sequence
-    full, four = model.encode(videos33, num_tokens=8), model.encode(videos33, num_tokens=4)
+    full, four = model.encode(videos33, budget=8), model.encode(videos33, budget=4)
     assert torch.equal(full.indices[:, :, :4], four.indices)
     for bad in (0, 9, 2.5):
-        with pytest.raises(ValueError, match="num_tokens"):
-            model.encode(videos33, num_tokens=bad)
+        with pytest.raises(ValueError, match="budget"):
+            model.encode(videos33, budget=bad)
 
 
 def test_fsq_codes_round_trip_through_indices(videos33):
@@ -109,12 +109,12 @@ def test_registers_beyond_budget_have_no_effect_on_decoder(videos33):
     model = make_model()
     randomize_zero_init(model)
     k = 2
-    tokens = model.encode(videos33[:, :, :17], num_tokens=model.n_max)
+    tokens = model.encode(videos33[:, :, :17], budget=model.n_max)
     tokens.info["keep"] = k
     out = model.decode(tokens)
     other = tokens.latents.clone()
     other[:, :, k:] = -other[:, :, k:] + 0.3
-    tokens_other = type(tokens)(latents=other, num_tokens=tokens.num_tokens, indices=None, info=dict(tokens.info))
+    tokens_other = type(tokens)(latents=other, tokens_per_video=tokens.tokens_per_video, indices=None, info=dict(tokens.info))
     assert torch.equal(model.decode(tokens_other), out)
     # the velocity itself ignores them too, while kept registers do matter (so the check can fail)
     clean = model.vae_latents(videos33[:, :, :17])
@@ -132,9 +132,9 @@ def test_long_video_padding_chunks_and_deterministic_decoding(videos33):
     model = make_model()
     randomize_zero_init(model)
     video = videos33[:1, :, :20]
-    tokens = model.encode(video, num_tokens=4)
+    tokens = model.encode(video, budget=4)
     assert tokens.info["padded_frames"] == 13 and tokens.info["chunks"] == 2
-    assert tokens.num_tokens == 9 * 4 == model.timesteps(20) * 4
+    assert tokens.tokens_per_video == 9 * 4 == model.timesteps(20) * 4
     recon = model.decode(tokens)
     assert recon.shape == video.shape and recon.abs().max() <= 1
     assert torch.equal(model.decode(tokens), recon)  # seeded initial noise
@@ -222,9 +222,9 @@ def test_decode_from_indices_alone_matches_decode_from_codes(sample_videos):
 
     model = create_tokenizer("videoflextok", size="tiny", sample_steps=2).eval()
     video = torch.cat([sample_videos[:1], sample_videos[:1, :, :1]], dim=2)[..., :32, :32]  # 17 frames
-    tokens = model.encode(video, num_tokens=4)
+    tokens = model.encode(video, budget=4)
     from_codes = model.decode(tokens)
-    from_indices = model.decode(Tokens(latents=None, indices=tokens.indices, num_tokens=tokens.num_tokens, info=tokens.info))
+    from_indices = model.decode(Tokens(latents=None, indices=tokens.indices, tokens_per_video=tokens.tokens_per_video, info=tokens.info))
     assert torch.equal(from_codes, from_indices)
 
 

@@ -358,7 +358,7 @@ class CoordTok(VideoTokenizer):
     #: where the recipe comes from (``python -m harness protocol`` shows it; conformance in docs/fidelity.md)
     recipe_source = "CoordTok supp. A.1; huiwon-jang/CoordTok 8475272 train_coordtok.py, tools/trainer_coordtok.py, models/coordtok/* (docs/fidelity.md section 3)"
 
-    clip_frames = None
+    chunk_frames = None
     continuous = True
     unused_parameters = False  # both stages train every parameter
     variable_length = True  # the engine passes n_frames to encode and training_losses
@@ -418,7 +418,7 @@ class CoordTok(VideoTokenizer):
 
     # ---- geometry ---------------------------------------------------------------------------
 
-    def num_tokens(self, frames: int, height: int, width: int) -> int:
+    def tokens_per_video(self, frames: int, height: int, width: int) -> int:
         """Triplane positions ``R_xy^2 + 2 R_t R_xy`` (1280 for (16, 32, 8)), whatever the video size.
 
         Raises ``ValueError`` when the video does not fit the model's geometry.
@@ -510,25 +510,25 @@ class CoordTok(VideoTokenizer):
         encoder_mask, key_padding = self._encoder_masks(n_frames)
         return self.cross_encoder(self.encoder(video, encoder_mask), key_padding)
 
-    def encode(self, video: Tensor, num_tokens: int | None = None, n_frames: Tensor | list[int] | None = None) -> Tokens:
+    def encode(self, video: Tensor, budget: int | None = None, n_frames: Tensor | list[int] | None = None) -> Tokens:
         """Encode whole videos ``float32 [B, 3, T, H, W]`` in ``[-1, 1]`` into a triplane.
 
         ``T <= frames``: shorter videos are padded (see ``padding``).
         ``n_frames`` (``int [B]``) gives the true lengths when the batch holds
         videos padded to ``T`` already (frames at and after ``n_frames[b]`` are
-        padding). ``num_tokens`` must be ``None`` or the fixed budget.
+        padding). ``budget`` must be ``None`` or the fixed budget.
 
         Returns:
             :class:`Tokens` with ``latents = {"xy": [B, C, R_xy, R_xy], "xt": [B, C, R_t, R_xy],
             "yt": [B, C, R_t, R_xy]}`` and ``info = {"shape": (T, H, W), "n_frames": int64 [B]}``.
         """
-        count = self.num_tokens(*video.shape[2:])
-        if num_tokens is not None and num_tokens != count:
-            raise ValueError(f"coordtok has a fixed budget of {count} tokens per video, got num_tokens={num_tokens}")
+        count = self.tokens_per_video(*video.shape[2:])
+        if budget is not None and budget != count:
+            raise ValueError(f"coordtok has a fixed budget of {count} tokens per video, got budget={budget}")
         frames = video.shape[2]
         padded, n_frames = self._prepare(video, n_frames)
         planes = self.encode_planes(padded, n_frames)
-        return Tokens(latents=planes, num_tokens=count, info={"shape": (frames, *video.shape[3:]), "n_frames": n_frames})
+        return Tokens(latents=planes, tokens_per_video=count, info={"shape": (frames, *video.shape[3:]), "n_frames": n_frames})
 
     def decode(self, tokens: Tokens, decode_chunk: int | None = None) -> Tensor:
         """Decode every patch coordinate of the video (supplementary B.1) -> ``float32 [B, 3, T, H, W]``.

@@ -207,7 +207,7 @@ class DiffusersVAE(VideoTokenizer):
         slicing: ``enable_slicing`` (one video of the batch at a time).
         sample_posterior: encode a posterior sample instead of its mode (the pipelines' reconstruction default is
             the mode, ``sample_mode="argmax"``).
-        clip_frames: ``None`` (default): whole videos in one piece; else the engine's clip length.
+        chunk_frames: ``None`` (default): whole videos in one piece; else the engine's chunk length.
         decode_timestep: LTX models with ``timestep_conditioning``: the decoder timestep (pipeline_ltx.py
             ``decode_timestep``, default 0.0); no decode noise is added.
         sigma_data: Cosmos: the scheduler's ``sigma_data`` used in the latent normalization (0.5, EDMEulerScheduler).
@@ -232,7 +232,7 @@ class DiffusersVAE(VideoTokenizer):
                  subfolder: str | None = None, revision: str | None = None, variant: str | None = None,
                  torch_dtype: str = "float32", config: dict[str, Any] | None = None,
                  tiling: bool | dict[str, Any] = False, slicing: bool = False, sample_posterior: bool = False,
-                 clip_frames: int | None = None, decode_timestep: float = 0.0, sigma_data: float = 0.5,
+                 chunk_frames: int | None = None, decode_timestep: float = 0.0, sigma_data: float = 0.5,
                  decode_chunk_size: int | None = None) -> None:
         super().__init__()
         fixed = type(self).model_class
@@ -245,15 +245,15 @@ class DiffusersVAE(VideoTokenizer):
             raise ValueError(f"unknown or unsupported diffusers video VAE model_class {name!r}; supported: {', '.join(FAMILIES)}")
         if torch_dtype not in DTYPES:
             raise ValueError(f"torch_dtype must be one of {', '.join(DTYPES)}, got {torch_dtype!r}")
-        if clip_frames is not None and (not isinstance(clip_frames, int) or clip_frames < 1):
-            raise ValueError(f"clip_frames must be a positive int or None, got {clip_frames!r}")
+        if chunk_frames is not None and (not isinstance(chunk_frames, int) or chunk_frames < 1):
+            raise ValueError(f"chunk_frames must be a positive int or None, got {chunk_frames!r}")
         if decode_chunk_size is not None and decode_chunk_size < 1:
             raise ValueError(f"decode_chunk_size must be positive, got {decode_chunk_size}")
         if config is not None and pretrained is not None:
             raise ValueError("give either pretrained (weights) or config (random initialization), not both")
         self.family = FAMILIES[name]
         self.model_class_name = name
-        self.clip_frames = clip_frames
+        self.chunk_frames = chunk_frames
         self.torch_dtype = torch_dtype
         self.sample_posterior = bool(sample_posterior)
         self.decode_timestep = float(decode_timestep)
@@ -380,7 +380,7 @@ class DiffusersVAE(VideoTokenizer):
 
     @property
     def supports_tiling(self) -> bool:
-        """Whether tiling can be switched on and off (what :func:`harness.clips.tiling_consistency` needs)."""
+        """Whether tiling can be switched on and off (what :func:`harness.chunks.tiling_consistency` needs)."""
         return self.family.tiling
 
     @property
@@ -457,11 +457,11 @@ class DiffusersVAE(VideoTokenizer):
             return t, h // s, w // s
         return (t - 1) // self.temporal_ratio + 1, h // s, w // s
 
-    def num_tokens(self, frames: int, height: int, width: int) -> int:
-        """Latent positions ``t * h * w`` of a video, summed over the engine's clips when ``clip_frames`` is set."""
-        clip = self.clip_frames or frames
-        t, h, w = self.latent_shape(clip, height, width)
-        return -(-frames // clip) * t * h * w
+    def tokens_per_video(self, frames: int, height: int, width: int) -> int:
+        """Latent positions ``t * h * w`` of a video, summed over the engine's chunks when ``chunk_frames`` is set."""
+        chunk = self.chunk_frames or frames
+        t, h, w = self.latent_shape(chunk, height, width)
+        return -(-frames // chunk) * t * h * w
 
     def _internal_starts(self, frames: int) -> list[int]:
         """Temporal tile starts (after 0) inside one padded piece of ``frames`` frames."""
@@ -477,7 +477,7 @@ class DiffusersVAE(VideoTokenizer):
         return []
 
     def temporal_boundaries(self, frames: int) -> list[int]:
-        """First frames of independently coded pieces after the first: clips and temporal tiles.
+        """First frames of independently coded pieces after the first: the engine's chunks and temporal tiles.
 
         Temporal tiles exist for HunyuanVideo (diffusers' framewise coding, on by default: tiles every
         ``tile_sample_stride_num_frames = 12`` frames once a piece has more than 16 frames; tiles overlap and are
@@ -486,10 +486,10 @@ class DiffusersVAE(VideoTokenizer):
         independent pieces), LTX's temporal tiling is off in diffusers unless its private framewise flags are set,
         Mochi and Cosmos code a piece at once: ``[]``.
         """
-        clip = self.clip_frames or frames
-        padded = self.padded_size(clip, 1, 1)[0]
+        chunk = self.chunk_frames or frames
+        padded = self.padded_size(chunk, 1, 1)[0]
         inner = [0] + self._internal_starts(padded)
-        return sorted({start + b for start in range(0, frames, clip) for b in inner if 0 < start + b < frames})
+        return sorted({start + b for start in range(0, frames, chunk) for b in inner if 0 < start + b < frames})
 
     # ---------------------------------------------------------------- scaling
     def _stats(self, t: int, device: torch.device) -> tuple[Tensor | float, Tensor | float, float]:
@@ -518,7 +518,7 @@ class DiffusersVAE(VideoTokenizer):
             if t > mean.shape[2]:
                 raise ValueError(f"Cosmos latents_mean/std cover {mean.shape[2]} latent frames "
                                  f"({1 + self.temporal_ratio * (mean.shape[2] - 1)} frames), got {t} latent frames; "
-                                 f"set clip_frames <= {1 + self.temporal_ratio * (mean.shape[2] - 1)}")
+                                 f"set chunk_frames <= {1 + self.temporal_ratio * (mean.shape[2] - 1)}")
             return mean[:, :, :t], std[:, :, :t], self.sigma_data
         raise AssertionError(kind)
 
@@ -538,15 +538,15 @@ class DiffusersVAE(VideoTokenizer):
         return next(self.vae.parameters())
 
     @torch.no_grad()
-    def encode(self, video: Tensor, num_tokens: int | None = None) -> Tokens:
+    def encode(self, video: Tensor, budget: int | None = None) -> Tokens:
         """Encode ``video`` ``float32 [B, 3, T, H, W]`` in ``[-1, 1]`` into the scaled latent grid.
 
         Returns:
-            :class:`Tokens` with ``latents`` ``float32 [B, C, t, h, w]``, ``num_tokens = t * h * w`` and ``info``
+            :class:`Tokens` with ``latents`` ``float32 [B, C, t, h, w]``, ``tokens_per_video = t * h * w`` and ``info``
             ``{"shape": (T, H, W), "padded_frames": int, "padded_hw": (H', W')}``.
 
         Raises:
-            ValueError: bad video, or ``num_tokens`` other than the fixed budget.
+            ValueError: bad video, or a ``budget`` other than the fixed one.
         """
         check_video(video)
         frames, height, width = video.shape[2:]
@@ -562,10 +562,10 @@ class DiffusersVAE(VideoTokenizer):
             z = self._posterior(self.vae.encode(x).latent_dist)
         latents = self.scale_latents(z)
         count = int(latents.shape[2] * latents.shape[3] * latents.shape[4])
-        if num_tokens is not None and num_tokens != count:
-            raise ValueError(f"{self.model_class_name} has a fixed budget of {count} tokens for this size, got num_tokens={num_tokens}")
+        if budget is not None and budget != count:
+            raise ValueError(f"{self.model_class_name} has a fixed budget of {count} tokens for this size, got budget={budget}")
         info = {"shape": (frames, height, width), "padded_frames": pt - frames, "padded_hw": (ph, pw)}
-        return Tokens(latents=latents, num_tokens=count, info=info)
+        return Tokens(latents=latents, tokens_per_video=count, info=info)
 
     def _posterior(self, dist: Any) -> Tensor:
         return dist.sample() if self.sample_posterior else dist.mode()
@@ -639,7 +639,7 @@ class DiffusersVAE(VideoTokenizer):
             "tiling": tiling,
             "slicing": self.slicing,
             "sample_posterior": self.sample_posterior,
-            "clip_frames": self.clip_frames,
+            "chunk_frames": self.chunk_frames,
             "frame_rule": self.family.frame_rule,
             "latent_scaling": self.family.scaling_rule,
             "compression": f"{self.temporal_ratio}x{self.spatial_ratio}x{self.spatial_ratio}",

@@ -12,8 +12,8 @@ MaskGIT VQGAN, which is what this module builds by default; MAGVIT's own 2D
 baseline (f8, 16x16 per frame) is the ``"magvit2d"`` preset. The objective is
 taming's VQGAN recipe (``"maskgit"`` in :data:`video_tokenizers.losses.RECIPES`).
 
-The engine feeds 16-frame clips (``clip_frames = 16``, the same clip engine
-as the 3D baselines); frames are folded into the batch, so the clip length
+The engine feeds 16-frame chunks (``chunk_frames = 16``, the same chunking
+as the 3D baselines); frames are folded into the batch, so the chunk length
 changes nothing but throughput. Tokens: ``indices`` ``int64 [B, T, H/16, W/16]``,
 ``latents`` ``float32 [B, D, T, H/16, W/16]``.
 """
@@ -109,7 +109,7 @@ class Frame2dVQ(VQAutoencoderMixin, VideoTokenizer):
         commitment_weight, ema_decay, kmeans_init, threshold_ema_dead_code, rotation_trick:
             ``VectorQuantize`` options (commitment 0.25 as MaskGIT / taming).
         recipe, loss: loss recipe (default ``"maskgit"``: taming VQGAN) and overrides.
-        clip_frames: clip length the engine feeds (16, as the 3D baselines).
+        chunk_frames: chunk length the engine feeds (16, as the 3D baselines).
 
     Recommended optimizer (taming VQGAN): Adam betas (0.5, 0.9), lr 4.5e-6 x batch size.
 
@@ -125,7 +125,7 @@ class Frame2dVQ(VQAutoencoderMixin, VideoTokenizer):
                  latent_channels: int | None = None, codebook_size: int | None = None,
                  commitment_weight: float = 0.25, ema_decay: float = 0.99, kmeans_init: bool = True,
                  threshold_ema_dead_code: float = 2.0, rotation_trick: bool = False, recipe: str = "maskgit",
-                 loss: Mapping[str, Any] | None = None, clip_frames: int | None = 16) -> None:
+                 loss: Mapping[str, Any] | None = None, chunk_frames: int | None = 16) -> None:
         super().__init__()
         preset = FRAME2D_VQ_SIZES[size or "maskgit"]
         self.channels = channels or preset["channels"]
@@ -133,19 +133,19 @@ class Frame2dVQ(VQAutoencoderMixin, VideoTokenizer):
         self.num_res_blocks = num_res_blocks or preset["num_res_blocks"]
         self.latent_channels = latent_channels or preset["latent_channels"]
         self.space_factor = 2 ** (len(self.channel_mult) - 1)
-        self.clip_frames = clip_frames
+        self.chunk_frames = chunk_frames
         self.encoder = Encoder2d(self.latent_channels, self.channels, self.channel_mult, self.num_res_blocks)
         self.decoder = Decoder2d(self.latent_channels, self.channels, self.channel_mult, self.num_res_blocks)
         self._init_vq(self.latent_channels, codebook_size or preset["codebook_size"], commitment_weight, ema_decay,
                       kmeans_init, threshold_ema_dead_code, rotation_trick, recipe, loss)
 
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
-        """Token grid ``(T, H/f, W/f)`` of a clip; raises ``ValueError`` for sizes not divisible by ``f``."""
+        """Token grid ``(T, H/f, W/f)`` of a chunk; raises ``ValueError`` for sizes not divisible by ``f``."""
         if height % self.space_factor or width % self.space_factor:
             raise ValueError(f"height and width must be multiples of {self.space_factor}, got {height}x{width}")
         return frames, height // self.space_factor, width // self.space_factor
 
-    def num_tokens(self, frames: int, height: int, width: int) -> int:
+    def tokens_per_video(self, frames: int, height: int, width: int) -> int:
         t, h, w = self.latent_shape(frames, height, width)
         return t * h * w
 

@@ -1,7 +1,7 @@
 """``grid3d``: a 3D-convolutional VAE with a continuous latent grid.
 
 The de-facto standard spatiotemporal grid tokenizer (MAGVIT / TATS layout,
-CoordTok supplementary C.1 and Table 7): a 16x128x128 clip is compressed
+CoordTok supplementary C.1 and Table 7): a 16x128x128 chunk is compressed
 x4 in time and x8 in space to a 4x16x16 grid, one token per grid position.
 The latent is a KL-regularized diagonal Gaussian (mean at evaluation, a
 sample in training). With ``causal=True`` the time axis is causal and the
@@ -30,7 +30,7 @@ class Grid3dAutoencoder(VideoTokenizer):
         channels, channel_mult, num_res_blocks: the convolutional stacks.
         time_down: per downsampling, whether it halves time (default: the first two).
         latent_channels: channels of the latent grid (one token per position).
-        clip_frames: native clip length; the engine splits longer videos (supp. B.1).
+        chunk_frames: native chunk length; the engine splits longer videos into chunks (supp. B.1).
         causal: causal time axis, first frame on its own.
     """
 
@@ -38,7 +38,7 @@ class Grid3dAutoencoder(VideoTokenizer):
 
     def __init__(self, size: str | None = "tiny", channels: int | None = None, channel_mult: Sequence[int] | None = None,
                  num_res_blocks: int | None = None, time_down: Sequence[bool] | None = None, latent_channels: int = 8,
-                 moments: int = 1, clip_frames: int | None = 16, causal: bool = False) -> None:
+                 moments: int = 1, chunk_frames: int | None = 16, causal: bool = False) -> None:
         super().__init__()
         preset = GRID3D_SIZES[size or "small"]
         self.channels = channels or preset.channels
@@ -50,14 +50,14 @@ class Grid3dAutoencoder(VideoTokenizer):
         self.space_factor = 2 ** levels
         self.latent_channels = latent_channels
         self.causal = causal
-        self.clip_frames = clip_frames
+        self.chunk_frames = chunk_frames
         stacks = dict(channels=self.channels, channel_mult=self.channel_mult, time_down=self.time_down,
                       num_res_blocks=self.num_res_blocks, causal=causal)
         self.encoder = Encoder3d(3, latent_channels * moments, **stacks)
         self.decoder = Decoder3d(latent_channels, 3, **stacks)
 
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
-        """Latent grid ``(t, h, w)`` of a clip; raises ``ValueError`` for unsupported sizes."""
+        """Latent grid ``(t, h, w)`` of a chunk; raises ``ValueError`` for unsupported sizes."""
         if height % self.space_factor or width % self.space_factor:
             raise ValueError(f"height and width must be multiples of {self.space_factor}, got {height}x{width}")
         if self.causal:
@@ -68,11 +68,11 @@ class Grid3dAutoencoder(VideoTokenizer):
             raise ValueError(f"frames must be a multiple of {self.time_factor}, got {frames}")
         return frames // self.time_factor, height // self.space_factor, width // self.space_factor
 
-    def num_tokens(self, frames: int, height: int, width: int) -> int:
-        clip = self.clip_frames or frames
-        clips = -(-frames // clip)
-        t, h, w = self.latent_shape(clip, height, width)
-        return clips * t * h * w
+    def tokens_per_video(self, frames: int, height: int, width: int) -> int:
+        chunk = self.chunk_frames or frames
+        chunks = -(-frames // chunk)
+        t, h, w = self.latent_shape(chunk, height, width)
+        return chunks * t * h * w
 
     def decode_latents(self, latents: Tensor) -> Tensor:
         return self.decoder(latents)
@@ -98,12 +98,12 @@ class Grid3dVAE(Grid3dAutoencoder):
         self.latent_shape(*video.shape[2:])
         return DiagonalGaussian(self.encoder(video))
 
-    def encode(self, video: Tensor, num_tokens: int | None = None) -> Tokens:
+    def encode(self, video: Tensor, budget: int | None = None) -> Tokens:
         latents = self.posterior(video).mean
         count = latents.shape[2] * latents.shape[3] * latents.shape[4]
-        if num_tokens is not None and num_tokens != count:
-            raise ValueError(f"grid3d has a fixed budget of {count} tokens per clip, got num_tokens={num_tokens}")
-        return Tokens(latents=latents, num_tokens=count, info={"shape": tuple(video.shape[2:])})
+        if budget is not None and budget != count:
+            raise ValueError(f"grid3d has a fixed budget of {count} tokens per chunk, got budget={budget}")
+        return Tokens(latents=latents, tokens_per_video=count, info={"shape": tuple(video.shape[2:])})
 
     def decode(self, tokens: Tokens) -> Tensor:
         return self.decode_latents(tokens.latents)

@@ -1,12 +1,12 @@
 """``grid3d_vq``: the 3D VQGAN grid baseline (TATS-AE / MAGVIT-AE, CoordTok supp. C.1, Table 7).
 
-A 16x128x128 clip is compressed x4 in time and x8 in space by the 3D
+A 16x128x128 chunk is compressed x4 in time and x8 in space by the 3D
 convolutional stacks of :mod:`video_tokenizers.grid3d` (GroupNorm + Swish
 residual blocks, MAGVIT's ``channel_multipliers (1, 2, 2, 4)`` and
 ``temporal_downsample (True, True, False)``) to a 4x16x16 grid, and every grid
 vector is quantized to one of ``codebook_size`` codes (1024 for MAGVIT, 16384
-for TATS). 1024 tokens per clip, so 8192 for a 128-frame video split into
-eight 16-frame clips (supp. B.1; the engine does the splitting).
+for TATS). 1024 tokens per 16-frame chunk, so 8192 for a 128-frame video split into
+eight 16-frame chunks (supp. B.1; the engine does the splitting).
 
 Vector quantization is ``vector_quantize_pytorch.VectorQuantize``: EMA codebook
 (decay 0.99), k-means initialization on the first training batch, dead-code
@@ -75,15 +75,15 @@ class VQAutoencoderMixin:
         quantized, indices, commit = self.quantizer(grid)
         return quantized, indices, commit
 
-    def encode(self, video: Tensor, num_tokens: int | None = None) -> Tokens:
+    def encode(self, video: Tensor, budget: int | None = None) -> Tokens:
         check_video(video)
         grid = self.encode_grid(video)
         quantized, indices, _ = self.quantize(grid)
         count = int(indices[0].numel())
-        if num_tokens is not None and num_tokens != count:
-            raise ValueError(f"{type(self).__name__} has a fixed budget of {count} tokens per clip, "
-                             f"got num_tokens={num_tokens}")
-        return Tokens(latents=quantized, num_tokens=count, indices=indices, info={"shape": tuple(video.shape[2:])})
+        if budget is not None and budget != count:
+            raise ValueError(f"{type(self).__name__} has a fixed budget of {count} tokens per chunk, "
+                             f"got budget={budget}")
+        return Tokens(latents=quantized, tokens_per_video=count, indices=indices, info={"shape": tuple(video.shape[2:])})
 
     def indices_to_latents(self, indices: Tensor) -> Tensor:
         """Codebook vectors of ``indices`` ``int64 [B, t, h, w]`` as a grid ``float32 [B, D, t, h, w]``."""
@@ -137,7 +137,7 @@ class Grid3dVQ(VQAutoencoderMixin, Grid3dAutoencoder):
         ema_decay, kmeans_init, threshold_ema_dead_code, rotation_trick: ``VectorQuantize`` options.
         recipe: loss recipe of :data:`video_tokenizers.losses.RECIPES` (``"magvit"`` or ``"tats"``).
         loss: overrides of the recipe's :class:`~video_tokenizers.losses.LossConfig` fields.
-        clip_frames: native clip length (16); the engine splits longer videos (supp. B.1).
+        chunk_frames: native chunk length (16); the engine splits longer videos into chunks (supp. B.1).
         **kwargs: forwarded to :class:`~video_tokenizers.grid3d.Grid3dAutoencoder`
             (``channels``, ``channel_mult``, ``num_res_blocks``, ``time_down``).
 
@@ -145,7 +145,7 @@ class Grid3dVQ(VQAutoencoderMixin, Grid3dAutoencoder):
     MAGVIT Adam betas (0, 0.99), lr 1e-4; TATS Adam betas (0.5, 0.9), lr 3e-5.
 
     Raises:
-        ValueError: clip sizes the grid does not divide (``latent_shape``), unknown loss options.
+        ValueError: chunk sizes the grid does not divide (``latent_shape``), unknown loss options.
     """
 
     #: where the recipe comes from (``python -m harness protocol`` shows it; conformance in docs/fidelity.md)
@@ -154,8 +154,8 @@ class Grid3dVQ(VQAutoencoderMixin, Grid3dAutoencoder):
     def __init__(self, size: str | None = "tiny", latent_channels: int = 8, codebook_size: int = 1024,
                  commitment_weight: float = 0.25, ema_decay: float = 0.99, kmeans_init: bool = True,
                  threshold_ema_dead_code: float = 2.0, rotation_trick: bool = False, recipe: str = "magvit",
-                 loss: Mapping[str, Any] | None = None, clip_frames: int | None = 16, **kwargs: Any) -> None:
-        super().__init__(size=size, latent_channels=latent_channels, moments=1, clip_frames=clip_frames, **kwargs)
+                 loss: Mapping[str, Any] | None = None, chunk_frames: int | None = 16, **kwargs: Any) -> None:
+        super().__init__(size=size, latent_channels=latent_channels, moments=1, chunk_frames=chunk_frames, **kwargs)
         self._init_vq(latent_channels, codebook_size, commitment_weight, ema_decay, kmeans_init,
                       threshold_ema_dead_code, rotation_trick, recipe, loss)
 

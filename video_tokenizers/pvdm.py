@@ -1,6 +1,6 @@
-"""``pvdm``: PVDM-AE, the per-clip triplane autoencoder baseline (Yu et al. 2023; CoordTok supp. C.1, Table 7).
+"""``pvdm``: PVDM-AE, the per-chunk triplane autoencoder baseline (Yu et al. 2023; CoordTok supp. C.1, Table 7).
 
-A 16-frame clip is patchified (``patch_size`` x ``patch_size`` per frame, no
+A 16-frame chunk is patchified (``patch_size`` x ``patch_size`` per frame, no
 temporal patching) and encoded by a TimeSformer (divided space-time attention:
 temporal attention across frames at each patch position, then spatial
 attention within each frame, then an MLP). The feature volume
@@ -19,13 +19,13 @@ TimeSformer decoder and maps every token to a pixel patch with a transposed
 convolution, then ``2 * sigmoid - 1``.
 
 At 128x128 with ``patch_size = 8`` the planes are 16x16 each: (16x16)x3 = 768
-tokens per 16-frame clip, 6144 for a 128-frame video (Table 7). (PVDM's code
+tokens per 16-frame chunk, 6144 for a 128-frame video (Table 7). (PVDM's code
 uses patch 4 at 128x128 but reshapes the encoder output at ``res / 8``; the
 planes of Table 7 are 16x16, which patch 8 gives directly.)
 
 Positions: fixed sine-cosine embeddings (time, and 2D space; the
 ``"transformer"`` convention of :func:`harness_core.layers.sincos_pos_embed`)
-computed from the input's size, so one model takes any clip size divisible by the patch; PVDM
+computed from the input's size, so one model takes any chunk size divisible by the patch; PVDM
 uses rotary embeddings in attention instead (a detail we do not reproduce).
 
 Objective: the ``"pvdm"`` recipe of :mod:`video_tokenizers.losses` (L1 x4,
@@ -107,10 +107,10 @@ class PVDMAutoencoder(VideoTokenizer):
         patch_size: spatial patch (8: 16x16 planes at 128x128).
         plane_channels: channels of each plane (PVDM ``embed_dim`` 4).
         recipe, loss: loss recipe of :data:`video_tokenizers.losses.RECIPES` (``"pvdm"``) and overrides.
-        clip_frames: native clip length (16; the temporal planes have one row per frame).
+        chunk_frames: native chunk length (16; the temporal planes have one row per frame).
 
     Tokens: ``latents`` ``{"xy": [B, C, H/p, W/p], "xt": [B, C, T, W/p], "yt": [B, C, T, H/p]}``
-    (``float32``, tanh-bounded), ``num_tokens = (H/p)(W/p) + T(W/p) + T(H/p)``.
+    (``float32``, tanh-bounded), ``tokens_per_video = (H/p)(W/p) + T(W/p) + T(H/p)``.
 
     Raises:
         ValueError: frame sizes not divisible by ``patch_size``, unknown loss options.
@@ -129,7 +129,7 @@ class PVDMAutoencoder(VideoTokenizer):
     def __init__(self, size: str | None = "tiny", dim: int | None = None, depth: int | None = None,
                  num_heads: int | None = None, proj_depth: int | None = None, patch_size: int | None = None,
                  plane_channels: int | None = None, recipe: str = "pvdm", loss: Mapping[str, Any] | None = None,
-                 clip_frames: int | None = 16) -> None:
+                 chunk_frames: int | None = 16) -> None:
         super().__init__()
         preset = PVDM_SIZES[size or "base"]
         self.dim = dim or preset["dim"]
@@ -138,7 +138,7 @@ class PVDMAutoencoder(VideoTokenizer):
         self.proj_depth = proj_depth or preset["proj_depth"]
         self.patch_size = patch_size or preset["patch_size"]
         self.plane_channels = plane_channels or preset["plane_channels"]
-        self.clip_frames = clip_frames
+        self.chunk_frames = chunk_frames
         p, d = self.patch_size, self.dim
         self.patch_embed = nn.Linear(3 * p * p, d)
         self.encoder = nn.ModuleList(DividedSpaceTimeBlock(d, self.num_heads) for _ in range(self.depth))
@@ -156,17 +156,17 @@ class PVDMAutoencoder(VideoTokenizer):
     # --- geometry
 
     def plane_shapes(self, frames: int, height: int, width: int) -> dict[str, tuple[int, int]]:
-        """Spatial shapes of the three planes of a clip; raises ``ValueError`` for sizes not divisible by the patch."""
+        """Spatial shapes of the three planes of a chunk; raises ``ValueError`` for sizes not divisible by the patch."""
         p = self.patch_size
         if height % p or width % p:
             raise ValueError(f"height and width must be multiples of patch_size={p}, got {height}x{width}")
         h, w = height // p, width // p
         return {"xy": (h, w), "xt": (frames, w), "yt": (frames, h)}
 
-    def num_tokens(self, frames: int, height: int, width: int) -> int:
-        clip = self.clip_frames or frames
-        clips = -(-frames // clip)
-        return clips * sum(a * b for a, b in self.plane_shapes(clip, height, width).values())
+    def tokens_per_video(self, frames: int, height: int, width: int) -> int:
+        chunk = self.chunk_frames or frames
+        chunks = -(-frames // chunk)
+        return chunks * sum(a * b for a, b in self.plane_shapes(chunk, height, width).values())
 
     def _positions(self, t: int, h: int, w: int, device: torch.device) -> Tensor:
         """``[1, T, h*w, D]`` sum of a temporal and a 2D spatial sine-cosine embedding."""
@@ -221,12 +221,12 @@ class PVDMAutoencoder(VideoTokenizer):
 
     # --- contract
 
-    def encode(self, video: Tensor, num_tokens: int | None = None) -> Tokens:
+    def encode(self, video: Tensor, budget: int | None = None) -> Tokens:
         planes = self.encode_planes(video)
         count = sum(int(v[0, 0].numel()) for v in planes.values())
-        if num_tokens is not None and num_tokens != count:
-            raise ValueError(f"pvdm has a fixed budget of {count} tokens per clip, got num_tokens={num_tokens}")
-        return Tokens(latents=planes, num_tokens=count, info={"shape": tuple(video.shape[2:])})
+        if budget is not None and budget != count:
+            raise ValueError(f"pvdm has a fixed budget of {count} tokens per chunk, got budget={budget}")
+        return Tokens(latents=planes, tokens_per_video=count, info={"shape": tuple(video.shape[2:])})
 
     def decode(self, tokens: Tokens) -> Tensor:
         if not isinstance(tokens.latents, dict):

@@ -40,8 +40,8 @@ the duplicate frame is dropped. Other lengths are padded by repeating the last
 frame and cropped back; ``Tokens.info["padded_frames"]`` says how many frames
 were added.
 
-Token budgets: ``encode(video, num_tokens=k)`` keeps the first ``k`` registers
-of every latent timestep; ``Tokens.num_tokens = timesteps x k``. The paper's
+Token budgets: ``encode(video, budget=k)`` keeps the first ``k`` registers
+of every latent timestep; ``Tokens.tokens_per_video = timesteps x k``. The paper's
 81-frame, 672-token setting is ``k = 32`` on ``21`` timesteps
 (:data:`PAPER_81F_672`).
 """
@@ -65,7 +65,7 @@ from harness_core.layers import AdaLNFinalLayer, AdaLNZeroBlock, TimestepEmbedde
 FSQ_LEVELS = (8, 8, 8, 5, 5, 5)
 
 #: the stage-0 VAE built when none is given: the project's causal 4x8x8, 16-channel grid VAE (untrained).
-DEFAULT_VAE = {"name": "grid3d", "kwargs": {"size": "tiny", "causal": True, "latent_channels": 16, "clip_frames": 17}}
+DEFAULT_VAE = {"name": "grid3d", "kwargs": {"size": "tiny", "causal": True, "latent_channels": 16, "chunk_frames": 17}}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -383,7 +383,10 @@ class VideoFlexTok(RegisterEncoder, FlowDecoder, VideoTokenizer):
         enc_depth, enc_dim, enc_heads, dec_depth, dec_dim, dec_heads: the two transformers.
         patch_size: spatial patch of the VAE latent (2, as FlexTok; notes 2.3).
         fsq_levels: FSQ levels (default :data:`FSQ_LEVELS`, 64,000 codes).
-        chunk_frames: frames per chunk (17; chunks overlap by one frame).
+        chunk_size: frames per chunk (17; chunks overlap by one frame), the name of
+            ``VideoChunkTokenizerWrapper.__init__(chunk_size, overlap_size_frames)`` (stipefrkovic/ml-videoflextok
+            4fd72ec ``videoflextok/wrappers.py``). The tokenizer chunks whole videos itself, so the engine's
+            ``chunk_frames`` is ``None`` (``chunk_frames`` was this kwarg's name before issue 25).
         cfg_dropout: probability of replacing all registers by the null token in training.
         prefix_prob: probability of a clean first latent timestep in training
             (conditioning on the previous chunk; the released value is unknown).
@@ -397,17 +400,17 @@ class VideoFlexTok(RegisterEncoder, FlowDecoder, VideoTokenizer):
         guidance: ``"apg"`` (normalized guidance, as released) or ``"cfg"``.
         apg_norm_threshold: APG norm clipping (``0`` = off).
         sample_seed: seed of the initial noise, so that decoding is reproducible.
-        t_max: latent timesteps per chunk; derived from ``chunk_frames`` by default.
+        t_max: latent timesteps per chunk; derived from ``chunk_size`` by default.
 
     Tokens: ``latents`` ``float32 [B, t, k, 6]`` (FSQ codes in ``[-1, 1]``),
-    ``indices`` ``int64 [B, t, k]`` in ``[0, 64000)``, ``num_tokens = t * k``
+    ``indices`` ``int64 [B, t, k]`` in ``[0, 64000)``, ``tokens_per_video = t * k``
     with ``t = 1 + 4K`` for a (padded) video of ``1 + 16K`` frames.
     """
 
     #: where the recipe comes from (``python -m harness protocol`` shows it; conformance in docs/fidelity.md)
     recipe_source = "VideoFlexTok (arXiv 2604.12887); apple/ml-videoflextok 4fd72ec, inference code only (docs/fidelity.md section 12)"
 
-    clip_frames = None
+    chunk_frames = None
     continuous = False
     flexible = True
     frozen_stage0 = True
@@ -417,7 +420,7 @@ class VideoFlexTok(RegisterEncoder, FlowDecoder, VideoTokenizer):
                  n_max: int | None = None, enc_depth: int | None = None, enc_dim: int | None = None,
                  enc_heads: int | None = None, dec_depth: int | None = None, dec_dim: int | None = None,
                  dec_heads: int | None = None, patch_size: int = 2, fsq_levels: tuple[int, ...] | list[int] = FSQ_LEVELS,
-                 chunk_frames: int = 17, cfg_dropout: float = 0.1, prefix_prob: float = 0.25, noise_shift: float = 1.0,
+                 chunk_size: int = 17, cfg_dropout: float = 0.1, prefix_prob: float = 0.25, noise_shift: float = 1.0,
                  latent_mosaic: float = 0.0,
                  sample_steps: int = 25, guidance_scale: float = 7.5, guidance: str = "apg",
                  apg_norm_threshold: float = 0.0, sample_seed: int = 0, mlp_ratio: float = 4.0) -> None:
@@ -433,7 +436,7 @@ class VideoFlexTok(RegisterEncoder, FlowDecoder, VideoTokenizer):
         self.n_max = preset["n_max"]
         self.budgets = powers_of_two(self.n_max)
         self.patch_size = patch_size
-        self.chunk_frames = chunk_frames
+        self.chunk_size = chunk_size
         if noise_shift <= 0:
             raise ValueError(f"noise_shift must be positive, got {noise_shift}")
         if not 0.0 <= latent_mosaic <= 1.0:
@@ -445,10 +448,10 @@ class VideoFlexTok(RegisterEncoder, FlowDecoder, VideoTokenizer):
 
         self.vae = self._build_vae(vae)
         self.latent_channels, self.time_factor, self.space_factor = self._vae_geometry()
-        if (chunk_frames - 1) % self.time_factor:
-            raise ValueError(f"chunk_frames must be 1 + {self.time_factor}k for the VAE, got {chunk_frames}")
-        self.t_max = 1 + (chunk_frames - 1) // self.time_factor
-        self.chunk_stride = chunk_frames - 1
+        if (chunk_size - 1) % self.time_factor:
+            raise ValueError(f"chunk_size must be 1 + {self.time_factor}k for the VAE, got {chunk_size}")
+        self.t_max = 1 + (chunk_size - 1) // self.time_factor
+        self.chunk_stride = chunk_size - 1
         patch_dim = self.latent_channels * patch_size * patch_size
         self._build_encoder(patch_dim, fsq_levels, preset["enc_dim"], preset["enc_depth"], preset["enc_heads"], mlp_ratio)
         self._build_decoder(patch_dim, len(fsq_levels), preset["dec_dim"], preset["dec_depth"], preset["dec_heads"], mlp_ratio)
@@ -511,7 +514,7 @@ class VideoFlexTok(RegisterEncoder, FlowDecoder, VideoTokenizer):
         """Pixels ``[B, 3, frames, H, W]`` from normalized latents ``[B, C, t, h, w]``."""
         lat = latents * self.latent_std.view(1, -1, 1, 1, 1) + self.latent_mean.view(1, -1, 1, 1, 1)
         shape = (frames, lat.shape[3] * self.space_factor, lat.shape[4] * self.space_factor)
-        return self.vae.decode(Tokens(latents=lat, num_tokens=lat[0, 0].numel(), info={"shape": shape})).float()
+        return self.vae.decode(Tokens(latents=lat, tokens_per_video=lat[0, 0].numel(), info={"shape": shape})).float()
 
     @torch.no_grad()
     def _init_latent_stats(self, latents: Tensor) -> None:
@@ -543,26 +546,26 @@ class VideoFlexTok(RegisterEncoder, FlowDecoder, VideoTokenizer):
         chunks, pad = self.chunk_layout(video.shape[2])
         if pad:
             video = torch.cat([video, video[:, :, -1:].expand(-1, -1, pad, -1, -1)], dim=2)
-        clips = video.unfold(2, self.chunk_frames, self.chunk_stride)  # [B, 3, K, H, W, 17]
-        return rearrange(clips, "b c k h w t -> (b k) c t h w").contiguous(), chunks, pad
+        pieces = video.unfold(2, self.chunk_size, self.chunk_stride)  # [B, 3, K, H, W, 17]
+        return rearrange(pieces, "b c k h w t -> (b k) c t h w").contiguous(), chunks, pad
 
     # ---------------------------------------------------------------- contract
-    def _budget(self, num_tokens: int | None) -> int:
-        if num_tokens is None:
+    def _budget(self, budget: int | None) -> int:
+        if budget is None:
             return self.n_max
         try:
-            k = operator.index(num_tokens)
+            k = operator.index(budget)
         except TypeError:
             k = None
-        if k is None or isinstance(num_tokens, bool) or not 1 <= k <= self.n_max:
-            raise ValueError(f"num_tokens is registers per latent timestep, an int in [1, {self.n_max}]; got {num_tokens!r}")
+        if k is None or isinstance(budget, bool) or not 1 <= k <= self.n_max:
+            raise ValueError(f"budget is registers per latent timestep, an int in [1, {self.n_max}]; got {budget!r}")
         return k
 
     @torch.no_grad()
-    def encode(self, video: Tensor, num_tokens: int | None = None) -> Tokens:
+    def encode(self, video: Tensor, budget: int | None = None) -> Tokens:
         """Tokens of ``video`` ``float32 [B, 3, T, H, W]`` in ``[-1, 1]``.
 
-        ``num_tokens`` is the register prefix kept per latent timestep
+        ``budget`` is the register prefix kept per latent timestep
         (``1 .. n_max``, default ``n_max``). The video is padded to ``1 + 16K``
         frames by repeating its last frame (``info["padded_frames"]``).
         ``H`` and ``W`` must be multiples of 16 (VAE x8, 2x2 patches).
@@ -571,10 +574,10 @@ class VideoFlexTok(RegisterEncoder, FlowDecoder, VideoTokenizer):
             ValueError: bad video shape or budget.
         """
         check_video(video)
-        k = self._budget(num_tokens)
+        k = self._budget(budget)
         batch, frames = video.shape[0], video.shape[2]
-        clips, chunks, pad = self._chunks(video)
-        latents = self.vae_latents(clips)
+        chunk_videos, chunks, pad = self._chunks(video)
+        latents = self.vae_latents(chunk_videos)
         codes, indices = self.encode_latents(latents)
         codes, indices = codes[:, :, :k], indices[:, :, :k]
 
@@ -585,7 +588,7 @@ class VideoFlexTok(RegisterEncoder, FlowDecoder, VideoTokenizer):
         codes, indices = stitch(codes), stitch(indices)
         info = {"shape": (frames, *video.shape[3:]), "keep": k, "chunks": chunks, "padded_frames": pad,
                 "latent_hw": tuple(latents.shape[3:])}
-        return Tokens(latents=codes, num_tokens=codes.shape[1] * k, indices=indices, info=info)
+        return Tokens(latents=codes, tokens_per_video=codes.shape[1] * k, indices=indices, info=info)
 
     @torch.no_grad()
     def decode(self, tokens: Tokens) -> Tensor:
@@ -624,7 +627,7 @@ class VideoFlexTok(RegisterEncoder, FlowDecoder, VideoTokenizer):
                 chunk_keep[:, 0] = False  # registers of the clean prefix are masked (MaskedPrefixDropout)
                 prefix = self.vae_latents(last)
             latents = self.sample_latents(chunk_codes, chunk_keep, tuple(info["latent_hw"]), prefix, generator)
-            video = self.vae_decode(latents, self.chunk_frames).clamp(-1, 1)
+            video = self.vae_decode(latents, self.chunk_size).clamp(-1, 1)
             last = video[:, :, -1:]
             parts.append(video if c == 0 else video[:, :, 1:])
         return torch.cat(parts, dim=2)[:, :, :frames]
@@ -637,8 +640,8 @@ class VideoFlexTok(RegisterEncoder, FlowDecoder, VideoTokenizer):
     @torch.no_grad()
     def stage0_features(self, video: Tensor) -> Tensor:
         """Raw (unnormalized) VAE latents of the chunks of ``video``: ``float32 [B, K, C, t_max, h, w]``."""
-        clips, chunks, _ = self._chunks(video)
-        latents = self.vae.encode(clips).latents.float()
+        chunk_videos, chunks, _ = self._chunks(video)
+        latents = self.vae.encode(chunk_videos).latents.float()
         return rearrange(latents, "(b k) c t h w -> b k c t h w", k=chunks)
 
     def stage0_losses(self, features: Tensor, step: int) -> dict[str, Tensor]:
@@ -683,14 +686,14 @@ class VideoFlexTok(RegisterEncoder, FlowDecoder, VideoTokenizer):
         return {"loss": rf_loss, "rf_loss": rf_loss.detach(), "mean_keep": keep.float().sum(-1).mean().detach(),
                 "prefix_frac": prefix.float().mean().detach()}
 
-    def num_tokens(self, frames: int, height: int, width: int) -> int:
+    def tokens_per_video(self, frames: int, height: int, width: int) -> int:
         """Full-budget tokens of one video: ``timesteps(frames) x n_max``."""
         return self.timesteps(frames) * self.n_max
 
     def temporal_boundaries(self, frames: int) -> list[int]:
         """First frames of chunks 2, 3, ...: chunk ``i > 0`` adds frames ``16 i + 1 .. 16 i + 16`` (17-frame chunks
         overlapping by one frame, decoded conditioned on the previous chunk), so boundaries are 17, 33, ..."""
-        return list(range(self.chunk_frames, frames, self.chunk_stride))
+        return list(range(self.chunk_size, frames, self.chunk_stride))
 
     def token_budgets(self) -> list[int]:
         """Registers per timestep that a suite sweeps: ``1, 2, 4, ..., n_max``."""
@@ -719,7 +722,7 @@ VIDEOFLEXTOK_SIZES: dict[str, SizeConfig] = {
 
 #: The paper's long-video setting (notes 2.2): 81 frames (10 s at 8 fps) = 1 + 16 x 5 frames ->
 #: 21 latent timesteps; 32 tokens per timestep -> 21 x 32 = 672 tokens (8x fewer than the
-#: 21 x 256 = 5376 of a comparable 3D grid). Use as ``frames`` and ``num_tokens`` of a suite.
-PAPER_81F_672 = {"frames": 81, "num_tokens": 32, "tokens_per_video": 672, "size": "d18_d28", "resolution": 256}
+#: 21 x 256 = 5376 of a comparable 3D grid). Use as ``frames`` and ``budget`` of a suite.
+PAPER_81F_672 = {"frames": 81, "budget": 32, "tokens_per_video": 672, "size": "d18_d28", "resolution": 256}
 
 register_size_presets("videoflextok", VIDEOFLEXTOK_SIZES, source="VideoFlexTok project page; FlexTok d{N} widths")

@@ -13,7 +13,7 @@ from harness_core.api import Tokens, VideoTokenizer, check_video
 class LinearPatchTokenizer(VideoTokenizer):
     """Linear patch autoencoder: ``[B, 3, T, H, W] -> [B, channels, T/4, H/8, W/8]`` tokens."""
 
-    clip_frames = 16  # the engine splits longer videos into 16-frame clips
+    chunk_frames = 16  # the engine splits longer videos into 16-frame chunks
 
     def __init__(self, channels: int = 16, patch=(4, 8, 8)):
         super().__init__()
@@ -21,10 +21,10 @@ class LinearPatchTokenizer(VideoTokenizer):
         self.encoder = nn.Conv3d(3, channels, kernel_size=self.patch, stride=self.patch)
         self.decoder = nn.ConvTranspose3d(channels, 3, kernel_size=self.patch, stride=self.patch)
 
-    def encode(self, video, num_tokens=None):
+    def encode(self, video, budget=None):
         check_video(video)
         latents = self.encoder(video)
-        return Tokens(latents=latents, num_tokens=latents[0, 0].numel(), info={"shape": tuple(video.shape[2:])})
+        return Tokens(latents=latents, tokens_per_video=latents[0, 0].numel(), info={"shape": tuple(video.shape[2:])})
 
     def decode(self, tokens):
         return self.decoder(tokens.latents)
@@ -33,7 +33,7 @@ class LinearPatchTokenizer(VideoTokenizer):
         loss = F.mse_loss(self.decode(self.encode(video)), video)
         return {"loss": loss}
 
-    def num_tokens(self, frames, height, width):
-        clips = -(-frames // self.clip_frames)
+    def tokens_per_video(self, frames, height, width):
+        chunks = -(-frames // self.chunk_frames)
         t, h, w = self.patch
-        return clips * (self.clip_frames // t) * (height // h) * (width // w)
+        return chunks * (self.chunk_frames // t) * (height // h) * (width // w)

@@ -2,7 +2,7 @@
 from metrics.base import VideoMetric, to_unit_range
 
 
-class MeanAbsoluteError(VideoMetric):
+class MAE(VideoMetric):
     """Mean absolute RGB error per video on [0, 1] (lower is better)."""
 
     name = "mae"               # key in metrics.json and column in per_video.csv

@@ -2,7 +2,8 @@
 
 A suite error is one line that names the file and the key path (list items by
 their ``id``: ``tokenizers[coordtok_tiny].train.stepz``); an unknown key's
-message also lists the allowed keys at its level. Imports nothing of the
+message also lists the allowed keys at its level, and names the new key when
+the old one was renamed (:data:`RENAMED_KEYS`). Imports nothing of the
 harness but the core's error base (:class:`harness_core.errors.HarnessError`).
 """
 from __future__ import annotations
@@ -18,6 +19,23 @@ from harness_core.errors import HarnessError
 
 class SuiteError(HarnessError, ValueError):
     """An invalid suite; the message names the file and the offending key (exit code 2 on the command line)."""
+
+
+#: Suite keys renamed (issue 25, "names that say one thing"): ``(block, old key) -> new key``, where the block is
+#: the key's parent (``generation`` also inside ``tokenizers[id]``; ``kwargs``: tokenizer constructor kwargs). A
+#: suite that still spells the old key fails with one line naming the new one (:func:`renamed_hint`).
+RENAMED_KEYS = {
+    ("generation", "num_tokens"): "budget",
+    ("evaluate", "clip_batch"): "chunk_batch",
+    ("kwargs", "clip_frames"): "chunk_frames",
+}
+
+
+def renamed_hint(block: str, key: str, where: str) -> str:
+    """`` (renamed to '<where>.<new>')`` when ``key`` of ``block`` was renamed (:data:`RENAMED_KEYS`), else ``""``;
+    ``where`` is the key path of the block as the message spells it."""
+    new = RENAMED_KEYS.get((block, key))
+    return f" (renamed to '{where}.{new}')" if new else ""
 
 
 def _alternatives(annotation: Any) -> list[Any]:
@@ -68,7 +86,8 @@ def key_path(raw: Any, loc: tuple) -> str:
 
 def suite_error(err: ValidationError, raw: Any, model: type[BaseModel], source: str) -> SuiteError:
     """One line for a failed validation of ``raw`` against ``model``: the first unknown key (named with its
-    full key path and the allowed keys at its level), otherwise the first invalid value."""
+    full key path, its new name when it was renamed, and the allowed keys at its level), otherwise the first
+    invalid value."""
     errors = err.errors()
     unknown = [e for e in errors if e["type"] == "extra_forbidden"]
     if unknown:
@@ -76,7 +95,10 @@ def suite_error(err: ValidationError, raw: Any, model: type[BaseModel], source: 
         where = key_path(raw, loc[:-1])
         owner = model_at(model, loc[:-1])
         allowed = ", ".join(owner.model_fields) if owner is not None else "?"
-        return SuiteError(f"{source}: unknown key '{key_path(raw, loc)}'; allowed keys{' under ' + where if where else ''}: {allowed}")
+        block = next((part for part in reversed(loc[:-1]) if isinstance(part, str)), "")
+        hint = renamed_hint(block, loc[-1], where)
+        return SuiteError(f"{source}: unknown key '{key_path(raw, loc)}'{hint}; "
+                          f"allowed keys{' under ' + where if where else ''}: {allowed}")
     first = errors[0]
     return SuiteError(f"{source}: invalid value at '{key_path(raw, first['loc']) or '<top>'}': {first['msg']}")
 

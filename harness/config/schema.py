@@ -137,10 +137,11 @@ class EvaluateConfig(Strict):
     metrics: list[str] = ["psnr", "ssim", "lpips", "fvd_16f", "dynamics", "frequency"]
     metric_kwargs: dict[str, dict[str, Any]] = {}
     batch_size: int = Field(2, ge=1)
-    clip_batch: int = Field(8, ge=1)
+    #: chunks per ``encode`` call for chunk-based tokenizers (``clip_batch`` before issue 25)
+    chunk_batch: int = Field(8, ge=1)
     keep_reconstructions: bool = True
     #: reconstruct the first evaluation batch with tiling off and on for tokenizers that can switch it
-    #: (``harness.clips.tiling_consistency``; recorded as ``tiling_consistency``)
+    #: (``harness.chunks.tiling_consistency``; recorded as ``tiling_consistency``)
     tiling_check: bool = False
 
 
@@ -184,7 +185,7 @@ class GenerationConfig(Strict):
             training set (one clip per ``train_clips`` draw); unused in ``epochs`` mode.
         encode_batch_size: clips per encoder call for the cached clips (``pool``) and the normalization
             clips (``epochs``).
-        num_tokens: token budget passed to ``encode`` (flexible tokenizers; ``None`` = full).
+        budget: token budget passed to ``encode`` (flexible tokenizers: tokens per latent timestep; ``None`` = full).
         num_samples: generated videos for gFVD (2048, StyleGAN-V).
         num_real: real clips for gFVD (2048, StyleGAN-V).
         sample_batch_size: videos per sampling / decoding batch.
@@ -243,7 +244,7 @@ class GenerationConfig(Strict):
     train_data: Literal["epochs", "pool"] = "epochs"
     num_train_clips: int = Field(2048, ge=1)
     encode_batch_size: int = Field(16, ge=1)
-    num_tokens: Optional[int] = None
+    budget: Optional[int] = None
     num_samples: int = Field(2048, ge=1)
     num_real: int = Field(2048, ge=1)
     sample_batch_size: int = Field(16, ge=1)

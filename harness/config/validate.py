@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from harness.config.errors import SuiteError, first_error_text
+from harness.config.errors import SuiteError, first_error_text, renamed_hint
 from harness.config.schema import (DataConfig, GenerationConfig, Suite, TokenizerEntry, TokenizerSpec, TrainConfig,
                                    dataset_specific_keys, generation_config)
 
@@ -102,7 +102,8 @@ def check_tokenizer(spec: TokenizerSpec, where: str, source: str, missing_ok: bo
 
     Raises:
         SuiteError: the name does not resolve (unless ``missing_ok``), or a kwarg that the constructor does not
-            accept (and no ``**kwargs`` stays open).
+            accept (and no ``**kwargs`` stays open); a renamed kwarg is named with its new name
+            (:data:`harness.config.errors.RENAMED_KEYS`).
     """
     from harness_core.registry import TOKENIZERS
 
@@ -115,7 +116,9 @@ def check_tokenizer(spec: TokenizerSpec, where: str, source: str, missing_ok: bo
     accepted, open_kwargs = constructor_parameters(cls)
     unknown = sorted(set(spec.kwargs) - accepted)
     if unknown and not open_kwargs:
-        raise SuiteError(f"{source}: {where}.kwargs: unknown argument(s) {unknown} for {spec.name}; accepted: {sorted(accepted)}")
+        hints = "".join(renamed_hint("kwargs", key, f"{where}.kwargs") for key in unknown)
+        raise SuiteError(f"{source}: {where}.kwargs: unknown argument(s) {unknown} for {spec.name}{hints}; "
+                         f"accepted: {sorted(accepted)}")
     return cls
 
 

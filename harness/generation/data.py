@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from harness_core.api import Latents, VideoTokenizer
-from harness.clips import encode_video
+from harness.chunks import encode_video
 from harness.data.sampling import ClipBatch, TrainClips, stack_clips
 from harness.fit import BatchFn
 from harness.config import GenerationConfig
@@ -78,11 +78,11 @@ def class_labels(labels: Tensor, conditional: bool, num_classes: int) -> Tensor:
 
 
 @torch.no_grad()
-def encode_clips(tokenizer: VideoTokenizer, clips: ClipBatch, num_tokens: int | None, device: torch.device,
+def encode_clips(tokenizer: VideoTokenizer, clips: ClipBatch, budget: int | None, device: torch.device,
                  seed: int) -> tuple[Latents, TokenLayout]:
     """Encode a batch of clips on ``device`` under the global RNGs seeded by ``seed`` and pack it per video.
 
-    ``clips.n_frames`` goes to ``variable_length`` tokenizers (:func:`harness.clips.encode_video`), as
+    ``clips.n_frames`` goes to ``variable_length`` tokenizers (:func:`harness.chunks.encode_video`), as
     CoordTok-SiT's ``encode(x, n_frames)``.
 
     Returns:
@@ -91,16 +91,16 @@ def encode_clips(tokenizer: VideoTokenizer, clips: ClipBatch, num_tokens: int | 
     """
     videos = clips.videos.to(device)
     with seeded(seed):
-        groups = encode_video(tokenizer, videos, num_tokens=num_tokens, n_frames=clips.n_frames.to(device))
+        groups = encode_video(tokenizer, videos, budget=budget, n_frames=clips.n_frames.to(device))
     return pack(groups, videos.shape[0], tokenizer, videos.shape[2])
 
 
-def _encode_all(tokenizer: VideoTokenizer, batches: Iterable[tuple[ClipBatch, int]], num_tokens: int | None,
+def _encode_all(tokenizer: VideoTokenizer, batches: Iterable[tuple[ClipBatch, int]], budget: int | None,
                 device: torch.device, conditional: bool, num_classes: int) -> dict[str, Any]:
     """Encode ``(clips, seed)`` batches; packed per video, on the CPU (the cache format of both modes)."""
     parts, labels, layout, shape = [], [], None, None
     for clips, batch_seed in batches:
-        packed, layout = encode_clips(tokenizer, clips, num_tokens, device, batch_seed)
+        packed, layout = encode_clips(tokenizer, clips, budget, device, batch_seed)
         parts.append(tree_map(lambda v: v.detach().cpu(), packed))
         labels.append(class_labels(clips.labels, conditional, num_classes))
         shape = tuple(clips.videos.shape[2:])
@@ -122,7 +122,7 @@ def encode_training_set(tokenizer: VideoTokenizer, train_clips: ClipSource, cfg:
     sizes = batch_sizes(cfg.num_train_clips, cfg.encode_batch_size)
     seeds = [derive_seed(seed, "encode", k) for k in range(len(sizes))]
     batches = ((train_clips(n, s), s) for n, s in zip(sizes, seeds))
-    return _encode_all(tokenizer, batches, cfg.num_tokens, device, conditional, num_classes)
+    return _encode_all(tokenizer, batches, cfg.budget, device, conditional, num_classes)
 
 
 def normalization_videos(num_videos: int, num_norm_clips: int) -> list[int]:
@@ -155,7 +155,7 @@ def encode_normalization_set(tokenizer: VideoTokenizer, videos: TrainClips, cfg:
             clips = [videos.window(v, videos.random_start(v, derive_seed(seed, "norm", v))) for v in rows]
             yield stack_clips(clips), derive_seed(seed, "norm", "encode", k)
 
-    cache = _encode_all(tokenizer, batches(), cfg.num_tokens, device, conditional, num_classes)
+    cache = _encode_all(tokenizer, batches(), cfg.budget, device, conditional, num_classes)
     cache["videos"] = chosen
     return cache
 
@@ -247,7 +247,7 @@ def video_batches(tokenizer: VideoTokenizer, stream: EpochStream, cfg: Generatio
     """
     def batch(step: int, offset: int, size: int) -> tuple:
         clips = stream.clips(step * cfg.batch_size + offset, size)
-        x, _ = encode_clips(tokenizer, clips, cfg.num_tokens, device, derive_seed(seed, "encode", step, offset))
+        x, _ = encode_clips(tokenizer, clips, cfg.budget, device, derive_seed(seed, "encode", step, offset))
         if normalizer is not None:
             x = normalizer.normalize(x)
         y = class_labels(clips.labels, conditional, num_classes).to(device)

@@ -15,7 +15,7 @@ data paths in :mod:`harness.generation.data`).
    training clips are drawn once through ``train_clips`` (in batches of
    ``cfg.encode_batch_size``, batch ``k`` with seed ``derive_seed(seed,
    "encode", k)``), encoded and cached in ``generation/tokens.pt``. Clips are
-   encoded with :func:`harness.clips.encode_video` (``n_frames`` to
+   encoded with :func:`harness.chunks.encode_video` (``n_frames`` to
    ``variable_length`` tokenizers) and packed per video
    (:mod:`harness.generation.tokens`).
 2. **Normalization** (continuous tokens): per plane / channel mean and

@@ -22,7 +22,7 @@ from harness_core.errors import ResultsError
 from harness_core.registry import MetricSpec
 from harness.reports.data import CI_CONFIDENCE, CI_RESAMPLES, CI_SEED, ReportData
 
-IDENTITY = ["suite", "row", "tokenizer_id", "tokenizer", "budget", "tokens_per_video", "compression_ratio", "parameters"]
+IDENTITY = ["suite", "row", "tokenizer_id", "tokenizer", "budget", "tokens_per_video", "pixels_per_token", "parameters"]
 #: companions of a metric value in the numeric rows (``psnr_ci_low``, ``fvd_16f_n``...)
 COMPANIONS = ("_ci_low", "_ci_high", "_ci_half_width", "_n", "_n_real", "_comparable", "_mean", "_std", "_groups")
 COST_KEYS = ("train_step_time_s", "peak_memory_mb", "encode_videos_per_s", "decode_videos_per_s")
@@ -185,7 +185,7 @@ def display_frame(rows: list[dict[str, Any]], metrics: list[str] | None = None, 
         if identity:
             line.update({"model": row["tokenizer"] + (" (pretrained)" if row.get("pretrained") else ""),
                          "tokens/video": row["tokens_per_video"],
-                         "pixels/token": f"{row['compression_ratio']:.1f}" if row.get("compression_ratio") else "–",
+                         "pixels/token": f"{row['pixels_per_token']:.1f}" if row.get("pixels_per_token") else "–",
                          "compression (values)": f"{row['value_compression']:.0f}x" if row.get("value_compression") else "–",
                          "params (M)": f"{row['parameters'] / 1e6:.2f}" if row.get("parameters") else "–"})
         for spec in chosen:
@@ -313,7 +313,7 @@ def _eval_rule(protocol) -> str:
 
 def _tokenizer_line(record: RunRecord) -> str:
     parts = [record.tokenizer, f"{record.tokens_per_video} tokens/video" if record.tokens_per_video else "",
-             f"clips of {record.protocol.clip_frames} frames" if record.protocol.clip_frames else "whole video"]
+             f"chunks of {record.protocol.chunk_frames} frames" if record.protocol.chunk_frames else "whole video"]
     padded = (record.token_info or {}).get("padded_frames")
     if padded:
         parts.append(f"videos padded by {padded} repeated last frame(s) to its native length, cropped back before scoring")

@@ -143,7 +143,7 @@ def result_record(ctx: RunContext, work: Work, tokenizer: VideoTokenizer, summar
     record = RunRecord(
         row=work.label, tokenizer_id=entry.id, tokenizer=entry.name, budget=variant.budget,
         tokens_per_video=tokens,
-        compression_ratio=data.frames * data.resolution * data.resolution / tokens if tokens else None,
+        pixels_per_token=data.frames * data.resolution * data.resolution / tokens if tokens else None,
         parameters=count_parameters(tokenizer), metrics=summary, metrics_sha256=values_sha256(summary),
         evaluation_fingerprint=evaluation_fingerprint(ctx),
         environment=ctx.environment(),
@@ -151,7 +151,7 @@ def result_record(ctx: RunContext, work: Work, tokenizer: VideoTokenizer, summar
             dataset=dataset.get("dataset", data.dataset), fold=dataset.get("fold"), frames=data.frames,
             frame_stride=data.frame_stride, resolution=data.resolution, num_videos=len(ctx.eval_clips),
             eval_clips_per_video=data.eval_clips_per_video, seed=ctx.suite.seed, split=dataset.get("split"),
-            clip_frames=tokenizer.clip_frames, code_version=code_version(), metrics=protocol, extra=extra),
+            chunk_frames=tokenizer.chunk_frames, code_version=code_version(), metrics=protocol, extra=extra),
         costs=Costs(
             train_steps=train.steps, train_step_time_s=train.train_step_time_s, train_batch_size=train.batch_size,
             peak_memory_mb=train.peak_memory_mb, memory_kind=train.memory_kind,

@@ -4,7 +4,7 @@ Batch ``k`` (the evaluation clips in fixed batches of ``evaluate.batch_size``)
 runs under ``derive_seed(suite seed, id, "reconstruct", budget, k)`` and is
 done when ``recon/batch_<k>.json`` and its clips' ``.npy`` files exist, so a
 killed stage resumes to the same files. Padded short clips pass their real
-frame counts to ``variable_length`` tokenizers (:func:`harness.clips.length_kwargs`).
+frame counts to ``variable_length`` tokenizers (:func:`harness.chunks.length_kwargs`).
 Every process reconstructs its share of the batches
 (:func:`harness.shards.my_share`); the main process then writes
 ``reconstruct.json``: tokens per video, encode/decode throughput, codebook
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from harness_core.api import VideoTokenizer
-from harness.clips import reconstruct_video, tiling_consistency
+from harness.chunks import reconstruct_video, tiling_consistency
 from harness.data.decode import to_model_range, to_uint8
 from harness.data.sampling import Clip, clip_lengths
 from harness_core.errors import NonFiniteError
@@ -100,8 +100,8 @@ def reconstruct_batch(ctx: RunContext, work: Work, tokenizer: VideoTokenizer, gr
 
     timings: dict[str, float] = {}
     real = to_model_range(np.stack([ctx.clip_cache.load(c) for c in group])).to(ctx.device)
-    recon, tokens_per_video = reconstruct_video(tokenizer, real, num_tokens=work.variant.budget,
-                                                clip_batch=ctx.suite.evaluate.clip_batch, on_tokens=on_tokens, timings=timings,
+    recon, tokens_per_video = reconstruct_video(tokenizer, real, budget=work.variant.budget,
+                                                chunk_batch=ctx.suite.evaluate.chunk_batch, on_tokens=on_tokens, timings=timings,
                                                 n_frames=clip_lengths(group, ctx.device))
     for clip, video in zip(group, recon):
         if not torch.isfinite(video).all():
@@ -129,7 +129,7 @@ def summarize(ctx: RunContext, tokenizer: VideoTokenizer, variant: Variant, batc
     encode_s, decode_s = sum(r["encode_s"] for r in records), sum(r["decode_s"] for r in records)
     size = tokenizer.codebook_size()
     summary = ReconstructRecord(
-        tokens_per_video=records[0]["tokens_per_video"] if records else tokenizer.num_tokens(data.frames, data.resolution, data.resolution),
+        tokens_per_video=records[0]["tokens_per_video"] if records else tokenizer.tokens_per_video(data.frames, data.resolution, data.resolution),
         videos_timed=videos, encode_videos_per_s=videos / max(encode_s, 1e-9), decode_videos_per_s=videos / max(decode_s, 1e-9),
         peak_memory_mb=peak_memory_mb, memory_kind=memory_kind if peak_memory_mb is not None else None,
         codebook=codebook_summary(size, records) if size is not None and any(r["codes"] for r in records) else None,
@@ -137,7 +137,7 @@ def summarize(ctx: RunContext, tokenizer: VideoTokenizer, variant: Variant, batc
     if ctx.suite.evaluate.tiling_check and tokenizer.supports_tiling and batches:
         real = to_model_range(np.stack([ctx.clip_cache.load(c) for c in batches[0]])).to(ctx.device)
         with seeded(derive_seed(seed, "tiling_check")):
-            summary.tiling_consistency = tiling_consistency(tokenizer, real, ctx.suite.evaluate.clip_batch)
+            summary.tiling_consistency = tiling_consistency(tokenizer, real, ctx.suite.evaluate.chunk_batch)
         log.info("tiling check %s: %s", variant.folder, summary.tiling_consistency)
     summary.write(variant.files.reconstruct)
 

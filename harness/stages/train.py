@@ -43,6 +43,9 @@ LATER_TRAIN_FIELDS = {"stage0_cache_clips": 0, "tf32": None}
 LATER_DATA_FIELDS = {"resize": "bilinear_antialias", "short_videos": "drop", "eval_clips": None, "eval_list": None}
 #: data settings that say how clips are supplied or evaluated, not which clips train the model
 SUPPLY_DATA_FIELDS = ("max_eval_videos", "num_workers", "cache_dir", "memory_cache", "store", "eval_clips", "eval_list")
+#: tokenizer kwargs renamed in issue 25 (new name -> old name): the fingerprint spells them as results written before
+#: the rename did, so that those folders stay reusable
+FINGERPRINT_KWARG_NAMES = {"chunk_frames": "clip_frames"}
 
 
 def train_fingerprint(suite, entry: TokenizerEntry) -> dict[str, Any]:
@@ -59,7 +62,8 @@ def train_fingerprint(suite, entry: TokenizerEntry) -> dict[str, Any]:
     for key, neutral in LATER_TRAIN_FIELDS.items():
         if train.get(key) == neutral:
             del train[key]
-    payload = {"name": entry.name, "kwargs": entry.kwargs, "train": train, "data": data, "seed": suite.seed}
+    kwargs = {FINGERPRINT_KWARG_NAMES.get(key, key): value for key, value in entry.kwargs.items()}
+    payload = {"name": entry.name, "kwargs": kwargs, "train": train, "data": data, "seed": suite.seed}
     if entry.pretrained:  # evaluation-only: no schedule
         payload.update(train=None, pretrained=True)
     return payload
