@@ -165,7 +165,7 @@ def test_damaged_entries_are_detected_and_rebuilt(carphones, tmp_path):
 
     with open(store.root / first, "r+b") as handle:  # truncated
         handle.truncate(len(good["files"][first]) // 2)
-    with pytest.raises(DataError, match=f"incomplete: 1 of 3 videos .*truncated"):
+    with pytest.raises(DataError, match="incomplete: 1 of 3 videos .*truncated"):
         store.check()
     report = store.build(workers=1, progress=False)
     assert report.reused == 2 and [name for name, _ in report.rebuilt] == [first] and "truncated" in report.rebuilt[0][1]
