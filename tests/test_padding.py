@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import shared_path
-from harness.clips import reconstruct_video
+from harness.chunks import reconstruct_video
 from harness.config import DataConfig
 from harness.data.datasets import build_dataset
 from harness.data.sampling import TrainClips, stack_clips
