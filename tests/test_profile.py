@@ -39,7 +39,7 @@ def test_profile_costs_grid_scales_with_clips_coordtok_does_not(tmp_path):
     assert (df.train_gflops > 0).all() and (df.peak_memory_mb > 0).all()
     grid = df[df.label == "grid3d"].set_index("frames")
     coord = df[df.label == "coordtok"].set_index("frames")
-    assert grid.loc[32, "clips"] == 2 and grid.loc[32, "tokens"] == 2 * grid.loc[16, "tokens"]
+    assert grid.loc[32, "chunks"] == 2 and grid.loc[32, "tokens"] == 2 * grid.loc[16, "tokens"]
     # two identical clips: exactly twice the FLOPs of one
     assert grid.loc[32, "train_gflops"] == pytest.approx(2 * grid.loc[16, "train_gflops"], rel=1e-6)
     # CoordTok decodes the same 256 sampled patches at any length; only the encoder grows
