@@ -71,8 +71,8 @@ class StageMemory:
         self._per_stage = False
 
     def __enter__(self) -> "StageMemory":
-        gc.collect()
         if self.device.type == "cuda":
+            gc.collect()
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start_mb = torch.cuda.memory_allocated(self.device) / MIB

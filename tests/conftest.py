@@ -6,6 +6,11 @@ import socket
 
 # 400x400 BLAS calls (FVD) crawl when OpenBLAS threads fight torch's on a small shared CPU
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+#: pytest-xdist (``make test``: ``-n 2``) runs one worker per core, so each worker and the runs it starts
+#: (``python -m harness``, torchrun's processes) take one intra-op thread
+XDIST_WORKER = "PYTEST_XDIST_WORKER" in os.environ
+if XDIST_WORKER:
+    os.environ["OMP_NUM_THREADS"] = "1"
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +20,19 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HARNESS_SHARED_DIR", REPO.parent / "shared"))
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1 if XDIST_WORKER else min(2, torch.get_num_threads()))
+
+#: the test files that take longest (``pytest --durations`` on a 2-core machine: some 4 minutes for the first
+#: two, under one for the last), in that order; ``make test`` hands whole files to its two workers (``--dist loadfile --no-loadscope-reorder``) in
+#: collection order, so these go first and the many short files fill in behind them
+LONGEST_FILES = ("test_reproducibility.py", "test_paper_suite.py", "test_engine.py", "test_errors.py",
+                 "test_coordtok.py", "test_clip_store.py", "test_stages.py", "test_videoflextok.py")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Collect the longest files first (:data:`LONGEST_FILES`), every other file after them in its usual order."""
+    rank = {name: k for k, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 def free_port() -> int:
@@ -23,6 +40,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """``python -m harness ARGS`` run in this process (no interpreter start-up): exit code, stdout, stderr."""
+    from harness.__main__ import main
+
+    capsys.readouterr()  # drop what earlier steps of the test printed
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def shared_path(*parts: str) -> Path:

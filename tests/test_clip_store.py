@@ -214,6 +214,7 @@ tokenizers:
 """
 
 
+@pytest.mark.slow
 def test_suite_with_the_store_equals_the_decoding_suite(tmp_path):
     """A suite that reads training and evaluation clips from the store (``memory_cache: false``, ``store: auto``)
     gives the per-video values of the suite that decodes them, and copies no evaluation clip out of the store."""

@@ -21,7 +21,7 @@ from harness.config.load import apply_override
 from harness.data.datasets import build_dataset
 from harness.data.sampling import ClipCache, evaluation_clips
 
-from conftest import REPO, shared_path
+from conftest import REPO, cli, shared_path
 
 PLUGIN_DIR = REPO / "examples" / "plugin"
 
@@ -82,30 +82,30 @@ def test_set_overrides_address_tokenizers_by_id():
         apply_override(raw, "tokenizers.c.kwargs.size=tiny")
 
 
-def test_missing_data_folder_gives_one_clear_error_line(tmp_path):
+def test_missing_data_folder_gives_one_clear_error_line(tmp_path, capsys):
     missing = tmp_path / "no_such_folder"
     path = tiny_suite(tmp_path, [GRID3D], data={"dataset": "folder", "root": str(missing)})
-    result = run_cli("run", str(path), "-q")
-    assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    code, _, err = cli(capsys, "run", str(path), "-q")
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and str(missing) in lines[0] and lines[0].startswith("error:")
 
 
-def test_missing_ucf101_folder_says_what_to_download(tmp_path):
-    result = run_cli("run", "suites/ucf101_128f.yaml", "--set", f"data.root={tmp_path / 'UCF-101'}", "-q")
-    assert result.returncode == 2
-    assert "UCF-101" in result.stderr and "download" in result.stderr and str(tmp_path / "UCF-101") in result.stderr
+def test_missing_ucf101_folder_says_what_to_download(tmp_path, capsys):
+    code, _, err = cli(capsys, "run", str(REPO / "suites/ucf101_128f.yaml"), "--set", f"data.root={tmp_path / 'UCF-101'}", "-q")
+    assert code == 2
+    assert "UCF-101" in err and "download" in err and str(tmp_path / "UCF-101") in err
 
 
-def test_corrupt_video_names_its_path(tmp_path):
+def test_corrupt_video_names_its_path(tmp_path, capsys):
     folder = tmp_path / "videos"
     folder.mkdir()
     corrupt = folder / "broken.mp4"
     corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
     path = tiny_suite(tmp_path, [GRID3D], data={"dataset": "folder", "root": str(folder), "cache_dir": str(tmp_path / "cache")})
-    result = run_cli("run", str(path), "-q")
-    assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    code, _, err = cli(capsys, "run", str(path), "-q")
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and str(corrupt) in lines[0]
 
 
@@ -161,6 +161,7 @@ def test_split_and_merge_chunks_round_trip():
 # --------------------------------------------------------------------------- runs
 
 
+@pytest.mark.slow
 def test_rerun_reuses_every_stage_and_killed_training_resumes(tmp_path):
     path = tiny_suite(tmp_path, [GRID3D], train={"steps": 8, "batch_size": 2, "checkpoint_every": 1})
     run_dir = tmp_path / "results" / "grid3d_tiny"
@@ -194,19 +195,20 @@ def test_rerun_reuses_every_stage_and_killed_training_resumes(tmp_path):
     assert json.loads((run_dir / "metrics.json").read_text()) == metrics
 
 
-def test_paper_suite_runs_through_the_ucf101_loader(tmp_path):
+@pytest.mark.slow
+def test_paper_suite_runs_through_the_ucf101_loader(tmp_path, capsys):
     root = shared_path("data", "ucf101_mini")
     suite = load_suite(REPO / "suites" / "ucf101_128f.yaml", overrides=[f"data.root={root}"])
     grid = next(t.id for t in suite.tokenizers if t.name == "grid3d")
-    result = run_cli(
-        "run", "suites/ucf101_128f.yaml", "-q", "--only", grid, "--output-dir", str(tmp_path / "results"),
-        "--set", f"data.root={root}", "--set", "data.frames=16", "--set", "data.resolution=32",
+    code, _, err = cli(
+        capsys, "run", str(REPO / "suites/ucf101_128f.yaml"), "-q", "--only", grid, "--output-dir", str(tmp_path / "results"),
+        "--set", f"data.root={root}", "--set", "data.frames=16", "--set", "data.resolution=32", "--set", "data.num_workers=0",
         "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "train.steps=2", "--set", "train.batch_size=2",
         "--set", "train.micro_batch_size=2", "--set", "evaluate.metrics=[psnr,ssim]", "--set", "generation=null",
         "--set", f"tokenizers.{grid}.kwargs={{size: tiny, channels: 8}}", "--set", f"tokenizers.{grid}.train={{}}",
         "--set", f"tokenizers.{grid}.generation=null", "--set", "data.eval_clips=12",
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert code == 0, err[-3000:]
     metrics = json.loads((tmp_path / "results" / grid / "metrics.json").read_text())
     assert metrics["protocol"]["dataset"] == "ucf101" and metrics["protocol"]["num_videos"] == 12
     assert len((tmp_path / "results" / "eval_list.txt").read_text().splitlines()) == 12
@@ -219,6 +221,7 @@ def test_paper_suite_runs_through_the_ucf101_loader(tmp_path):
 PLUGIN_TOKENIZER = {"id": "plugin", "name": "linear_patch_tokenizer:LinearPatchTokenizer", "kwargs": {"channels": 8}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["module_class", "entry_point"])
 def test_external_tokenizer_runs_through_a_suite(tmp_path, how):
     env = {"PYTHONPATH": os.pathsep.join([str(PLUGIN_DIR), str(tmp_path / "site")])}
@@ -316,6 +319,7 @@ def test_generators_train_every_parameter_as_declared(layout):
         assert parameters_without_gradient(model, GeneratorObjective(model, layout != "ar"), x, y) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, port", [("grid3d", 29531), ("videoflextok_stage0", 29532), ("generator", 29533)])
 def test_two_cpu_processes_keep_identical_parameters(tmp_path, mode, port):
     """Tokenizers and generators train through the one ``fit`` loop; after DDP training both ranks agree exactly."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, cli
 from harness.__main__ import main
 from harness_core.errors import EXPECTED_EXIT, UNEXPECTED_EXIT
 from test_engine import GRID3D, run_cli, tiny_suite
@@ -99,14 +99,6 @@ def plugin_env(plugin_folder) -> dict[str, str]:
     return {"PYTHONPATH": f"{plugin_folder}:{REPO / 'examples' / 'plugin'}:{REPO}"}
 
 
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """``python -m harness ARGS`` in this process: exit code, stdout, stderr."""
-    capsys.readouterr()  # drop what earlier steps of the test printed
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
@@ -131,6 +123,7 @@ def assert_no_nan_on_leaderboards(results: Path) -> None:
 # --------------------------------------------------------------------------- expected errors: one line, exit code 2
 
 
+@pytest.mark.slow
 def test_nan_reconstruction_stops_the_stage_and_keeps_earlier_results(tmp_path, plugins, capsys):
     nan = {"id": "nan_decode", "name": "failing_tokenizers:NaNDecode", "kwargs": {"channels": 8}}
     path = tiny_suite(tmp_path, [GRID3D, nan])
@@ -146,6 +139,7 @@ def test_nan_reconstruction_stops_the_stage_and_keeps_earlier_results(tmp_path, 
     assert_one_error_line(code, err, "no row has metric 'nope'; available: psnr, ssim")
 
 
+@pytest.mark.slow
 def test_nan_training_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, plugins, capsys):
     bad = {"id": "nan_loss", "name": "failing_tokenizers:NaNLoss", "kwargs": {"channels": 8, "bad_step": 3}}
     path = tiny_suite(tmp_path, [bad], train={"steps": 6, "batch_size": 2, "checkpoint_every": 1})
@@ -233,6 +227,7 @@ def test_a_reference_to_a_run_outside_the_suite_is_a_suite_error():
 # --------------------------------------------------------------------------- anything else: traceback, exit code 1
 
 
+@pytest.mark.slow
 def test_an_unexpected_error_in_a_stage_prints_its_traceback_and_exits_1(tmp_path, plugins, capsys):
     code, _, err = cli(capsys, "run", str(tiny_suite(tmp_path, [DIVIDES_BY_ZERO])), "-q")
     assert code == UNEXPECTED_EXIT, err[-3000:]
@@ -241,6 +236,7 @@ def test_an_unexpected_error_in_a_stage_prints_its_traceback_and_exits_1(tmp_pat
     assert error_lines(err) == []  # not dressed up as the user's error
 
 
+@pytest.mark.slow
 def test_the_process_exit_codes_end_to_end(tmp_path, plugin_env):
     """``python -m harness`` as a subprocess: 1 and the traceback for a bug, 2 and one line for a bad suite."""
     result = run_cli("run", str(tiny_suite(tmp_path, [DIVIDES_BY_ZERO])), "-q", env=plugin_env)
@@ -274,6 +270,7 @@ def test_a_subcommand_that_fails_to_import_is_reported_and_the_others_work(monke
     assert "harness.compare failed to import" in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ["small_first", "big_first"])
 def test_peak_memory_belongs_to_each_tokenizer_whichever_runs_first(tmp_path, plugin_env, order):
     small = {"id": "small", "name": "failing_tokenizers:BigBuffer", "kwargs": {"channels": 8, "buffer_mb": 0}}

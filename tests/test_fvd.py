@@ -177,6 +177,7 @@ def test_real_statistics_cache(features, tmp_path):
     assert FVD16(groups=2).use_real_cache(key, tmp_path) is False
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(features, tmp_path):
     real = torch.cat([features[0.0], features[0.05], features[0.15]])  # 9 samples
     fake = torch.cat([features[0.4], features[0.15], features[0.0]])

@@ -1,8 +1,9 @@
 """The paper suite's code path end to end on CPU (issue 24): suites/ucf101_128f.yaml on the UCF-101-style folder
 of ../shared with tiny --set overrides only (scripts/gpu_check.sh's), through the clip store, padded short videos,
 the seeded evaluation list, CoordTok's two stages and CoordTok-SiT's on-the-fly encoding; then the same evaluation
-and sampling as two processes (torchrun, gloo) from the one-process checkpoints gives the one-process values within
-1e-6 relative, and the same evaluation list."""
+and sampling as two processes (torchrun, gloo) from the one-process checkpoints and cache folder (clip store, real
+FVD statistics: building both under several processes is tests/test_reproducibility.py's two-node test) gives the
+one-process values within 1e-6 relative, and the same evaluation list."""
 from __future__ import annotations
 
 import json
@@ -41,8 +42,8 @@ def test_paper_suite_on_cpu_one_and_two_processes(tmp_path):
     generation = json.loads((run / "generation" / "metrics.json").read_text())
     assert generation["generator"]["train_data"] == "epochs" and "first 4 training videos" in generation["gfvd_protocol"]["generation"]["real_clips"]
 
-    # two processes: the one-process checkpoints, the evaluation and sampling again
-    shutil.copytree(tmp_path / "one", tmp_path / "two", ignore=shutil.ignore_patterns("cache"))
+    # two processes: the one-process checkpoints and cache, the evaluation and sampling again
+    shutil.copytree(tmp_path / "one", tmp_path / "two")
     copy = tmp_path / "two" / "results" / "coordtok_l_1280"
     for name in ("metrics.json", "per_video.csv", "per_frame.csv", "reconstruct.json", "generation/metrics.json"):
         (copy / name).unlink()

@@ -61,6 +61,7 @@ def pretrained_run(tmp_path_factory):
     return results, {"cogvideox": cog, "wan21": wan}
 
 
+@pytest.mark.slow
 def test_pretrained_rows_are_evaluated_not_trained_and_get_a_generator(pretrained_run):
     results, hashes = pretrained_run
     for run in ("cogvideox", "wan21"):
@@ -78,6 +79,7 @@ def test_pretrained_rows_are_evaluated_not_trained_and_get_a_generator(pretraine
     assert (results / "grid3d_tiny" / "checkpoint.pt").is_file()
 
 
+@pytest.mark.slow
 def test_tiling_check_is_recorded_for_the_tiled_vae(pretrained_run):
     results, _ = pretrained_run
     check = json.loads((results / "cogvideox" / "metrics.json").read_text())["tiling_consistency"]
@@ -86,6 +88,7 @@ def test_tiling_check_is_recorded_for_the_tiled_vae(pretrained_run):
     assert json.loads((results / "grid3d_tiny" / "metrics.json").read_text())["tiling_consistency"] is None
 
 
+@pytest.mark.slow
 def test_leaderboard_marks_pretrained_rows_with_weights_and_compression(pretrained_run):
     results, hashes = pretrained_run
     board = (results / "leaderboard.md").read_text()

@@ -136,6 +136,7 @@ def test_cost_table_of_the_profile_is_plotted_and_missing_results_are_reported(t
 # --------------------------------------------------------------------------- suite report
 
 
+@pytest.mark.slow
 def test_report_files_exist_after_a_suite_run(suite_dir):
     assert "cost vs video length not measured" in (suite_dir / "report.md").read_text()
     for name in ("report.md", "report.html", "leaderboard.md", "quality_vs_tokens.png", "analysis.png", "analysis_correlations.csv",
@@ -154,6 +155,7 @@ def test_report_files_exist_after_a_suite_run(suite_dir):
     assert "file://" not in page and "<img src='/" not in page  # self-contained, viewable offline
 
 
+@pytest.mark.slow
 def test_spearman_in_report_is_recomputed_from_per_video_table(suite_dir):
     table = pd.read_csv(suite_dir / "grid3d_tiny" / "per_video.csv")
     assert len(table) == 9 and {"psnr", "ssim", "dynamics", "frequency"} <= set(table.columns)
@@ -174,6 +176,7 @@ def test_spearman_in_report_is_recomputed_from_per_video_table(suite_dir):
     assert psnr_dyn == pytest.approx(expected["dynamics"], abs=1e-12)
 
 
+@pytest.mark.slow
 def test_leaderboard_shows_bootstrap_half_width_from_per_video_table(suite_dir):
     table = pd.read_csv(suite_dir / "grid3d_tiny" / "per_video.csv")
     metrics = json.loads((suite_dir / "grid3d_tiny" / "metrics.json").read_text())["metrics"]
@@ -184,6 +187,7 @@ def test_leaderboard_shows_bootstrap_half_width_from_per_video_table(suite_dir):
     assert f"{metrics['psnr']:.2f} ± {ci.half_width:.2f}" in (suite_dir / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_gallery_holds_best_median_worst_side_by_side(suite_dir):
     table = pd.read_csv(suite_dir / "grid3d_tiny" / "per_video.csv")
     picks = pick_clips(table)
@@ -204,6 +208,7 @@ def test_gallery_holds_best_median_worst_side_by_side(suite_dir):
         assert np.abs(first[:, :128] - recon).mean() > np.abs(first[:, :128] - real).mean()
 
 
+@pytest.mark.slow
 def test_leaderboard_cli_across_suites_and_report_rebuild(suite_dir, tmp_path):
     many = tmp_path / "many"
     for name in ("run_a", "run_b"):
@@ -231,6 +236,7 @@ def test_leaderboard_cli_across_suites_and_report_rebuild(suite_dir, tmp_path):
 # --------------------------------------------------------------------------- browser check
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(chromium_path() is None, reason="needs Debian's chromium (/usr/bin/chromium; apt-get install chromium)")
 def test_html_report_renders_in_headless_chromium(suite_dir, tmp_path):
     """The report opens offline in Chromium: every embedded image (4 plots, 3 GIFs) decodes; the screenshot is not blank."""

@@ -5,6 +5,8 @@
   intervals, and ``--sort`` orders rows by its own direction;
 * no module of ``harness/`` imports a module that imports it back (walked with ``ast``);
 * a report loads the records once and bootstraps once per (row, per-video metric);
+* a report of the results folder in a process where the plugin's module cannot be imported keeps its column,
+  title and arrow (issue 25, item 3);
 * ``metrics.json`` files written before ``metric_refs``/``per_video`` existed give the same leaderboard;
 * training curves: ``losses.csv`` per run folder, TensorBoard event files (``train.log_with``), a loss-curve plot.
 """
@@ -93,6 +95,7 @@ def test_readme_metric_example_is_the_file_the_test_runs():
     assert f"name: {METRIC}" in readme or f"- {METRIC}" in readme
 
 
+@pytest.mark.slow
 def test_plugin_metric_in_leaderboard_csv_and_report_sorted_by_its_direction(plugin_run):
     results, env = plugin_run
     values = {row: json.loads((results / row / "metrics.json").read_text())["metrics"]["mae"] for row in ("grid3d_a", "grid3d_b")}
@@ -119,6 +122,7 @@ def test_plugin_metric_in_leaderboard_csv_and_report_sorted_by_its_direction(plu
     assert order == sorted(values, key=values.get)
 
 
+@pytest.mark.slow
 def test_report_loads_records_once_and_bootstraps_once_per_row_and_metric(plugin_run, monkeypatch):
     results, env = plugin_run
     sys.path.insert(0, env["PYTHONPATH"].split(os.pathsep)[0])  # the plugin class, for its metadata
@@ -148,6 +152,31 @@ def test_report_loads_records_once_and_bootstraps_once_per_row_and_metric(plugin
     assert len(calls["bootstrap"]) == 2 * 2  # two rows x (psnr, mae); the leaderboard, report and plot share them
 
 
+@pytest.mark.slow
+def test_a_report_needs_no_metric_code(plugin_run, tmp_path, monkeypatch):
+    """Issue 25 item 3: the suite ran in a process with the plugin on ``PYTHONPATH``; in this one its module cannot be
+    imported, and a report of the results folder still shows the metric's column, title and direction arrow, read
+    from the recorded ``metric_specs``."""
+    results, env = plugin_run
+    plugins = env["PYTHONPATH"].split(os.pathsep)[0]
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != plugins])
+    monkeypatch.delitem(sys.modules, METRIC.partition(":")[0], raising=False)
+    from harness import report
+    from harness_core.registry import METRICS
+
+    with pytest.raises(ImportError):
+        METRICS.get(METRIC)
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy, ignore=shutil.ignore_patterns("*.npy", "*.pt", "*.gif", "*.png"))
+    specs = {s["key"]: s for s in json.loads((copy / "grid3d_a" / "metrics.json").read_text())["metric_specs"]}
+    assert specs["mae"]["higher_is_better"] is False and specs["mae"]["reference"] == METRIC
+    data = report.ReportData.load(copy)
+    assert data.spec("mae").header == "MAE ↓" and not data.unresolved and not data.notes
+    board = report.write_leaderboard(data).read_text()
+    assert "MAE ↓" in board and "PSNR ↑" in board
+
+
+@pytest.mark.slow
 def test_old_metrics_json_without_refs_reads_the_same(plugin_run, tmp_path):
     """A ``metrics.json`` as written before ``metric_refs``/``per_video``: built-in columns come out identical."""
     results, _ = plugin_run
@@ -169,6 +198,7 @@ def test_old_metrics_json_without_refs_reads_the_same(plugin_run, tmp_path):
     assert old_rows[0]["psnr_ci_half_width"] > 0
 
 
+@pytest.mark.slow
 def test_readme_plot_example_is_one_function_that_reaches_the_report(plugin_run, tmp_path, monkeypatch):
     results, env = plugin_run
     from harness.report import write_reports
@@ -306,6 +336,7 @@ def test_packages_import_one_way():
     assert find_cycle(packages) is None
 
 
+@pytest.mark.slow
 def test_training_curves_reach_tensorboard_and_the_report(plugin_run):
     """``train.log_with: tensorboard`` writes event files in the run folder; ``losses.csv`` feeds the report's plot."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -106,6 +106,7 @@ class ToyStage(Stage):
 '''
 
 
+@pytest.mark.slow
 def test_a_plugin_stage_runs_from_its_module_and_config_block(tmp_path, monkeypatch):
     (tmp_path / "toy_stage_plugin.py").write_text(textwrap.dedent(TOY_STAGE))
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -124,6 +125,7 @@ def test_a_plugin_stage_runs_from_its_module_and_config_block(tmp_path, monkeypa
     sys.modules.pop("toy_stage_plugin", None)
 
 
+@pytest.mark.slow
 def test_tf32_of_generation_is_restored_before_a_later_tokenizers_evaluation(tmp_path, monkeypatch):
     """Generation asks for TF32 (CoordTok-SiT's train_sit.py); the next tokenizer's evaluation must run without it.
     On a CPU the flags change no kernel, but the context sets and restores them all the same."""

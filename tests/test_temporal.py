@@ -340,6 +340,7 @@ def test_per_frame_metrics_give_the_scorer_their_frame_values(sample_videos, sea
         assert torch.allclose(table.mean(dim=1), torch.tensor([r[key] for r in scorer.rows], dtype=torch.float64), rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_a_suite_writes_per_frame_curves_and_the_boundary_jump_of_its_tokenizer(tmp_path):
     """Through the engine: the runner passes the tokenizer's boundaries (16 for grid3d's 16-frame clips on
     32-frame videos), writes ``per_frame.csv``, and the leaderboard shows the temporal table with directions."""

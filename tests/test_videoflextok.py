@@ -240,6 +240,7 @@ def test_stage0_batches_are_seeded_by_step_and_hold_distinct_clips():
     assert not torch.equal(first, stage0_batch(cache, 0, 4, 6, 0, 6))
 
 
+@pytest.mark.slow
 def test_stage0_cache_in_a_suite_sweeps_budgets_and_is_reused(tmp_path):
     """The engine path: causal grid3d, then VideoFlexTok on cached VAE latents; one row per budget."""
     import json
