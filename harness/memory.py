@@ -14,6 +14,11 @@ memory in use when the stage began*:
   ``/proc/self/status``: the resident memory the stage added at its peak.
 * Elsewhere the process's lifetime peak resident set (``ru_maxrss``) is the
   only figure, and :attr:`StageMemory.kind` says so.
+
+Measures nest (the run context measures every stage; training, reconstruction and
+generator training measure their own part inside it): a measure that starts inside
+another first hands the high-water mark so far to the open ones, then resets it, so
+the outer figure still covers the whole stage.
 """
 from __future__ import annotations
 
@@ -28,6 +33,8 @@ import torch
 
 _STATUS, _CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 MIB = 2**20
+#: the measures open in this process, outermost first
+_OPEN: list["StageMemory"] = []
 
 
 def _status_mib(field: str) -> float:
@@ -69,8 +76,13 @@ class StageMemory:
         self.start_mb = 0.0
         self.kind = ""
         self._per_stage = False
+        self._carried_mb = 0.0  # the high-water mark handed over before a nested measure reset it
 
     def __enter__(self) -> "StageMemory":
+        for outer in _OPEN:
+            if outer.device == self.device:
+                outer._carried_mb = max(outer._carried_mb, outer._high_water_mb())
+        _OPEN.append(self)
         if self.device.type == "cuda":
             gc.collect()
             torch.cuda.synchronize(self.device)
@@ -89,12 +101,19 @@ class StageMemory:
 
     def __exit__(self, *exc) -> None:
         self.peak_mb = self.current_peak_mb()
+        _OPEN.remove(self)
 
     def current_peak_mb(self) -> float:
         """The peak so far (also usable inside the block)."""
+        if self.device.type == "cuda" or self._per_stage:
+            return max(0.0, max(self._carried_mb, self._high_water_mb()) - self.start_mb)
+        return self._high_water_mb()
+
+    def _high_water_mb(self) -> float:
+        """The high-water mark now, MiB: CUDA peak allocated, Linux VmHWM, else the lifetime ``ru_maxrss``."""
         if self.device.type == "cuda":
-            return max(0.0, torch.cuda.max_memory_allocated(self.device) / MIB - self.start_mb)
+            return torch.cuda.max_memory_allocated(self.device) / MIB
         if self._per_stage:
-            return max(0.0, _status_mib("VmHWM") - self.start_mb)
+            return _status_mib("VmHWM")
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return rss / (MIB if sys.platform == "darwin" else 1024)
