@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 
 # 400x400 BLAS calls (FVD) crawl when OpenBLAS threads fight torch's on a small shared CPU
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -40,6 +42,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """``python -m harness ARGS`` as a subprocess in the repository (``env`` on top of this process's environment):
+    for what only a process shows (exit codes, a plugin on ``PYTHONPATH``, a kill)."""
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:

@@ -21,7 +21,7 @@ from harness.config.load import apply_override
 from harness.data.datasets import build_dataset
 from harness.data.sampling import ClipCache, evaluation_clips
 
-from conftest import REPO, cli, shared_path
+from conftest import REPO, cli, run_cli, shared_path
 
 PLUGIN_DIR = REPO / "examples" / "plugin"
 
@@ -41,12 +41,6 @@ def tiny_suite(tmp_path: Path, tokenizers: list[dict], **overrides) -> Path:
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(suite))
     return path
-
-
-def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, cwd=REPO,
-                          env=full_env, timeout=timeout)
 
 
 GRID3D = {"id": "grid3d_tiny", "name": "grid3d", "kwargs": {"size": "tiny", "channels": 8}}

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, cli
+from conftest import REPO, cli, run_cli
 from harness.__main__ import main
 from harness_core.errors import EXPECTED_EXIT, UNEXPECTED_EXIT
-from test_engine import GRID3D, run_cli, tiny_suite
+from test_engine import GRID3D, tiny_suite
 
 PLUGINS = '''
 import torch

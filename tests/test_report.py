@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +27,7 @@ from harness.runner import SuiteRunner
 from harness_core.errors import ResultsError
 from metrics.analysis import standardize_0_100
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, cwd=REPO, timeout=timeout)
+from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
