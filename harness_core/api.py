@@ -43,12 +43,19 @@ class Tokens:
             ``(T, H, W)`` under ``"shape"``, the kept prefix length under
             ``"keep"``, chunk boundaries, and so on. Values must be tensors,
             plain Python values or nested dicts of those.
+        bits: exact size of each row's stored representation in bits,
+            ``float64 [B]``, when the tokenizer knows it (a classical codec:
+            8 x its bitstream bytes, container overhead excluded); ``None``
+            for tokenizers whose rate the harness derives from ``indices``
+            (``tokens x log2(codebook size)``, or the empirical entropy) or
+            from the latents' stored dtype (issue 27, ``bpp``).
     """
 
     latents: Latents
     tokens_per_video: int
     indices: Tensor | dict[str, Tensor] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    bits: Tensor | None = None
 
     def to(self, device: torch.device | str) -> "Tokens":
         """Return a copy with every tensor moved to ``device``."""
@@ -57,6 +64,7 @@ class Tokens:
             tokens_per_video=self.tokens_per_video,
             indices=move_to(self.indices, device),
             info=move_to(self.info, device),
+            bits=move_to(self.bits, device),
         )
 
     @property
