@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from harness.params import PAPER_SUITE
 from harness_core.errors import ResultsError, run_command
 
 #: modules that add their own sub-command (``add_parser(subparsers)``)
@@ -64,17 +65,22 @@ def _list(args: argparse.Namespace) -> int:
         print("\npresets (harness_core.registry.create_preset):")
         print(tabulate([(p.name, p.family, p.summary) for p in presets], headers=["name", "family", "settings"]))
     if args.params:
-        print("\nparameters of the paper configurations (built on the meta device):")
-        print(tabulate(_paper_parameter_counts(), headers=["tokenizer", "size", "parameters"], intfmt=","))
+        print(f"\nparameters of the configurations of {args.params} (built on the meta device; without the "
+              "discriminator, which is its own column):")
+        print(tabulate(_parameter_rows(args.params), headers=["entry", "tokenizer", "parameters (M)", "discriminator (M)",
+                                                             "published (M)", "published source"], floatfmt=".1f"))
+        print("\nCoordTok sizes (supplementary Table 5) at 1280 tokens:")
+        coordtok = importlib.import_module("video_tokenizers.coordtok")
+        print(tabulate([(size, count / 1e6) for size, count in coordtok.coordtok_param_counts().items()],
+                       headers=["size", "parameters (M)"], floatfmt=".1f"))
     return 0
 
 
-def _paper_parameter_counts() -> list[tuple[str, str, int]]:
-    rows = []
-    coordtok = importlib.import_module("video_tokenizers.coordtok")
-    for size, count in coordtok.coordtok_param_counts().items():
-        rows.append(("coordtok", size, count))
-    return rows
+def _parameter_rows(suite: str) -> list[tuple]:
+    from harness.params import suite_parameter_counts
+
+    return [(r.entry, r.tokenizer, r.parameters / 1e6, r.discriminator / 1e6 if r.discriminator else "",
+             r.published / 1e6 if r.published else "", r.source) for r in suite_parameter_counts(suite)]
 
 
 def _leaderboard(args: argparse.Namespace) -> int:
@@ -134,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     proto.set_defaults(func=_protocol)
 
     lst = sub.add_parser("list", help="registered tokenizers, metrics, datasets, generators and model presets")
-    lst.add_argument("--params", action="store_true", help="also print parameter counts of the paper configurations")
+    lst.add_argument("--params", nargs="?", const=str(PAPER_SUITE), metavar="SUITE",
+                     help="also print the parameter counts of a suite's configurations (default: the paper suite)")
     lst.set_defaults(func=_list)
 
     board = sub.add_parser("leaderboard", help="print the leaderboard of every run under a results folder (recursively)")

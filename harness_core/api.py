@@ -142,6 +142,9 @@ class VideoTokenizer(nn.Module):
     #: where the family's architecture and training recipe come from (paper section, official repository and commit),
     #: shown by ``python -m harness protocol``; plugins may set it
     recipe_source: str = ""
+    #: parameter counts the family's paper or official repository publishes, by ``size`` kwarg:
+    #: ``{size: (count, source)}``; ``python -m harness list --params`` prints them next to the measured counts
+    published_parameters: dict[str, tuple[float, str]] = {}
 
     def encode(self, video: Tensor, budget: int | None = None) -> Tokens:
         """Encode ``video`` ``float32 [B, 3, T, H, W]`` in ``[-1, 1]`` into tokens.

@@ -242,7 +242,8 @@ class RegisterEncoder(LatentPatchSequence):
 
     def _build_encoder(self, patch_dim: int, fsq_levels: tuple[int, ...] | list[int], dim: int, depth: int, heads: int,
                        mlp_ratio: float) -> None:
-        self.fsq = FSQ(list(fsq_levels))
+        with torch.device("cpu"):  # FSQ reads its level buffer with .item(): it cannot be built on the meta device
+            self.fsq = FSQ(list(fsq_levels))
         self.enc_patch_in = nn.Linear(patch_dim, dim)
         self.enc_time_pos = nn.Parameter(torch.zeros(self.t_max, dim))
         self.registers = nn.Parameter(torch.zeros(self.t_max, self.n_max, dim))  # RegistersTemporal2D
@@ -409,6 +410,10 @@ class VideoFlexTok(RegisterEncoder, FlowDecoder, VideoTokenizer):
 
     #: where the recipe comes from (``python -m harness protocol`` shows it; conformance in docs/fidelity.md)
     recipe_source = "VideoFlexTok (arXiv 2604.12887); apple/ml-videoflextok 4fd72ec, inference code only (docs/fidelity.md section 12)"
+    published_parameters = {
+        "k600": (570e6, "VideoFlexTok project page: 570M excluding adaLN (the measured count includes it)"),
+        "d18_d28": (1.3e9, "VideoFlexTok project page (Panda model): 1.3B excluding adaLN"),
+    }
 
     chunk_frames = None
     continuous = False
