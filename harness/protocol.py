@@ -4,7 +4,8 @@
 reading any video (the data folder need not exist): the dataset and its split
 rule, the clip geometry and resize, the short-video rule, the evaluation-clip
 list (size and how it is drawn), every metric with its settings (each metric's
-own ``protocol()``), the generation protocol and every tokenizer's training
+own ``protocol()``), the rate definition (bits per pixel of each kind and the
+BD-rate, :mod:`metrics.rate`), the generation protocol and every tokenizer's training
 recipe with its source. A user compares it with the paper (for the paper
 suite: CoordTok supplementary B.1 and B.2) before spending GPU time; the
 conformance of each choice to the official code is in ``docs/fidelity.md``.
@@ -83,6 +84,21 @@ def metric_lines(suite: Suite) -> list[tuple[str, str]]:
     return lines
 
 
+def rate_lines() -> list[tuple[str, str]]:
+    """The rate's definition (:class:`metrics.rate.BitsPerPixel`): the formula, each kind, comparability, BD-rate."""
+    from metrics.rate import MIN_BD_POINTS, RATE_KINDS, BitsPerPixel
+
+    return [("bpp", "bits per video / (frames x height x width); bits counted over every chunk of the video and, for "
+                    "a flexible tokenizer, at the row's token budget"),
+            *((kind, text) for kind, text in RATE_KINDS.items()),
+            ("which kind", "a tokenizer that reports its exact bits (Tokens.bits: the codecs) gets bitstream; one with "
+                           "discrete indices gets nominal, with entropy beside it; continuous latents get uncompressed fp16"),
+            ("comparability", BitsPerPixel.comparability),
+            ("BD-rate", f"against the h265 rows, per quality metric: PCHIP interpolation of log10(bpp) over quality on "
+                        f"the common quality range (VCEG-M33/AM91; JCTVC-L1100, JVET-T2010 sheets); {MIN_BD_POINTS}+ "
+                        f"points per curve, n/a without overlap")]
+
+
 #: generation keys shown on the card: always, for SiT (continuous tokens), and for the epochs / pool data modes
 _GENERATION_KEYS = ("generator", "model", "steps", "batch_size", "lr", "betas", "weight_decay", "ema", "train_data",
                     "num_samples", "num_real", "real_clips", "fvd_protocols", "conditional")
@@ -126,6 +142,7 @@ def protocol_card(suite: Suite, source: str = "") -> str:
     """The suite's protocol card as plain text (see the module docstring)."""
     sections = [("data", data_lines(suite)), ("evaluation metrics (per clip, then the mean over clips; set metrics "
                                                  "over all clips)", metric_lines(suite))]
+    sections.append(("rate (bits per pixel, the bpp column and the rate-distortion plot)", rate_lines()))
     generation = generation_lines(suite)
     if generation:
         sections.append(("generation (gFVD)", generation))

@@ -16,7 +16,7 @@ A suite's results folder::
         train.json                     training costs
         losses.csv                     per-step losses and learning rate (the report's loss curves)
         tensorboard/                   TensorBoard event files (train.log_with: tensorboard)
-        reconstruct.json               tokens per video, encode/decode videos/s, codebook usage
+        reconstruct.json               tokens per video, rate (bpp and its kind), encode/decode videos/s, codebook usage
         recon/<clip>.npy               reconstructions, uint8 [T, H, W, 3]; recon/batch_<k>.json per batch
         metrics.json                   the RunRecord of this row
         per_video.csv                  one line per evaluation clip, one column per per-video metric
@@ -147,7 +147,8 @@ class TrainRecord(StageRecord):
 class ReconstructRecord(StageRecord):
     """``reconstruct.json``: tokens per video, encode/decode throughput (videos/s over the timed videos), the stage's
     peak memory, codebook usage of discrete tokenizers (:mod:`metrics.codebook`: ``codebook_*`` keys of the file),
-    the tokenizers' scalar token info and the tiling check (PSNR of tiling off vs on, dB)."""
+    the tokenizers' scalar token info, the tiling check (PSNR of tiling off vs on, dB) and the rate (``rate``: bits
+    per pixel and its kind, :func:`metrics.rate.rate_summary`; absent in files written before issue 27)."""
 
     tokens_per_video: int | None = None
     videos_timed: int = 0
@@ -158,6 +159,7 @@ class ReconstructRecord(StageRecord):
     codebook: dict[str, float] | None = None
     token_info: dict[str, Any] | None = None
     tiling_consistency: dict[str, float] | None = None
+    rate: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -273,6 +275,10 @@ class RunRecord:
     latent_values: int | None = None
     #: PSNR of the reconstruction with tiling off vs on (``harness.chunks.tiling_consistency``), when checked
     tiling_consistency: dict[str, float] | None = None
+    #: the row's rate (:func:`metrics.rate.rate_summary`): ``bpp`` (bits per pixel), its ``kind`` (``nominal``,
+    #: ``uncompressed fp16``, ``bitstream``), ``bits_per_video``, ``pixels_per_video`` and, for discrete tokens,
+    #: ``bpp_entropy``; ``None`` in records written before issue 27
+    rate: dict[str, Any] | None = None
     #: the suite's metrics in its order: ``{"name": value key, "metric": how the suite named it}`` (registered
     #: name, entry point or ``module:Class``); a list, since ``metrics.json`` is written with sorted keys. Records
     #: written since ``metric_specs`` exists carry that instead

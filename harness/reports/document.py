@@ -96,7 +96,7 @@ def build_sections(data: ReportData) -> tuple[list[Section], list[Path]]:
         written += [figure.path, *figure.files]
         sections.append(Section(figure.title, note=figure.caption, image=figure.path))
         if figure.table is not None and not figure.table.empty:
-            sections.append(Section(figure.table_title, "correlations", table=figure.table))
+            sections.append(Section(figure.table_title, figure.table_anchor, figure.table_note, table=figure.table))
     if data.records:
         result = attempt("gallery", lambda: write_gallery(data))
         if result:

@@ -21,10 +21,16 @@ from harness.records import RunRecord
 from harness_core.errors import ResultsError
 from harness_core.registry import MetricSpec
 from harness.reports.data import CI_CONFIDENCE, CI_RESAMPLES, CI_SEED, ReportData
+from metrics.rate import BitsPerPixel, rate_text
 
-IDENTITY = ["suite", "row", "tokenizer_id", "tokenizer", "budget", "tokens_per_video", "pixels_per_token", "parameters"]
+#: the rate columns of a row (:mod:`metrics.rate`): bits per pixel, its kind, and for discrete tokens the entropy rate
+RATE_COLUMNS = ("bpp", "bpp_kind", "bpp_entropy")
+IDENTITY = ["suite", "row", "tokenizer_id", "tokenizer", "budget", "tokens_per_video", *RATE_COLUMNS, "pixels_per_token",
+            "parameters"]
 #: companions of a metric value in the numeric rows (``psnr_ci_low``, ``fvd_16f_n``...)
 COMPANIONS = ("_ci_low", "_ci_high", "_ci_half_width", "_n", "_n_real", "_comparable", "_mean", "_std", "_groups")
+#: the main table's rate column: value and kind (``0.03125 nominal, 0.02871 entropy``), :class:`metrics.rate.BitsPerPixel`
+BPP_HEADER = f"{BitsPerPixel.title} ({BitsPerPixel.unit})"
 COST_KEYS = ("train_step_time_s", "peak_memory_mb", "encode_videos_per_s", "decode_videos_per_s")
 
 
@@ -49,7 +55,8 @@ def leaderboard_rows(records: "list[RunRecord] | ReportData", intervals: bool = 
     rows = []
     for record in data.records:
         row: dict[str, Any] = {"suite": record.suite}
-        row.update({key: getattr(record, key) for key in IDENTITY[1:]})
+        row.update({key: getattr(record, key) for key in IDENTITY[1:] if key not in RATE_COLUMNS})
+        row.update(rate_columns(record))
         generation = record.generation.values if record.generation else {}
         conventions = {**record.protocol.metrics, **{f"g{k}": v for k, v in (record.generation.protocol if record.generation else {}).items()}}
         for spec in data.ranked:
@@ -93,6 +100,17 @@ def leaderboard_rows(records: "list[RunRecord] | ReportData", intervals: bool = 
         # a NaN or inf (e.g. an interval of one video, or a file written before the finite checks) is shown as missing
         rows.append({k: v for k, v in row.items() if _finite(v) or not isinstance(v, float)})
     return rows
+
+
+def rate_columns(record: RunRecord) -> dict[str, Any]:
+    """``{"bpp", "bpp_kind"[, "bpp_entropy"]}`` of a record with a rate (:mod:`metrics.rate`), else ``{}``."""
+    rate = record.rate or {}
+    if not _finite(rate.get("bpp")):
+        return {}
+    out = {"bpp": rate["bpp"], "bpp_kind": rate.get("kind")}
+    if _finite(rate.get("bpp_entropy")):
+        out["bpp_entropy"] = rate["bpp_entropy"]
+    return out
 
 
 def row_specs(rows: list[dict[str, Any]], specs: Iterable[MetricSpec]) -> list[MetricSpec]:
@@ -185,6 +203,8 @@ def display_frame(rows: list[dict[str, Any]], metrics: list[str] | None = None, 
         if identity:
             line.update({"model": row["tokenizer"] + (" (pretrained)" if row.get("pretrained") else ""),
                          "tokens/video": row["tokens_per_video"],
+                         BPP_HEADER: rate_text({"bpp": row.get("bpp"), "kind": row.get("bpp_kind"),
+                                                "bpp_entropy": row.get("bpp_entropy")}),
                          "pixels/token": f"{row['pixels_per_token']:.1f}" if row.get("pixels_per_token") else "–",
                          "compression (values)": f"{row['value_compression']:.0f}x" if row.get("value_compression") else "–",
                          "params (M)": f"{row['parameters'] / 1e6:.2f}" if row.get("parameters") else "–"})
@@ -312,7 +332,9 @@ def _eval_rule(protocol) -> str:
 
 
 def _tokenizer_line(record: RunRecord) -> str:
+    bpp = rate_text(record.rate)
     parts = [record.tokenizer, f"{record.tokens_per_video} tokens/video" if record.tokens_per_video else "",
+             f"{bpp} bits/pixel" if bpp != "–" else "",
              f"chunks of {record.protocol.chunk_frames} frames" if record.protocol.chunk_frames else "whole video"]
     padded = (record.token_info or {}).get("padded_frames")
     if padded:
@@ -370,6 +392,7 @@ def protocol_card(data: ReportData) -> list[tuple[str, str]]:
                                      for p in protocols])))
     card.append(("evaluation clips", _distinct([f"{p.num_videos} clips, {_eval_rule(p)}" for p in protocols])))
     card += [(f"tokenizer {r.row}", _tokenizer_line(r)) for r in records]
+    card.append((f"rate ({BitsPerPixel.title})", f"{BitsPerPixel.definition}. {BitsPerPixel.comparability}"))
     settings: dict[str, Any] = {}
     for record in records:
         for key, value in record.protocol.metrics.items():

@@ -41,6 +41,9 @@ class Figure:
     table: pd.DataFrame | None = None
     table_title: str = ""
     files: tuple[Path, ...] = ()
+    #: the table section's HTML anchor and the note shown under it
+    table_anchor: str = ""
+    table_note: str = ""
 
 
 PlotFunction = Callable[[ReportData], list[Figure]]
@@ -310,6 +313,130 @@ def per_frame_curves(data: ReportData) -> list[Figure]:
                    "over videos; dotted: first frame of each clip / chunk after the first (the tokenizer's boundaries).")]
 
 
+#: the anchor curve of the BD-rate table: rows of the registered tokenizer ``h265`` (the H.265 codec baseline)
+BD_ANCHOR = "h265"
+#: line style of a curve by rate kind: a classical codec's measured bitstream dashed, tokenizers solid
+_RD_STYLES = {"bitstream": "--"}
+
+
+def rd_metrics(data: ReportData) -> list[MetricSpec]:
+    """The quality axes of the rate-distortion plot: ranked per-video reconstruction metrics of the main table
+    (PSNR, SSIM, LPIPS, VMAF when scored, plugins), from their metadata."""
+    return [s for s in data.ranked if s.per_video and not s.generation and s.table == "quality"]
+
+
+def rd_points(data: ReportData) -> pd.DataFrame:
+    """Long table (curve, suite, row, tokenizer, kind, bpp, metric, value) of every row with a rate.
+
+    A *curve* is a family with a rate knob: the rows of one registered tokenizer name in one suite (a codec's CRFs,
+    CoordTok's configurations, VideoFlexTok's budgets); a family with one row is one point. ``bpp`` is the row's
+    primary rate (:mod:`metrics.rate`: nominal for discrete tokens, uncompressed fp16 for continuous latents, the
+    bitstream for codecs).
+    """
+    multi = len({r.suite for r in data.records}) > 1
+    points = []
+    for record in data.records:
+        rate = record.rate or {}
+        bpp = rate.get("bpp")
+        if not isinstance(bpp, (int, float)) or not np.isfinite(bpp) or bpp <= 0:
+            continue
+        curve = f"{record.suite}/{record.tokenizer}" if multi else record.tokenizer
+        for spec in rd_metrics(data):
+            value = record.metrics.get(spec.key)
+            if isinstance(value, (int, float)) and np.isfinite(value):
+                points.append({"curve": curve, "suite": record.suite, "row": record.row, "tokenizer": record.tokenizer,
+                               "kind": rate.get("kind", ""), "bpp": float(bpp), "metric": spec.key, "value": float(value)})
+    return pd.DataFrame(points, columns=["curve", "suite", "row", "tokenizer", "kind", "bpp", "metric", "value"])
+
+
+def bd_rate_frame(points: pd.DataFrame, specs: list[MetricSpec], anchor: str = BD_ANCHOR) -> pd.DataFrame:
+    """BD-rate (:func:`metrics.rate.bd_rate`, PCHIP) of every curve against the ``anchor`` rows of its suite: one
+    line per curve (its points and rate kind), one column per quality metric, ``+12.3%`` or ``n/a (reason)``.
+    Empty when no row is of the anchor tokenizer."""
+    from metrics.rate import BDRate, bd_rate
+
+    anchors = points[points["tokenizer"] == anchor]
+    if anchors.empty:
+        return pd.DataFrame()
+    lines = []
+    for curve, mine in points.groupby("curve", sort=False):
+        if mine["tokenizer"].iloc[0] == anchor:
+            continue
+        line = {"curve": curve, "rate kind": ", ".join(dict.fromkeys(mine["kind"])), "points": mine["row"].nunique()}
+        for spec in specs:
+            test = mine[mine["metric"] == spec.key]
+            ref = anchors[(anchors["metric"] == spec.key) & (anchors["suite"] == mine["suite"].iloc[0])]
+            result = (BDRate(None, f"no {anchor} rows") if ref.empty else BDRate(None, "not scored") if test.empty
+                      else bd_rate(ref["bpp"], ref["value"], test["bpp"], test["value"]))
+            line[spec.header] = str(result)
+        lines.append(line)
+    return pd.DataFrame(lines)
+
+
+def _log_bpp_axis(ax) -> None:
+    """A log x axis labelled in plain numbers at 1, 2 and 5 x powers of ten (bpp spans a few decades)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    ax.set_xscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda value, _: ""))
+
+
+@register_plot("rate_distortion")
+def rate_distortion(data: ReportData) -> list[Figure]:
+    """Quality against bits per pixel (log axis), one curve per family with a rate knob, and the BD-rate table
+    against H.265 (:data:`BD_ANCHOR`)."""
+    from metrics.rate import MIN_BD_POINTS, rate_spec
+
+    points = rd_points(data)
+    missing = sorted({r.row for r in data.records if not (r.rate or {}).get("bpp")})
+    if missing:
+        data.notes.append(f"rows without a recorded rate (evaluated before bpp existed, issue 27), left out of the "
+                          f"rate-distortion plot: {', '.join(missing)}")
+    if points.empty:
+        return []
+    specs = [s for s in rd_metrics(data) if s.key in set(points["metric"])]
+    plt = _pyplot()
+    curves = list(dict.fromkeys(points["curve"]))
+    colors = _colors(curves)
+    fig, axes = plt.subplots(1, len(specs), figsize=(4.6 * len(specs), 3.8), squeeze=False)
+    for ax, spec in zip(axes[0], specs):
+        for curve in curves:
+            mine = points[(points["curve"] == curve) & (points["metric"] == spec.key)].sort_values("bpp")
+            if mine.empty:
+                continue
+            kind = ", ".join(dict.fromkeys(mine["kind"]))
+            ax.plot(mine["bpp"], mine["value"], marker="o", color=colors[curve], label=f"{curve} ({kind})",
+                    linestyle=_RD_STYLES.get(kind, "-"), linewidth=1.2 if len(mine) > 1 else 0)
+        _log_bpp_axis(ax)
+        ax.set_xlabel(rate_spec().axis_label.replace(" ↓", ""))
+        ax.set_ylabel(spec.axis_label)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{data.results.name}: rate-distortion (quality vs bits per pixel; dashed: classical codecs)")
+    fig.tight_layout()
+    path = _save(fig, data.results / "rate_distortion.png")
+    table = bd_rate_frame(points, specs)
+    if table.empty:
+        data.notes.append(f"BD-rate table skipped: no {BD_ANCHOR} (H.265) rows to compare against")
+    csv = (write_text_atomic(data.results / "bd_rate.csv", table.to_csv(index=False)),) if not table.empty else ()
+    return [Figure(path, "Rate-distortion", "Reconstruction quality against bits per pixel (log axis): one line per "
+                   "family with a rate knob (rows of one registered tokenizer: codec CRFs, configurations, token budgets), "
+                   "a point otherwise. bpp is the row's primary rate: nominal tokens x log2(codebook size) for discrete "
+                   "tokens (the entropy rate is in the leaderboard), latent values x 16 bits (uncompressed fp16) for "
+                   "continuous latents, the measured bitstream for classical codecs (dashed).",
+                   table=table, table_title=f"BD-rate against H.265 ({BD_ANCHOR})", files=csv, table_anchor="bd-rate",
+                   table_note=(f"Bjontegaard delta rate (VCEG-M33, VCEG-AM91) with piecewise cubic Hermite (PCHIP) "
+                               f"interpolation of log10(bpp) as a function of quality, integrated over the quality range "
+                               f"both curves cover, as in the JCT-VC/JVET common test conditions sheets "
+                               f"(JCTVC-L1100, JVET-T2010) and the AOM CTC: the mean bit-rate difference at equal quality, "
+                               f"negative = fewer bits than H.265. PCHIP needs {MIN_BD_POINTS}+ points per curve (2 points: "
+                               f"a straight line in log-rate; the classic cubic fit needs 4); 'n/a' where a curve has fewer, "
+                               f"repeats a quality value or the quality ranges do not overlap."))]
+
+
 def analysis_metrics(data: ReportData) -> list[MetricSpec]:
     """Per-video ranked metrics plotted against the B.3 features (at most :data:`MAX_ANALYSIS_METRICS`)."""
     return [s for s in data.ranked if s.per_video and not s.generation][:MAX_ANALYSIS_METRICS]
@@ -353,7 +480,8 @@ def analysis(data: ReportData) -> list[Figure]:
                    "standardized to 0-100 over the evaluation clips) and frequency magnitude (mean Sobel gradient "
                    "magnitude); lines are least-squares trends, legends give Spearman's ρ.",
                    table=correlation_frame(correlations, {s.key: s.title for s in specs}),
-                   table_title="Spearman correlations (per-video quality vs analysis features)", files=(csv,))]
+                   table_title="Spearman correlations (per-video quality vs analysis features)", files=(csv,),
+                   table_anchor="correlations")]
 
 
 def cost_tables(results: Path) -> list[Path]:

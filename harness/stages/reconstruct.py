@@ -7,7 +7,9 @@ killed stage resumes to the same files. Padded short clips pass their real
 frame counts to ``variable_length`` tokenizers (:func:`harness.chunks.length_kwargs`).
 Every process reconstructs its share of the batches
 (:func:`harness.shards.my_share`); the main process then writes
-``reconstruct.json``: tokens per video, encode/decode throughput, codebook
+``reconstruct.json``: tokens per video, the rate in bits per pixel
+(:mod:`metrics.rate`: codec bitstream bits, discrete indices at ``log2 K`` and at
+their entropy, continuous latents at fp16), encode/decode throughput, codebook
 usage, the largest peak memory of the processes and, when asked, the tiling
 check. Non-finite latents or reconstructions stop the stage
 (:class:`harness_core.errors.NonFiniteError`) naming the tokenizer and clips. The
@@ -90,12 +92,17 @@ def reconstruct_batch(ctx: RunContext, work: Work, tokenizer: VideoTokenizer, gr
     names = [c.clip_id for c in group]
     codes: list[Tensor] = []
     infos: dict[str, Any] = {}
+    bits: list[float | None] = []
+    latent_values = 0
 
     def on_tokens(tokens) -> None:
+        nonlocal latent_values
         if not all_finite(tokens.latents):
             raise NonFiniteError(f"{label}: non-finite latents while encoding clip(s) {', '.join(names)}")
         if tokens.indices is not None:
             codes.extend(v.detach().flatten().long().cpu() for v in tree_leaves(tokens.indices))
+        bits.append(None if tokens.bits is None else float(tokens.bits.double().sum()))
+        latent_values += count_latent_values(tokens.latents)
         infos.update({k: v for k, v in tokens.info.items() if isinstance(v, (int, float, str, bool))})
 
     timings: dict[str, float] = {}
@@ -115,6 +122,7 @@ def reconstruct_batch(ctx: RunContext, work: Work, tokenizer: VideoTokenizer, gr
         values, numbers = torch.cat(codes).unique(return_counts=True)
         counts = [values.tolist(), numbers.tolist()]
     write_json_atomic(record_path, {"clips": names, "tokens_per_video": int(tokens_per_video), "codes": counts,
+                                    "bits": total_bits(bits, label), "latent_values": latent_values,
                                     "encode_s": timings.get("encode_s", 0.0), "decode_s": timings.get("decode_s", 0.0),
                                     "info": infos})
 
@@ -128,18 +136,60 @@ def summarize(ctx: RunContext, tokenizer: VideoTokenizer, variant: Variant, batc
     videos = sum(len(r["clips"]) for r in records)
     encode_s, decode_s = sum(r["encode_s"] for r in records), sum(r["decode_s"] for r in records)
     size = tokenizer.codebook_size()
+    usage = code_usage(size, records) if size is not None and any(r["codes"] for r in records) else None
+    tokens_per_video = records[0]["tokens_per_video"] if records else tokenizer.tokens_per_video(data.frames, data.resolution, data.resolution)
     summary = ReconstructRecord(
-        tokens_per_video=records[0]["tokens_per_video"] if records else tokenizer.tokens_per_video(data.frames, data.resolution, data.resolution),
+        tokens_per_video=tokens_per_video,
         videos_timed=videos, encode_videos_per_s=videos / max(encode_s, 1e-9), decode_videos_per_s=videos / max(decode_s, 1e-9),
         peak_memory_mb=peak_memory_mb, memory_kind=memory_kind if peak_memory_mb is not None else None,
-        codebook=codebook_summary(size, records) if size is not None and any(r["codes"] for r in records) else None,
-        token_info={key: value for r in records for key, value in r["info"].items()} or None)
+        codebook=usage.compute() if usage is not None else None,
+        token_info={key: value for r in records for key, value in r["info"].items()} or None,
+        rate=row_rate(records, tokens_per_video, data.frames * data.resolution ** 2, size,
+                      None if usage is None else usage.counts.cpu().numpy(), variant.folder))
     if ctx.suite.evaluate.tiling_check and tokenizer.supports_tiling and batches:
         real = to_model_range(np.stack([ctx.clip_cache.load(c) for c in batches[0]])).to(ctx.device)
         with seeded(derive_seed(seed, "tiling_check")):
             summary.tiling_consistency = tiling_consistency(tokenizer, real, ctx.suite.evaluate.chunk_batch)
         log.info("tiling check %s: %s", variant.folder, summary.tiling_consistency)
     summary.write(variant.files.reconstruct)
+
+
+def count_latent_values(latents: Tensor | dict[str, Tensor] | None) -> int:
+    """Floating-point values in ``latents`` (every row; a dict's tensors together): the continuous rate's count."""
+    if latents is None:
+        return 0
+    return sum(v.numel() for v in tree_leaves(latents) if isinstance(v, Tensor) and v.is_floating_point())
+
+
+def total_bits(bits: list[float | None], label: str) -> float | None:
+    """Sum of ``Tokens.bits`` over every ``encode`` call of a batch (all rows, all chunks) or over batches' sums;
+    ``None`` when none has bits.
+
+    Raises:
+        ValueError: some gave bits and others did not (the rate would silently drop chunks or batches).
+    """
+    if all(b is None for b in bits):
+        return None
+    if any(b is None for b in bits):
+        raise ValueError(f"{label}: Tokens.bits set for some chunks or batches and not for others; a codec sets it "
+                         f"on every encode call")
+    return float(sum(bits))
+
+
+def row_rate(records: list[dict[str, Any]], tokens_per_video: int | None, pixels_per_video: int,
+             codebook_size: int | None, code_counts: np.ndarray | None, label: str) -> dict[str, Any] | None:
+    """The row's rate (:func:`metrics.rate.rate_summary`) over every evaluation video, from the batch records' codec
+    bits and latent values and the index histogram ``code_counts`` (``float64 [K]``, :func:`code_usage`). Batch
+    records written before the rate existed (no ``latent_values`` key) give ``None``: the row is then shown without
+    bpp, not with a wrong one."""
+    from metrics.rate import rate_summary
+
+    videos = sum(len(r["clips"]) for r in records)
+    if not records or videos == 0 or any("latent_values" not in r for r in records):
+        return None
+    return rate_summary(tokens_per_video, pixels_per_video, videos, codebook_size=codebook_size, code_counts=code_counts,
+                        bits=total_bits([r["bits"] for r in records], label),
+                        latent_values=sum(r["latent_values"] for r in records))
 
 
 def all_finite(latents: Tensor | dict[str, Tensor] | None) -> bool:
@@ -152,8 +202,9 @@ def batch_done(recon_dir: Path, k: int, group: list[Clip]) -> bool:
     return (recon_dir / f"batch_{k:05d}.json").is_file() and all((recon_dir / f"{c.clip_id}.npy").is_file() for c in group)
 
 
-def codebook_summary(size: int, records: list[dict[str, Any]]) -> dict[str, float]:
-    """Codebook usage and perplexity from the batch records' ``[codes, counts]`` (:mod:`metrics.codebook`)."""
+def code_usage(size: int, records: list[dict[str, Any]]):
+    """:class:`metrics.codebook.CodebookUsage` filled with the batch records' ``[codes, counts]``: the histogram of
+    every index over the evaluation set (its ``counts``, ``float64 [size]``), codebook usage and perplexity."""
     from metrics.codebook import CodebookUsage
 
     usage = CodebookUsage(size, sync_on_compute=False)
@@ -161,4 +212,9 @@ def codebook_summary(size: int, records: list[dict[str, Any]]) -> dict[str, floa
         if record["codes"]:
             codes, counts = record["codes"]
             usage.update(torch.tensor(codes), counts=torch.tensor(counts, dtype=torch.float64))
-    return usage.compute()
+    return usage
+
+
+def codebook_summary(size: int, records: list[dict[str, Any]]) -> dict[str, float]:
+    """Codebook usage and perplexity from the batch records' ``[codes, counts]`` (:mod:`metrics.codebook`)."""
+    return code_usage(size, records).compute()
