@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from harness_core.api import VideoTokenizer
+from harness_core.api import Tokens, VideoTokenizer
 from harness.chunks import reconstruct_video, tiling_consistency
 from harness.data.decode import to_model_range, to_uint8
 from harness.data.sampling import Clip, clip_lengths
@@ -90,25 +90,11 @@ def reconstruct_batch(ctx: RunContext, work: Work, tokenizer: VideoTokenizer, gr
     """Reconstruct one batch of clips, check it is finite, write its files and then its record."""
     label = work.label
     names = [c.clip_id for c in group]
-    codes: list[Tensor] = []
-    infos: dict[str, Any] = {}
-    bits: list[float | None] = []
-    latent_values = 0
-
-    def on_tokens(tokens) -> None:
-        nonlocal latent_values
-        if not all_finite(tokens.latents):
-            raise NonFiniteError(f"{label}: non-finite latents while encoding clip(s) {', '.join(names)}")
-        if tokens.indices is not None:
-            codes.extend(v.detach().flatten().long().cpu() for v in tree_leaves(tokens.indices))
-        bits.append(None if tokens.bits is None else float(tokens.bits.double().sum()))
-        latent_values += count_latent_values(tokens.latents)
-        infos.update({k: v for k, v in tokens.info.items() if isinstance(v, (int, float, str, bool))})
-
+    tally = TokenTally(label, names)
     timings: dict[str, float] = {}
     real = to_model_range(np.stack([ctx.clip_cache.load(c) for c in group])).to(ctx.device)
     recon, tokens_per_video = reconstruct_video(tokenizer, real, budget=work.variant.budget,
-                                                chunk_batch=ctx.suite.evaluate.chunk_batch, on_tokens=on_tokens, timings=timings,
+                                                chunk_batch=ctx.suite.evaluate.chunk_batch, on_tokens=tally, timings=timings,
                                                 n_frames=clip_lengths(group, ctx.device))
     for clip, video in zip(group, recon):
         if not torch.isfinite(video).all():
@@ -117,14 +103,48 @@ def reconstruct_batch(ctx: RunContext, work: Work, tokenizer: VideoTokenizer, gr
     recon_dir = record_path.parent
     for clip, video in zip(group, to_uint8(recon)):
         save_numpy_atomic(recon_dir / f"{clip.clip_id}.npy", video)
-    counts: list[list[int]] = []
-    if codes:
-        values, numbers = torch.cat(codes).unique(return_counts=True)
-        counts = [values.tolist(), numbers.tolist()]
-    write_json_atomic(record_path, {"clips": names, "tokens_per_video": int(tokens_per_video), "codes": counts,
-                                    "bits": total_bits(bits, label), "latent_values": latent_values,
-                                    "encode_s": timings.get("encode_s", 0.0), "decode_s": timings.get("decode_s", 0.0),
-                                    "info": infos})
+    write_json_atomic(record_path, {"clips": names, "tokens_per_video": int(tokens_per_video), **tally.record(),
+                                    "encode_s": timings.get("encode_s", 0.0), "decode_s": timings.get("decode_s", 0.0)})
+
+
+class TokenTally:
+    """The ``on_tokens`` callback of a batch's :func:`harness.chunks.reconstruct_video`: checks every
+    :class:`~harness_core.api.Tokens` is finite and tallies what the batch record keeps of them (codes, codec bits,
+    latent values, scalar token info), over every ``encode`` call (all chunks).
+
+    Raises (when called):
+        NonFiniteError: non-finite latents, naming ``label`` and the clips.
+    """
+
+    def __init__(self, label: str, names: list[str]) -> None:
+        self.label, self.names = label, names
+        self.codes: list[Tensor] = []
+        self.bits: list[float | None] = []
+        self.latent_values = 0
+        self.info: dict[str, Any] = {}
+
+    def __call__(self, tokens: Tokens) -> None:
+        if not all_finite(tokens.latents):
+            raise NonFiniteError(f"{self.label}: non-finite latents while encoding clip(s) {', '.join(self.names)}")
+        if tokens.indices is not None:
+            self.codes.extend(v.detach().flatten().long().cpu() for v in tree_leaves(tokens.indices))
+        self.bits.append(None if tokens.bits is None else float(tokens.bits.double().sum()))
+        self.latent_values += count_latent_values(tokens.latents)
+        self.info.update({k: v for k, v in tokens.info.items() if isinstance(v, (int, float, str, bool))})
+
+    def record(self) -> dict[str, Any]:
+        """The batch record's ``codes`` (``[values, counts]`` of every index, or ``[]``), ``bits`` (total
+        ``Tokens.bits`` or ``None``), ``latent_values`` (total floating-point latent values) and ``info``.
+
+        Raises:
+            ValueError: some ``encode`` calls gave ``Tokens.bits`` and others not (:func:`total_bits`).
+        """
+        counts: list[list[int]] = []
+        if self.codes:
+            values, numbers = torch.cat(self.codes).unique(return_counts=True)
+            counts = [values.tolist(), numbers.tolist()]
+        return {"codes": counts, "bits": total_bits(self.bits, self.label), "latent_values": self.latent_values,
+                "info": self.info}
 
 
 def summarize(ctx: RunContext, tokenizer: VideoTokenizer, variant: Variant, batches: list[list[Clip]], seed: int,
