@@ -13,6 +13,16 @@ so a killed run resumes, and several processes train, on the same clips. With
 ``stage0_cache_clips`` a tokenizer's frozen front end (``frozen_stage0``) runs
 once per cached clip, and batches are drawn from that fixed pool (seeded by
 step).
+
+EMA of the weights: a tokenizer whose ``weight_ema_decay`` attribute is set
+(MAGVIT's ``polyak_decay`` 0.999, ``video_tokenizers/grid3d_vq.py``) trains with
+an exponential moving average of its weights (timm ``ModelEmaV3``, parameters
+averaged, buffers copied, started from the initial weights and updated after
+every optimizer step as MAGVIT's ``compute_ema_params``). The checkpoint keeps
+the raw weights (``"model"``) and the EMA (``"ema"``), so a resumed run is
+exact; the weights that are evaluated are the EMA's: :func:`train_tokenizer`
+leaves them in the tokenizer, and :func:`load_evaluated_weights` puts them
+there when a later stage loads the checkpoint.
 """
 from __future__ import annotations
 
@@ -21,6 +31,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from timm.utils import ModelEmaV3
 from torch import Tensor, nn
 
 from harness_core.api import VideoTokenizer
@@ -118,6 +129,31 @@ def split_parameters(tokenizer: VideoTokenizer) -> tuple[list[nn.Parameter], lis
     return main, adversary
 
 
+#: the checkpoint key of the EMA of the weights
+EMA_KEY = "ema"
+
+
+def weight_ema(tokenizer: VideoTokenizer) -> ModelEmaV3 | None:
+    """An EMA of ``tokenizer``'s weights at its ``weight_ema_decay`` (``None`` when the tokenizer keeps none)."""
+    decay = getattr(tokenizer, "weight_ema_decay", None)
+    return ModelEmaV3(tokenizer, decay=decay, exclude_buffers=True) if decay else None
+
+
+def _ema_weights(ema_state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The tokenizer weights in an EMA state (``ModelEmaV3`` keys ``module.<name>``), the discriminator's left out
+    (a training-only module: its raw weights are the ones that resume)."""
+    weights = {key.removeprefix("module."): value for key, value in ema_state.items()}
+    return {name: value for name, value in weights.items() if not name.startswith("discriminator.")}
+
+
+def load_evaluated_weights(tokenizer: nn.Module, checkpoint: dict) -> None:
+    """Load a training checkpoint's evaluated weights into ``tokenizer``: the raw weights (``"model"``), then, when
+    the checkpoint keeps an EMA of the weights (``"ema"``), the EMA's (the discriminator keeps its raw weights)."""
+    tokenizer.load_state_dict(checkpoint["model"])
+    if EMA_KEY in checkpoint:
+        tokenizer.load_state_dict(_ema_weights(checkpoint[EMA_KEY]), strict=False)
+
+
 def train_tokenizer(tokenizer: VideoTokenizer, clips: TrainClips, cfg: TrainConfig, checkpoint: Path, seed: int,
                     accelerator: Accelerator | None = None, show_progress: bool = True,
                     label: str = "tokenizer") -> FitResult:
@@ -129,6 +165,8 @@ def train_tokenizer(tokenizer: VideoTokenizer, clips: TrainClips, cfg: TrainConf
             ``s x batch_size .. (s + 1) x batch_size - 1``.
         cfg: the schedule, optimizer and tracker settings (AdamW on the tokenizer's parameters and, when it has
             a ``discriminator``, a second AdamW on those).
+            With ``weight_ema_decay`` set on the tokenizer, the EMA of its weights is kept in the checkpoint and
+            copied into the tokenizer when training ends (the weights evaluated; module docstring).
         checkpoint: where checkpoints are written (atomically) and resumed from; tracker files go beside it.
         seed: the tokenizer's seed (``derive_seed(suite seed, tokenizer id)``, :mod:`harness_core.seeding`).
         accelerator: an existing Accelerator (tests); built from ``cfg`` otherwise.
@@ -156,8 +194,14 @@ def train_tokenizer(tokenizer: VideoTokenizer, clips: TrainClips, cfg: TrainConf
                               accelerator, plan.size, seed)
     batch = clip_batches(clips, cfg, plan, cached, seed, accelerator.device)
     schedule = replace(Schedule.of(cfg), fresh_optimizer_at=tuple(tokenizer.fresh_optimizer_at(cfg.steps)))
-    return fit(tokenizer, objective, optimizers, batch, schedule, checkpoint, seed, accelerator, label=label,
-               show_progress=show_progress, tracker_config={"tokenizer": label, **_scalars(cfg.model_dump())})
+    ema = weight_ema(tokenizer.to(accelerator.device))  # the EMA's copy lives beside the weights it follows
+    result = fit(tokenizer, objective, optimizers, batch, schedule, checkpoint, seed, accelerator, label=label,
+                 show_progress=show_progress, tracker_config={"tokenizer": label, **_scalars(cfg.model_dump())},
+                 extras={EMA_KEY: ema} if ema else None,
+                 after_step=(lambda done: ema.update(tokenizer)) if ema else None)
+    if ema is not None:
+        tokenizer.load_state_dict(_ema_weights(ema.state_dict()), strict=False)
+    return result
 
 
 def clip_batches(clips: TrainClips, cfg: TrainConfig, plan: MicroBatches, cached: Tensor | None, seed: int,

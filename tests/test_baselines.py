@@ -16,6 +16,7 @@ from video_tokenizers.frame2d_vq import Frame2dVQ
 from video_tokenizers.grid3d_vq import GRID3D_VQ_PRESETS, Grid3dVQ
 from video_tokenizers.losses import LossConfig, VideoDiscriminator
 from video_tokenizers.pvdm import PVDMAutoencoder
+from video_tokenizers.tats import TATSAutoencoder
 
 NO_GAN = {"gan": None, "perceptual_weight": 0.0}
 
@@ -26,6 +27,7 @@ def test_registered():
     assert TOKENIZERS.get("grid3d_vq") is Grid3dVQ
     assert TOKENIZERS.get("frame2d_vq") is Frame2dVQ
     assert TOKENIZERS.get("pvdm") is PVDMAutoencoder
+    assert TOKENIZERS.get("tats") is TATSAutoencoder
 
 
 def test_tokens_per_128_frame_video_match_table7():
@@ -42,7 +44,8 @@ def test_tokens_per_128_frame_video_match_table7():
     assert pvdm.tokens_per_video(128, 128, 128) == 6144
     assert (grid.chunk_frames, frame.chunk_frames, pvdm.chunk_frames) == (16, 16, 16)
     assert (grid.continuous, frame.continuous, pvdm.continuous) == (False, False, True)
-    assert Grid3dVQ(**{**GRID3D_VQ_PRESETS["tats"], "size": "tiny"}).codebook_size() == 16384
+    assert TATSAutoencoder(size="tiny", codebook_size=16384, loss=NO_GAN).codebook_size() == 16384
+    assert GRID3D_VQ_PRESETS["magvit_l"]["downsample"] == "avgpool"
     assert frame.codebook_size() == 256 and pvdm.codebook_size() is None
 
 

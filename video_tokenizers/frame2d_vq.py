@@ -47,9 +47,14 @@ class ResBlock2d(nn.Module):
 
 
 class Encoder2d(nn.Module):
-    """Image encoder ``[N, 3, H, W] -> [N, out_ch, H / 2^L, W / 2^L]`` with ``L = len(channel_mult) - 1``."""
+    """Image encoder ``[N, 3, H, W] -> [N, out_ch, H / 2^L, W / 2^L]`` with ``L = len(channel_mult) - 1``.
 
-    def __init__(self, out_ch: int, channels: int, channel_mult: Sequence[int], num_res_blocks: int) -> None:
+    ``downsample``: ``"conv"`` (strided 3x3 convolution, taming) or ``"avgpool"`` (2x2 average pooling, MaskGIT's
+    and MAGVIT's ``conv_downsample=False``).
+    """
+
+    def __init__(self, out_ch: int, channels: int, channel_mult: Sequence[int], num_res_blocks: int,
+                 downsample: str = "conv") -> None:
         super().__init__()
         widths = [channels * m for m in channel_mult]
         layers: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, padding=1)]
@@ -59,7 +64,8 @@ class Encoder2d(nn.Module):
                 layers.append(ResBlock2d(width, level_width))
                 width = level_width
             if level < len(widths) - 1:
-                layers.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
+                layers.append(nn.Conv2d(width, width, 3, stride=2, padding=1) if downsample == "conv"
+                              else nn.AvgPool2d(2))
         layers += [ResBlock2d(width, width), group_norm(width), nn.SiLU(), nn.Conv2d(width, out_ch, 1)]
         self.body = nn.Sequential(*layers)
 
@@ -109,6 +115,9 @@ class Frame2dVQ(VQAutoencoderMixin, VideoTokenizer):
         commitment_weight, ema_decay, kmeans_init, threshold_ema_dead_code, rotation_trick:
             ``VectorQuantize`` options (commitment 0.25 as MaskGIT / taming).
         recipe, loss: loss recipe (default ``"maskgit"``: taming VQGAN) and overrides.
+        weight_ema: decay of the EMA of the evaluated weights (``None``: the recipe's; ``0``: none).
+        downsample: ``"conv"`` or ``"avgpool"`` (:class:`Encoder2d`); a model to inflate into ``grid3d_vq``
+            uses the 3D model's (``video_tokenizers.grid3d_vq.inflate_2d_to_3d``).
         chunk_frames: chunk length the engine feeds (16, as the 3D baselines).
 
     Recommended optimizer (taming VQGAN): Adam betas (0.5, 0.9), lr 4.5e-6 x batch size.
@@ -125,8 +134,11 @@ class Frame2dVQ(VQAutoencoderMixin, VideoTokenizer):
                  latent_channels: int | None = None, codebook_size: int | None = None,
                  commitment_weight: float = 0.25, ema_decay: float = 0.99, kmeans_init: bool = True,
                  threshold_ema_dead_code: float = 2.0, rotation_trick: bool = False, recipe: str = "maskgit",
-                 loss: Mapping[str, Any] | None = None, chunk_frames: int | None = 16) -> None:
+                 loss: Mapping[str, Any] | None = None, weight_ema: float | None = None, downsample: str = "conv",
+                 chunk_frames: int | None = 16) -> None:
         super().__init__()
+        if downsample not in ("conv", "avgpool"):
+            raise ValueError(f"downsample must be 'conv' or 'avgpool', got {downsample!r}")
         preset = FRAME2D_VQ_SIZES[size or "maskgit"]
         self.channels = channels or preset["channels"]
         self.channel_mult = tuple(channel_mult or preset["channel_mult"])
@@ -134,10 +146,10 @@ class Frame2dVQ(VQAutoencoderMixin, VideoTokenizer):
         self.latent_channels = latent_channels or preset["latent_channels"]
         self.space_factor = 2 ** (len(self.channel_mult) - 1)
         self.chunk_frames = chunk_frames
-        self.encoder = Encoder2d(self.latent_channels, self.channels, self.channel_mult, self.num_res_blocks)
+        self.encoder = Encoder2d(self.latent_channels, self.channels, self.channel_mult, self.num_res_blocks, downsample)
         self.decoder = Decoder2d(self.latent_channels, self.channels, self.channel_mult, self.num_res_blocks)
         self._init_vq(self.latent_channels, codebook_size or preset["codebook_size"], commitment_weight, ema_decay,
-                      kmeans_init, threshold_ema_dead_code, rotation_trick, recipe, loss)
+                      kmeans_init, threshold_ema_dead_code, rotation_trick, recipe, loss, weight_ema)
 
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
         """Token grid ``(T, H/f, W/f)`` of a chunk; raises ``ValueError`` for sizes not divisible by ``f``."""

@@ -8,12 +8,17 @@ Pieces, each configurable through :class:`LossConfig`:
   every frame; the LPIPS network is frozen, loaded lazily, moved to the
   input's device on first use and kept out of every ``state_dict``;
 * adversarial: hinge (taming, TATS, PVDM) or non-saturating (MAGVIT / StyleGAN)
-  losses, a 2D PatchGAN on one random frame per video and/or a 3D PatchGAN on
-  the whole clip (TATS / PVDM), or a deeper StyleGAN-style 3D residual
-  discriminator (MAGVIT, CoordTok supp. C.1), switched on at ``disc_start``;
-  optional taming adaptive weight (Esser et al. 2021, eq. 7), GAN feature
-  matching (TATS), LeCAM regularization (Tseng et al. 2021) and the R1
-  gradient penalty (Mescheder et al. 2018, MAGVIT's form ``r1 * E||grad D(x)||^2``).
+  losses (VidTok pairs a hinge discriminator with a non-saturating generator:
+  ``gan_generator``), a 2D PatchGAN on one random frame per video (TATS / PVDM)
+  or on every frame (VidTok) and/or a 3D PatchGAN on the whole clip (TATS /
+  PVDM), or MAGVIT's StyleGAN 3D residual discriminator (CoordTok supp. C.1
+  "deeper 3D discriminator"), switched on at ``disc_start``; optional taming
+  adaptive weight (Esser et al. 2021, eq. 7), GAN feature matching (TATS /
+  PVDM: the L1 distances of the intermediate discriminator features, summed),
+  LeCAM regularization (Tseng et al. 2021) and the R1 gradient penalty
+  (Mescheder et al. 2018, MAGVIT's form ``r1 * E||grad D(x)||^2``);
+* quantizer: MAGVIT's entropy loss (:func:`entropy_loss`), which the VQ
+  tokenizers add with ``entropy_weight`` (``video_tokenizers/grid3d_vq.py``).
 
 Recipes (research notes section 4, ``RECIPES``):
 
@@ -22,9 +27,18 @@ recipe       recon   perceptual      adversarial
 ===========  ======  ==============  =====================================================
 ``tats``     L1 x4   LPIPS x4, 1 fr  hinge, 2D + 3D PatchGAN x1 each, FM x4, from 10k steps
 ``pvdm``     L1 x4   LPIPS x4, 1 fr  hinge, 2D + 3D PatchGAN x1 each, FM x4, from 10k steps
-``magvit``   L2 x1   LPIPS x0.1 *    non-saturating, StyleGAN 3D x0.1, R1 10, LeCAM 0 (opt.)
+``magvit``   L2 x1   LPIPS x0.1 *    non-saturating, StyleGAN 3D (128, (2,4,4,4,4)) x0.1, R1 10; entropy 0.1
 ``maskgit``  L1 x1   LPIPS x1        hinge, 2D PatchGAN x0.8 with the adaptive weight (taming)
+``vidtok``   L1 x1   LPIPS x1, all   hinge D / non-saturating G, 2D PatchGAN on all frames, adaptive x0.2,
+                                     LeCAM 0.005, from step 20,001 (VideoFlexTok's stage-0 VAE)
 ===========  ======  ==============  =====================================================
+
+Sources (every value is in the tables of ``docs/baselines.md`` and ``docs/videoflextok.md``):
+google-research/magvit@05e8cfd ``videogvt/configs/vqgan2d_ucf101_config.py``,
+``videogvt/models/stylegan_discriminator_3d.py``, ``videogvt/train_lib/losses.py``;
+songweige/TATS@03bbce1 ``tats/tats_vqgan.py``, ``README.md``; sihyun-yu/PVDM@793172f
+``losses/perceptual.py``; CompVis/taming-transformers ``configs/imagenet_vqgan.yaml``;
+microsoft/VidTok@d6ad92d ``configs/vidtok_kl_causal_488_16chn.yaml``, ``vidtok/modules/losses.py``.
 
 (*) MAGVIT's perceptual loss is computed on a pretrained image classifier's
 logits; LPIPS stands in for it (same weight, 0.1).
@@ -46,8 +60,10 @@ and the discriminator gets no gradient (under DDP use
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable, Mapping
+from functools import partial
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -75,11 +91,22 @@ class LossConfig:
         disc_start: first optimizer step at which the GAN is active.
         adaptive_weight: multiply ``disc_weight`` by taming's ratio of gradient norms at the
             decoder's last layer, ``||dL_rec/dw|| / (||dL_adv/dw|| + 1e-4)`` clamped to ``[0, 1e4]``.
-        feature_matching_weight: L1 between discriminator features of real and reconstructed clips (TATS).
+        feature_matching_weight: weight of the L1 distances between the discriminator features of real and
+            reconstructed clips, summed over the intermediate features (TATS, PVDM).
         lecam_weight, lecam_decay: LeCAM regularization of the discriminator and its EMA decay.
         r1_weight: R1 gradient penalty on real inputs (MAGVIT: 10).
         disc_channels, disc_layers: width and depth of the discriminators.
         disc_norm: ``"batch"`` (taming / TATS PatchGAN), ``"group"`` or ``"none"`` for the PatchGANs.
+        disc_padding: padding of the PatchGANs' kernel-4 convolutions: 1 (taming, pix2pix) or 2
+            (TATS / PVDM ``NLayerDiscriminator``, pix2pixHD's ``ceil((4 - 1) / 2)``).
+        disc_channel_mult: channel multipliers of the StyleGAN 3D discriminator's residual blocks
+            (MAGVIT ``(2, 4, 4, 4, 4)``); ``None`` keeps the ``disc_layers`` rule ``min(2^(i+1), 8)``.
+        disc_2d_frames: the frames the 2D discriminator sees: ``"random"`` (one per video, TATS / PVDM)
+            or ``"all"`` (every frame, VidTok).
+        gan_generator: the generator's adversarial loss when it differs from ``gan`` (VidTok:
+            ``gan="hinge"`` for the discriminator, ``gan_generator="non_saturating"``); ``None``: as ``gan``.
+        entropy_weight, entropy_temperature: MAGVIT's codebook entropy loss (:func:`entropy_loss`,
+            softmax form) for the VQ tokenizers (MAGVIT: 0.1 at temperature 0.01; 0 disables it).
     """
 
     recon: str = "l1"
@@ -100,6 +127,12 @@ class LossConfig:
     disc_channels: int = 64
     disc_layers: int = 3
     disc_norm: str = "batch"
+    disc_padding: int = 1
+    disc_channel_mult: tuple[int, ...] | None = None
+    disc_2d_frames: str = "random"
+    gan_generator: str | None = None
+    entropy_weight: float = 0.0
+    entropy_temperature: float = 0.01
 
     def __post_init__(self) -> None:
         if self.recon not in ("l1", "l2"):
@@ -112,6 +145,19 @@ class LossConfig:
             raise ValueError(f"disc_3d must be None, 'patch' or 'stylegan', got {self.disc_3d!r}")
         if self.disc_norm not in ("batch", "group", "none"):
             raise ValueError(f"disc_norm must be 'batch', 'group' or 'none', got {self.disc_norm!r}")
+        if self.gan_generator not in (None, "hinge", "non_saturating"):
+            raise ValueError(f"gan_generator must be None, 'hinge' or 'non_saturating', got {self.gan_generator!r}")
+        if self.disc_2d_frames not in ("random", "all"):
+            raise ValueError(f"disc_2d_frames must be 'random' or 'all', got {self.disc_2d_frames!r}")
+        if self.disc_padding not in (1, 2):
+            raise ValueError(f"disc_padding must be 1 or 2, got {self.disc_padding!r}")
+        if self.disc_channel_mult is not None:
+            self.disc_channel_mult = tuple(int(m) for m in self.disc_channel_mult)
+            if not self.disc_channel_mult or min(self.disc_channel_mult) < 1:
+                raise ValueError(f"disc_channel_mult must be positive integers, got {self.disc_channel_mult!r}")
+        if self.entropy_weight < 0 or self.entropy_temperature <= 0:
+            raise ValueError(f"entropy_weight must be >= 0 and entropy_temperature > 0, got "
+                             f"{self.entropy_weight!r}, {self.entropy_temperature!r}")
         if self.gan and not (self.disc_2d or self.disc_3d):
             raise ValueError("gan is set but neither disc_2d nor disc_3d is enabled")
 
@@ -139,19 +185,30 @@ class LossConfig:
 #: each baseline's own objective (research notes section 4; sources in the module docstring)
 RECIPES: dict[str, dict[str, Any]] = {
     # TATS README / tats_vqgan.py: L1 4, LPIPS 4 on a random frame, hinge 2D + 3D from 10k steps, FM 4
+    # (TATS / PVDM NLayerDiscriminator: pix2pixHD padding 2, BatchNorm; feature matching summed over the 4 features)
     "tats": dict(recon="l1", recon_weight=4.0, perceptual_weight=4.0, perceptual_frames="random", gan="hinge",
-                 disc_2d=True, disc_3d="patch", disc_weight=1.0, disc_start=10_000, feature_matching_weight=4.0),
+                 disc_2d=True, disc_3d="patch", disc_weight=1.0, disc_start=10_000, feature_matching_weight=4.0,
+                 disc_padding=2),
     # PVDM configs/autoencoder/base_gan.yaml, losses/perceptual.py: same structure as TATS
     "pvdm": dict(recon="l1", recon_weight=4.0, perceptual_weight=4.0, perceptual_frames="random", gan="hinge",
-                 disc_2d=True, disc_3d="patch", disc_weight=1.0, disc_start=10_000, feature_matching_weight=4.0),
-    # MAGVIT vqgan3d_ucf101_config.py: L2, perceptual 0.1, non-saturating GAN 0.1, StyleGAN 3D disc, R1 10
+                 disc_2d=True, disc_3d="patch", disc_weight=1.0, disc_start=10_000, feature_matching_weight=4.0,
+                 disc_padding=2),
+    # MAGVIT vqgan2d/3d_ucf101_config.py: L2, perceptual 0.1, non-saturating GAN 0.1, StyleGAN 3D disc (filters 128 for
+    # L, multipliers (2, 4, 4, 4, 4)), R1 10, entropy loss 0.1 at temperature 0.01 (softmax)
     "magvit": dict(recon="l2", recon_weight=1.0, perceptual_weight=0.1, perceptual_frames="random",
                    gan="non_saturating", disc_3d="stylegan", disc_weight=0.1, disc_start=0, r1_weight=10.0,
-                   lecam_weight=0.0),
+                   lecam_weight=0.0, disc_channels=128, disc_channel_mult=(2, 4, 4, 4, 4), disc_norm="none",
+                   entropy_weight=0.1, entropy_temperature=0.01),
     # taming VQGAN (Esser et al. 2021), MaskGIT's tokenizer [CoordTok ref 8]: L1 + LPIPS 1, hinge PatchGAN
     # with the adaptive weight, disc_weight 0.8 (taming's ImageNet f16 config); start step as TATS
     "maskgit": dict(recon="l1", recon_weight=1.0, perceptual_weight=1.0, perceptual_frames="all", gan="hinge",
                     disc_2d=True, disc_weight=0.8, disc_start=10_000, adaptive_weight=True),
+    # VidTok vidtok_kl_causal_488_16chn.yaml + GeneralLPIPSWithDiscriminator: L1 + LPIPS 1 on every frame, 2D PatchGAN
+    # (taming's, BatchNorm, padding 1) on every frame, hinge D and non-saturating G, adaptive weight x0.2, LeCAM 0.005
+    # (decay 0.999), from step 20,001
+    "vidtok": dict(recon="l1", recon_weight=1.0, perceptual_weight=1.0, perceptual_frames="all", gan="hinge",
+                   gan_generator="non_saturating", disc_2d=True, disc_2d_frames="all", disc_weight=0.2,
+                   disc_start=20_001, adaptive_weight=True, lecam_weight=0.005, lecam_decay=0.999),
     # plain reconstruction, for ablations and the fastest CPU runs
     "recon_l1": dict(recon="l1"),
     "recon_l2": dict(recon="l2"),
@@ -200,6 +257,24 @@ def adaptive_weight(nll: Tensor, g_loss: Tensor, last_layer: Tensor, max_weight:
     return weight.clamp(0.0, max_weight).detach()
 
 
+def entropy_loss(affinity: Tensor, temperature: float = 0.01) -> Tensor:
+    """MAGVIT's codebook entropy loss, softmax form (google-research/magvit@05e8cfd ``videogvt/train_lib/losses.py``
+    ``entropy_loss``, called by ``videogvt/models/vqvae.py`` with ``affinity = -squared distances``).
+
+    ``affinity`` ``float [..., K]`` (one row per latent vector, ``K`` codes) is divided by ``temperature``; with
+    ``p = softmax`` per row, the loss is the mean per-vector entropy minus the entropy of the mean ``p`` over all
+    vectors: low when each vector is confidently assigned and all codes are used. Returns a scalar (``float32``;
+    values in ``[-log K, log K]``).
+    """
+    logits = affinity.reshape(-1, affinity.shape[-1]).float() / temperature
+    probs = logits.softmax(dim=-1)
+    log_probs = (logits + 1e-5).log_softmax(dim=-1)
+    sample_entropy = -(probs * log_probs).sum(dim=-1).mean()
+    mean_probs = probs.mean(dim=0)
+    batch_entropy = -(mean_probs * (mean_probs + 1e-5).log()).sum()
+    return sample_entropy - batch_entropy
+
+
 # ----------------------------------------------------------------------------- discriminators
 
 
@@ -215,29 +290,32 @@ class PatchDiscriminator(nn.Module):
     """PatchGAN (pix2pix / taming ``NLayerDiscriminator``; TATS uses a 2D and a 3D one).
 
     ``dims=2``: input ``[N, 3, H, W]``; ``dims=3``: ``[N, 3, T, H, W]``. Kernel 4,
-    stride 2 for the first ``layers`` convolutions (time strided too in 3D
-    while it is at least 4 long), then two stride-1 convolutions; LeakyReLU 0.2.
+    stride 2 for the first ``layers`` convolutions (time strided too in 3D), then
+    two stride-1 convolutions; LeakyReLU 0.2. ``padding`` 1 is taming's, 2 is
+    TATS' and PVDM's (pix2pixHD's ``ceil((4 - 1) / 2)``, so each stride-2
+    convolution maps ``n`` positions to ``n / 2 + 1``).
 
     Returns ``(logits, features)``: patch logits ``[N, 1, ...]`` and the
     intermediate activations (for feature matching).
     """
 
-    def __init__(self, dims: int = 2, channels: int = 64, layers: int = 3, norm: str = "batch") -> None:
+    def __init__(self, dims: int = 2, channels: int = 64, layers: int = 3, norm: str = "batch",
+                 padding: int = 1) -> None:
         super().__init__()
         if dims not in (2, 3):
             raise ValueError(f"dims must be 2 or 3, got {dims}")
-        conv = nn.Conv2d if dims == 2 else nn.Conv3d
+        conv = partial(nn.Conv2d if dims == 2 else nn.Conv3d, kernel_size=4, padding=padding)
         self.dims = dims
-        blocks: list[nn.Module] = [nn.Sequential(conv(3, channels, 4, 2, 1), nn.LeakyReLU(0.2))]
+        blocks: list[nn.Module] = [nn.Sequential(conv(3, channels, stride=2), nn.LeakyReLU(0.2))]
         width = channels
         for i in range(1, layers + 1):
             out = channels * min(2 ** i, 8)
             stride = 2 if i < layers else 1
-            blocks.append(nn.Sequential(conv(width, out, 4, stride, 1, bias=norm != "batch"),
+            blocks.append(nn.Sequential(conv(width, out, stride=stride, bias=norm != "batch"),
                                         _norm(norm, out, dims), nn.LeakyReLU(0.2)))
             width = out
         self.blocks = nn.ModuleList(blocks)
-        self.head = conv(width, 1, 4, 1, 1)
+        self.head = conv(width, 1, stride=1)
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         features = []
@@ -255,26 +333,50 @@ class PatchDiscriminator(nn.Module):
 
 
 class StyleGANDiscriminator3d(nn.Module):
-    """A StyleGAN-style 3D residual discriminator (MAGVIT; CoordTok supp. C.1: "deeper 3D discriminator").
+    """MAGVIT's StyleGAN 3D discriminator (google-research/magvit@05e8cfd ``videogvt/models/stylegan_discriminator_3d.py``;
+    CoordTok supp. C.1: "deeper 3D discriminator").
 
-    Input ``[N, 3, T, H, W]``; ``levels`` residual blocks (LeakyReLU 0.2, no
-    normalization, average-pool downsampling of space and, while ``T >= 2``,
-    time; skip branch 1x1x1 convolution; sum scaled by ``1/sqrt(2)``), then a
-    global average and a two-layer MLP to one logit per clip.
+    Input ``[N, 3, T, H, W]`` in ``[-1, 1]``: a 3x3x3 convolution to ``channels``, LeakyReLU 0.2, then one
+    residual block per entry of ``channel_mult`` (block ``i`` ends with ``channels * channel_mult[i]``
+    channels): 3x3x3 convolution, LeakyReLU, 2x2x2 average pooling, 3x3x3 convolution, LeakyReLU; the skip
+    branch pools, then a bias-free 1x1x1 convolution; the sum is scaled by ``1/sqrt(2)``. No normalization
+    (MAGVIT's ``norm_type`` is unset). Then a 3x3x3 convolution, LeakyReLU, flatten, a dense layer of the
+    last width, LeakyReLU and a dense layer to one logit per clip. Convolution and dense weights are
+    Xavier-uniform, biases zero (Flax's ``xavier_uniform`` kernels there).
 
-    Returns ``(logits [N, 1], features)``.
+    The pooling averages over the positions inside the input (TensorFlow ``SAME`` pooling), so a time axis of
+    length 1 stays 1. The flatten reads a ``1 x 4 x 4`` grid: a 16x128x128 clip gives exactly that after five
+    blocks (the official flatten); other sizes are average-pooled to it (adaptive pooling), so one model
+    takes any clip size.
+
+    Args:
+        channels: ``filters`` (MAGVIT: the autoencoder's, 128 for L, 64 for B).
+        levels: number of blocks when ``channel_mult`` is ``None`` (multipliers ``min(2^(i+1), 8)``).
+        channel_mult: MAGVIT's ``discriminator.channel_multipliers`` ``(2, 4, 4, 4, 4)``.
+
+    Returns ``(logits [N, 1], features)`` (the block outputs).
     """
 
-    def __init__(self, channels: int = 64, levels: int = 3) -> None:
+    #: the grid the last feature map is flattened from (MAGVIT's at 16x128x128 with five blocks)
+    HEAD_GRID = (1, 4, 4)
+
+    def __init__(self, channels: int = 64, levels: int = 3, channel_mult: Sequence[int] | None = None) -> None:
         super().__init__()
+        mult = tuple(channel_mult) if channel_mult is not None else tuple(min(2 ** (i + 1), 8) for i in range(levels))
         self.stem = nn.Conv3d(3, channels, 3, padding=1)
         blocks, width = [], channels
-        for i in range(levels):
-            out = channels * min(2 ** (i + 1), 8)
-            blocks.append(_StyleGANBlock(width, out))
-            width = out
+        for m in mult:
+            blocks.append(_StyleGANBlock(width, channels * m))
+            width = channels * m
         self.blocks = nn.ModuleList(blocks)
-        self.head = nn.Sequential(nn.Linear(width, width), nn.LeakyReLU(0.2), nn.Linear(width, 1))
+        self.out_conv = nn.Conv3d(width, width, 3, padding=1)
+        self.head = nn.Sequential(nn.Linear(width * math.prod(self.HEAD_GRID), width), nn.LeakyReLU(0.2),
+                                  nn.Linear(width, 1))
+        for module in self.modules():
+            if isinstance(module, (nn.Conv3d, nn.Linear)):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         x = F.leaky_relu(self.stem(x), 0.2)
@@ -282,7 +384,21 @@ class StyleGANDiscriminator3d(nn.Module):
         for block in self.blocks:
             x = block(x)
             features.append(x)
-        return self.head(x.mean(dim=(2, 3, 4))), features
+        x = F.leaky_relu(self.out_conv(x), 0.2)
+        if tuple(x.shape[2:]) != self.HEAD_GRID:
+            x = F.adaptive_avg_pool3d(x, self.HEAD_GRID)
+        return self.head(x.flatten(1)), features
+
+
+def same_avg_pool3d(x: Tensor, time: bool = True) -> Tensor:
+    """2x2x2 average pooling (1x2x2 with ``time=False``) over the positions inside the input, as TensorFlow's
+    ``SAME`` pooling (MAGVIT ``model_utils.downsample``): ``[N, C, T, H, W] -> [N, C, ceil(T/2), ceil(H/2), ceil(W/2)]``."""
+    window = (2 if time else 1, 2, 2)
+    # an odd axis: the last window holds one position, whose mean is itself, as after replicating it once
+    pads = [0 if n % w == 0 else 1 for n, w in zip(x.shape[2:], window)]
+    if any(pads):
+        x = F.pad(x, (0, pads[2], 0, pads[1], 0, pads[0]), mode="replicate")
+    return F.avg_pool3d(x, window, stride=window)
 
 
 class _StyleGANBlock(nn.Module):
@@ -292,14 +408,10 @@ class _StyleGANBlock(nn.Module):
         self.conv2 = nn.Conv3d(in_ch, out_ch, 3, padding=1)
         self.skip = nn.Conv3d(in_ch, out_ch, 1, bias=False)
 
-    @staticmethod
-    def _down(x: Tensor) -> Tensor:
-        return F.avg_pool3d(x, (2 if x.shape[2] >= 2 else 1, 2, 2))
-
     def forward(self, x: Tensor) -> Tensor:
-        h = F.leaky_relu(self.conv1(x), 0.2)
-        h = self._down(F.leaky_relu(self.conv2(h), 0.2))
-        return (h + self._down(self.skip(x))) * 2 ** -0.5
+        h = same_avg_pool3d(F.leaky_relu(self.conv1(x), 0.2))
+        h = F.leaky_relu(self.conv2(h), 0.2)
+        return (h + self.skip(same_avg_pool3d(x))) * 2 ** -0.5
 
 
 class VideoDiscriminator(nn.Module):
@@ -313,20 +425,26 @@ class VideoDiscriminator(nn.Module):
 
     def __init__(self, config: LossConfig) -> None:
         super().__init__()
-        self.image = (PatchDiscriminator(2, config.disc_channels, config.disc_layers, config.disc_norm)
-                      if config.disc_2d else None)
+        patch = partial(PatchDiscriminator, channels=config.disc_channels, layers=config.disc_layers,
+                        norm=config.disc_norm, padding=config.disc_padding)
+        self.image = patch(2) if config.disc_2d else None
+        self.all_frames = config.disc_2d_frames == "all"
         if config.disc_3d == "patch":
-            self.video = PatchDiscriminator(3, config.disc_channels, config.disc_layers, config.disc_norm)
+            self.video = patch(3)
         elif config.disc_3d == "stylegan":
-            self.video = StyleGANDiscriminator3d(config.disc_channels, config.disc_layers)
+            self.video = StyleGANDiscriminator3d(config.disc_channels, config.disc_layers, config.disc_channel_mult)
         else:
             self.video = None
         self.register_buffer("lecam_ema", torch.zeros(2, 2))  # [2d, 3d] x [real, fake]
 
     def forward(self, video: Tensor, frame_index: Tensor) -> dict[str, tuple[Tensor, list[Tensor]]]:
+        """``frame_index`` is ignored by a 2D discriminator that sees every frame (``disc_2d_frames="all"``)."""
         out = {}
         if self.image is not None:
-            frames = video[torch.arange(video.shape[0], device=video.device), :, frame_index]
+            if self.all_frames:
+                frames = _frames(video)
+            else:
+                frames = video[torch.arange(video.shape[0], device=video.device), :, frame_index]
             out["2d"] = self.image(frames)
         if self.video is not None:
             out["3d"] = self.video(video)
@@ -460,19 +578,16 @@ class AutoencoderLoss:
                                recon: Tensor) -> tuple[Tensor, Tensor | None]:
         """Adversarial (and feature-matching) terms for the generator, with detached discriminator parameters."""
         cfg = self.config
-        _, g_fn = _GAN_LOSSES[cfg.gan]
+        _, g_fn = _GAN_LOSSES[cfg.gan_generator or cfg.gan]
         frame_index = torch.randint(video.shape[2], (video.shape[0],), device=video.device)
         params = {name: p.detach() for name, p in discriminator.named_parameters()}
         fake = functional_call(discriminator, params, (recon, frame_index), strict=False)
         g_loss = sum(g_fn(logits) for logits, _ in fake.values())
         fm = None
-        if cfg.feature_matching_weight > 0:
+        if cfg.feature_matching_weight > 0:  # TATS / PVDM: the L1 of every intermediate feature, summed
             with torch.no_grad():
                 real = functional_call(discriminator, params, (video, frame_index), strict=False)
-            fm = sum(
-                sum(F.l1_loss(f, r) for f, r in zip(fake[key][1], real[key][1])) / len(fake[key][1])
-                for key in fake
-            )
+            fm = sum(sum(F.l1_loss(f, r) for f, r in zip(fake[key][1], real[key][1])) for key in fake)
         return g_loss, fm
 
     def discriminator_loss(self, discriminator: nn.Module, video: Tensor, recon: Tensor) -> dict[str, Tensor]:

@@ -40,6 +40,7 @@ from harness.records import RunFolder
 from harness_core.registry import TOKENIZERS
 from harness_core.seeding import derive_seed, environment_card, resolve_deterministic, seeded
 from harness.stages.base import Stage, Variant, Work
+from harness.train import load_evaluated_weights
 
 
 log = logging.getLogger("harness.runner")
@@ -193,7 +194,8 @@ class RunContext:
 
     def tokenizer(self, entry: TokenizerEntry) -> VideoTokenizer:
         """``entry``'s model on the device in eval mode: the one trained in this run, or built under its init seed
-        (``derive_seed(tokenizer_seed(entry), "init")``) and loaded from its checkpoint (a pretrained entry loads its own
+        (``derive_seed(tokenizer_seed(entry), "init")``) and loaded from its checkpoint, with the EMA of its weights
+        when training kept one (:func:`harness.train.load_evaluated_weights`; a pretrained entry loads its own
         weights).
 
         Raises:
@@ -204,8 +206,8 @@ class RunContext:
             with seeded(derive_seed(self.tokenizer_seed(entry), "init")):
                 model = self.build_tokenizer(entry)
             checkpoint = self.run_folder(entry).checkpoint
-            if not entry.pretrained and checkpoint.is_file():
-                model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
+            if not entry.pretrained and checkpoint.is_file():  # the EMA's weights when training kept one
+                load_evaluated_weights(model, torch.load(checkpoint, map_location="cpu", weights_only=True))
             self.models[entry.id] = model
         return self.models[entry.id].to(self.device).eval()
 

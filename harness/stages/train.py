@@ -10,7 +10,10 @@ seed; ``train.json`` records steps, step time, the stage's own peak memory
 (:class:`harness.memory.StageMemory`), last losses and the environment card;
 ``losses.csv`` the per-step history. The stage is done when ``train.json``
 exists; later stages load the model from ``checkpoint.pt``
-(:meth:`harness.stages.context.RunContext.tokenizer`).
+(:meth:`harness.stages.context.RunContext.tokenizer`). A tokenizer that keeps
+an EMA of its weights (``weight_ema_decay``, MAGVIT) is evaluated with the
+EMA's weights, both when the trained model is handed on here and when it is
+loaded from the checkpoint (:func:`harness.train.load_evaluated_weights`).
 """
 from __future__ import annotations
 
