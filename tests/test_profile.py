@@ -9,9 +9,18 @@ import pandas as pd
 import pytest
 import torch
 
-from harness.profile import (CODEC_COLUMNS, CodecCostSuite, CodecCostTokenizer, codec_table, is_out_of_memory,
-                             load_profile_suite, profile_codec_costs, profile_costs, write_codec_report,
-                             write_cost_report)
+from harness.profile import (
+    CODEC_COLUMNS,
+    CodecCostSuite,
+    CodecCostTokenizer,
+    codec_table,
+    is_out_of_memory,
+    load_profile_suite,
+    profile_codec_costs,
+    profile_costs,
+    write_codec_report,
+    write_cost_report,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
