@@ -184,7 +184,7 @@ FRAME2D_VQ_SIZES: dict[str, SizeConfig] = {
     "maskgit": SizeConfig(channels=128, channel_mult=(1, 1, 2, 2, 4), num_res_blocks=2, latent_channels=256,
                           codebook_size=1024),
     # MAGVIT's 2D-VQ UCF baseline (vqgan2d_ucf101_config.py): f8, 16x16 per 128x128 frame (not Table 7's layout)
-    "magvit2d": SizeConfig(channels=128, channel_mult=(1, 1, 2, 4), num_res_blocks=2, latent_channels=256,
+    "magvit2d": SizeConfig(channels=128, channel_mult=(1, 2, 2, 4), num_res_blocks=2, latent_channels=256,
                            codebook_size=1024),
     # CPU: f16 with 16 filters, 8-dim codes, 256 codes
     "tiny": SizeConfig(channels=16, channel_mult=(1, 1, 2, 2, 4), num_res_blocks=1, latent_channels=8, codebook_size=256),
