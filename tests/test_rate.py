@@ -113,6 +113,17 @@ def test_tokens_with_bits_give_that_rate_summed_over_chunks(sample_videos):
         mixed.record()
 
 
+def test_a_codec_rate_is_its_bitstream_through_the_stage_tally(sample_videos):
+    from harness_core.registry import TOKENIZERS
+
+    h264 = TOKENIZERS.get("h264")(crf=30)
+    videos = sample_videos[:2, :, :8, :32, :32]
+    rate, record, _, _ = stage_rate(h264, videos)
+    exact = float(h264.encode(videos).bits.sum())  # 8 x bitstream bytes of both rows (deterministic encoder)
+    assert rate["kind"] == "bitstream" and record["bits"] == exact
+    assert rate["bpp"] == pytest.approx(exact / 2 / (8 * 32 * 32), rel=1e-12)
+
+
 def test_rate_summary_rules_and_errors():
     assert rate_summary(64, 1024, 2) is None  # nothing to measure
     assert row_rate([{"clips": ["a"], "tokens_per_video": 4, "codes": [], "bits": None}], 4, 16, None, None, "old") is None
