@@ -37,7 +37,7 @@ Training (official ``scripts/recons/train.sh``), as a two-stage schedule on one 
 
 Losses (TATS-style, official ``VQGAN.forward``): L1 x 4, LPIPS (VGG) x 4 on one random frame, hinge GAN with a 2D
 PatchGAN on one random frame (image batches) and a 3D PatchGAN on the chunk (video batches), GAN feature matching
-x 4 per discriminator layer, from step 0; GAN weights 0.01 (the image GAN in the image stage, the video GAN in
+x 4 summed over the discriminator layers, from step 0; GAN weights 0.01 (the image GAN in the image stage, the video GAN in
 the video stage; the image GAN weight is 0 in the video stage), plus the commitment loss (``dv``) or the KL
 (``cv``). ``cv`` in the official code is stage 3: the ``dv`` model fine-tuned with KL (``init_from``).
 """
@@ -322,7 +322,7 @@ class OmniDecoder(nn.Module):
 
 class OmniDiscriminator(nn.Module):
     """The two official discriminators (``base.py`` ``NLayerDiscriminator`` / ``NLayerDiscriminator3D``, 3 layers,
-    64 filters, BatchNorm) as :class:`video_tokenizers.losses.PatchDiscriminator` s.
+    64 filters, BatchNorm, padding 2) as :class:`video_tokenizers.losses.PatchDiscriminator` s.
 
     ``forward(video, frame_index)`` in the :class:`video_tokenizers.losses.VideoDiscriminator` contract: a
     one-frame input (an image batch) goes to the 2D discriminator (``{"2d": ...}``), a chunk to the 3D one
@@ -330,10 +330,10 @@ class OmniDiscriminator(nn.Module):
     has weight 0 on video batches after stage 1).
     """
 
-    def __init__(self, channels: int = 64, layers: int = 3, norm: str = "batch") -> None:
+    def __init__(self, channels: int = 64, layers: int = 3, norm: str = "batch", padding: int = 2) -> None:
         super().__init__()
-        self.image = PatchDiscriminator(2, channels, layers, norm)
-        self.video = PatchDiscriminator(3, channels, layers, norm)
+        self.image = PatchDiscriminator(2, channels, layers, norm, padding)
+        self.video = PatchDiscriminator(3, channels, layers, norm, padding)
         self.register_buffer("lecam_ema", torch.zeros(2, 2))  # read by AutoencoderLoss only when lecam_weight > 0
 
     def forward(self, video: Tensor, frame_index: Tensor) -> dict[str, tuple[Tensor, list[Tensor]]]:
@@ -353,9 +353,10 @@ def official_loss_config(gan_weight: float, disc_2d: bool, overrides: Mapping[st
 
     L1 x 4 (``--l1_weight`` default 4), LPIPS x 4 on one random frame, hinge GAN x ``gan_weight`` from step 0
     (``--discriminator_iter_start 0``) with the 2D (``disc_2d``) or the 3D PatchGAN (3 layers, 64 filters,
-    BatchNorm), feature matching: the official ``--gan_feat_weight 4`` times ``4 / (3 + 1)`` per layer summed over
-    the 4 feature maps, which is ``16`` in :class:`~video_tokenizers.losses.AutoencoderLoss`'s mean over the
-    maps. ``gan_weight`` 0 turns the GAN off (the official code then adds no adversarial or feature term).
+    BatchNorm, padding ``ceil((4 - 1) / 2) = 2``), feature matching: ``--gan_feat_weight 4`` times
+    ``4 / (3 + 1) = 1`` per intermediate feature map, summed over the maps (as
+    :class:`~video_tokenizers.losses.AutoencoderLoss` sums them), not scaled by the GAN weight.
+    ``gan_weight`` 0 turns the GAN off (the official code then adds no adversarial or feature term).
 
     Raises:
         ValueError: an unknown override key (named).
@@ -367,11 +368,10 @@ def official_loss_config(gan_weight: float, disc_2d: bool, overrides: Mapping[st
     values: dict[str, Any] = dict(
         recon="l1", recon_weight=4.0, perceptual_weight=4.0, perceptual_net="vgg", perceptual_frames="random",
         gan="hinge" if gan_weight > 0 else None, disc_2d=disc_2d, disc_3d=None if disc_2d else "patch",
-        disc_weight=gan_weight, disc_start=0, disc_channels=64, disc_layers=3, disc_norm="batch",
+        disc_weight=gan_weight, disc_start=0, feature_matching_weight=4.0, disc_channels=64, disc_layers=3,
+        disc_norm="batch", disc_padding=2,
     )
     values.update(overrides or {})
-    # official: 4 x sum over the disc_layers + 1 feature maps with weight 4 / (3 + 1) = 1 each; AutoencoderLoss: mean
-    values.setdefault("feature_matching_weight", 4.0 * (values["disc_layers"] + 1))
     return LossConfig(**values)
 
 
@@ -462,7 +462,8 @@ class OmniTokenizer(VideoTokenizer):
             objective.lpips = self.objectives["image"].lpips
         uses_gan = any(o.config.gan for o in self.objectives.values())
         first = self.objectives["image"].config if self.objectives["image"].config.gan else self.objectives["video"].config
-        self.discriminator = OmniDiscriminator(first.disc_channels, first.disc_layers, first.disc_norm) if uses_gan else None
+        self.discriminator = OmniDiscriminator(first.disc_channels, first.disc_layers, first.disc_norm,
+                                               first.disc_padding) if uses_gan else None
         #: whether the video patch layers were inflated from the image ones (once, at the first video-stage step)
         self.register_buffer("video_patches_inflated", torch.tensor(False))
         if init_from is not None:
