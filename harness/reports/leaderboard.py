@@ -201,7 +201,7 @@ def display_frame(rows: list[dict[str, Any]], metrics: list[str] | None = None, 
         line = {"suite": row.get("suite")} if suite else {}
         line["tokenizer"] = row["row"]
         if identity:
-            line.update({"model": row["tokenizer"] + (" (pretrained)" if row.get("pretrained") else ""),
+            line.update({"model": row["tokenizer"] + _model_note(row),
                          "tokens/video": row["tokens_per_video"],
                          BPP_HEADER: rate_text({"bpp": row.get("bpp"), "kind": row.get("bpp_kind"),
                                                 "bpp_entropy": row.get("bpp_entropy")}),
@@ -214,6 +214,14 @@ def display_frame(rows: list[dict[str, Any]], metrics: list[str] | None = None, 
             line.update({k: v for k, v in _cost_line(row).items() if k != "tokenizer"})
         out.append(line)
     return pd.DataFrame(out).fillna("–")
+
+
+def _model_note(row: dict[str, Any]) -> str:
+    """`` (classical codec)`` for a row whose rate is a measured bitstream, `` (pretrained)`` for other
+    evaluation-only rows, else nothing."""
+    if row.get("bpp_kind") == "bitstream":
+        return " (classical codec)"
+    return " (pretrained)" if row.get("pretrained") else ""
 
 
 def _weights_text(weights: dict[str, Any] | None) -> str:
@@ -339,7 +347,10 @@ def _tokenizer_line(record: RunRecord) -> str:
     padded = (record.token_info or {}).get("padded_frames")
     if padded:
         parts.append(f"videos padded by {padded} repeated last frame(s) to its native length, cropped back before scoring")
-    if record.pretrained:
+    if (record.rate or {}).get("kind") == "bitstream":  # a classical codec: its settings, as its tokens recorded them
+        settings = {k: v for k, v in (record.token_info or {}).items() if k != "padded_frames"}
+        parts.append("classical codec" + (f" ({', '.join(f'{k} {v}' for k, v in settings.items())})" if settings else ""))
+    elif record.pretrained:
         parts.append(f"pretrained weights {_weights_text(record.weights)}")
     if record.tiling_consistency:
         parts.append("tiling check " + ", ".join(f"{k} {v:.2f} dB" for k, v in record.tiling_consistency.items()))
