@@ -127,7 +127,9 @@ def tokenizer_lines(suite: Suite) -> list[tuple[str, str]]:
     for entry in suite.tokenizers:
         cls = TOKENIZERS.get(entry.name)
         kwargs = ", ".join(f"{k}={v}" for k, v in entry.kwargs.items())
-        if entry.pretrained:
+        if _is_codec(cls):  # cheap to build: its settings as its rows will record them
+            recipe = "classical codec, evaluation only: " + metric_settings_text(cls(**entry.kwargs).protocol(suite.data.frames))
+        elif entry.pretrained:
             recipe = "evaluation only (pretrained weights)"
         else:
             train = suite.train_config(entry).model_dump()
@@ -136,6 +138,13 @@ def tokenizer_lines(suite: Suite) -> list[tuple[str, str]]:
         source = getattr(cls, "recipe_source", "") or "not stated"
         lines.append((entry.id, f"{entry.name}({kwargs}); {recipe}; source: {source}"))
     return lines
+
+
+def _is_codec(cls: type) -> bool:
+    """Whether a registered tokenizer class is a classical codec (:mod:`video_tokenizers.codecs`, issue 27)."""
+    from video_tokenizers.codecs import CodecTokenizer
+
+    return isinstance(cls, type) and issubclass(cls, CodecTokenizer)
 
 
 def protocol_card(suite: Suite, source: str = "") -> str:

@@ -256,3 +256,15 @@ def test_suite_records_the_rate(tmp_path):
     assert rate["kind"] == "nominal" and rate["bpp"] == 64 * 6 / (16 * 32 * 32) and rate["bpp_entropy"] <= rate["bpp"]
     assert json.loads((results / "vq" / "metrics.json").read_text())["rate"] == rate
     assert "0.02344 nominal" in (results / "leaderboard.md").read_text() and (results / "rate_distortion.png").is_file()
+
+
+def test_protocol_card_states_the_rate_definition():
+    from conftest import REPO
+    from harness.config import load_suite
+    from harness.protocol import protocol_card
+
+    card = protocol_card(load_suite(REPO / "suites" / "samples_cpu.yaml"))
+    section = card[card.index("rate (bits per pixel"):]
+    for text in ("bits per video / (frames x height x width)", "tokens x log2(codebook size)", "ideal memoryless entropy coder",
+                 "x 16 bits (fp16)", "8 x bytes, container overhead excluded", "PCHIP"):
+        assert text in " ".join(section.split()), text
