@@ -17,7 +17,7 @@ from harness_core.api import Tokens
 from harness_core.layers import sincos_pos_embed
 from video_tokenizers.larp import LARP, LARP_PRESETS, larp_param_counts, video_sincos
 
-TINY = dict(size="tiny", resolution=32, codebook_size=512, max_steps=10)
+TINY = {"size": "tiny", "resolution": 32, "codebook_size": 512, "max_steps": 10}
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_tiny_trains_on_real_clips_with_every_loss_term(clips):
             assert tok.prior.head.weight.grad.abs().sum() > 0
         for opt in optimizers:
             opt.step()
-        history.append({k: float(v) for k, v in out.items()})
+        history.append({k: float(v.detach()) for k, v in out.items()})
     after = _eval_l1(tok, video)
     print(f"larp tiny: L1 {before:.4f} -> {after:.4f}, latent CE {history[0]['latent_ce']:.3f} -> "
           f"{history[-1]['latent_ce']:.3f}")

@@ -34,7 +34,8 @@ and LeCAM (weight 0.001, which the official loss multiplies in twice: effective 
 """
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -149,6 +150,10 @@ class StochasticL2VQ(nn.Module):
         return F.embedding(indices, self.codes())
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        with _full_precision(z.device):  # the official quantizer runs outside autocast, in float32
+            return self._quantize(z.float())
+
+    def _quantize(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         codes = self.codes()
         similarity = z.flatten(0, 1) @ codes.t()
         if self.training:
@@ -159,6 +164,11 @@ class StochasticL2VQ(nn.Module):
         commitment = F.mse_loss(z, quantized.detach())
         codebook = F.mse_loss(quantized, z.detach())
         return z + (quantized - z).detach(), indices.view(z.shape[:2]), commitment, codebook
+
+
+def _full_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off on ``device`` (CUDA or CPU); nothing to switch on other devices (meta)."""
+    return torch.autocast(device.type, enabled=False) if device.type in ("cuda", "cpu") else contextlib.nullcontext()
 
 
 class CausalBlock(nn.Module):
@@ -325,7 +335,8 @@ class LARP(VideoTokenizer):
     recipe_source = (f"LARP (Wang et al., ICLR 2025), {LARP_REPO}@{LARP_COMMIT[:7]}: cfgs/larp_tokenizer.yaml, "
                      "scripts/train_larp_tokenizer_reproduce.sh, models/larp_tokenizer.py, models/bottleneck.py, "
                      "models/gptc.py, models/loss.py, trainers/larp_tokenizer_trainer.py (docs/larp.md)")
-    published_parameters = {"L_long": (173e6, f"{LARP_REPO} README (LARP-L-Long-tokenizer, 173M)")}
+    published_parameters: ClassVar[dict[str, tuple[float, str]]] = {
+        "L_long": (173e6, f"{LARP_REPO} README (LARP-L-Long-tokenizer, 173M)")}
 
     def __init__(self, size: str = "tiny", resolution: int = 128, chunk_frames: int = 16, patch_size: int = 8,
                  temporal_patch_size: int = 4, tokens: int | None = None, codebook_size: int = 8192, code_dim: int = 16,
@@ -505,7 +516,7 @@ class LARP(VideoTokenizer):
         positions ``1..N-1`` and over ``prior_rounds`` rounds.
         """
         codebook = self.quantizer.codes().detach()
-        batch, count, dim = codes.shape
+        batch, count, _ = codes.shape
         replace = (torch.rand(batch, count - 1, 1, device=codes.device) < self.scheduled_sampling_ratio(step))
         inputs, rounds = codes, []
         for r in range(self.prior_rounds):
