@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -142,6 +143,9 @@ class VideoTokenizer(nn.Module):
     #: where the family's architecture and training recipe come from (paper section, official repository and commit),
     #: shown by ``python -m harness protocol``; plugins may set it
     recipe_source: str = ""
+    #: ``False`` for tokenizers a generator cannot be trained on (classical codecs, whose tokens are a bitstream):
+    #: a suite entry of such a tokenizer must set ``generation: {enabled: false}`` (checked when the suite loads)
+    generative: bool = True
     #: parameter counts the family's paper or official repository publishes, by ``size`` kwarg:
     #: ``{size: (count, source)}``; ``python -m harness list --params`` prints them next to the measured counts
     published_parameters: dict[str, tuple[float, str]] = {}
@@ -243,3 +247,18 @@ def check_video(video: Tensor, name: str = "video") -> None:
         raise ValueError(f"{name}: expected float tensor [B, 3, T, H, W], got {shape}")
     if not video.is_floating_point():
         raise ValueError(f"{name}: expected a float tensor in [-1, 1], got dtype {video.dtype}")
+
+
+def to_model_range(clip: np.ndarray | Tensor) -> Tensor:
+    """Stored frames to the engine's video convention: ``uint8 [..., T, H, W, 3]`` -> ``float32 [..., 3, T, H, W]``
+    in ``[-1, 1]`` (``x / 127.5 - 1``)."""
+    x = torch.as_tensor(clip)
+    x = x.movedim(-1, -4).float()
+    return x / 127.5 - 1.0
+
+
+def to_uint8(video: Tensor) -> np.ndarray:
+    """The engine's video convention to stored frames: ``float [..., 3, T, H, W]`` in ``[-1, 1]`` ->
+    ``uint8 [..., T, H, W, 3]`` (clamped to ``[-1, 1]``, then ``(x + 1) * 127.5`` rounded half to even)."""
+    x = ((video.detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return x.movedim(-4, -1).contiguous().numpy()

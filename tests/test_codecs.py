@@ -16,21 +16,6 @@ def codec(name: str, **kwargs):
     return TOKENIZERS.get(name)(**kwargs)
 
 
-@pytest.fixture(scope="module")
-def videos_128(sample_paths) -> torch.Tensor:
-    """One real 8-frame 128x128 clip per sample video, ``float32 [3, 3, 8, 128, 128]``: x265 is deterministic at
-    128x128 but not at 64x64 (see video_tokenizers/codecs.py)."""
-    import numpy as np
-
-    from harness.data.decode import decode_frames, to_model_range
-
-    return to_model_range(np.stack([decode_frames(p, start=8, num_frames=8, resolution=128) for p in sample_paths]))
-
-
-def deterministic_input(name: str, sample_videos: torch.Tensor, videos_128: torch.Tensor) -> torch.Tensor:
-    return videos_128 if name == "h265" else sample_videos
-
-
 @pytest.mark.parametrize("name", list(CODECS))
 def test_round_trip_shape_range_and_bits(name, sample_videos):
     tok = codec(name, crf=CRF_PAIRS[name][0])
@@ -66,8 +51,8 @@ def test_psnr_rises_and_bits_grow_as_crf_falls(name, sample_videos):
 
 
 @pytest.mark.parametrize("name", list(CODECS))
-def test_encoding_is_deterministic(name, sample_videos, videos_128):
-    video = deterministic_input(name, sample_videos, videos_128)
+def test_encoding_is_deterministic(name, sample_videos):
+    video = sample_videos
     first, second = codec(name, crf=30), codec(name, crf=30)
     a, b = first.encode(video), second.encode(video)
     assert torch.equal(a.latents, b.latents) and torch.equal(a.bits, b.bits)
@@ -76,8 +61,8 @@ def test_encoding_is_deterministic(name, sample_videos, videos_128):
 
 
 @pytest.mark.parametrize("name", ["h264", "h265"])
-def test_sei_units_carry_no_picture_data(name, sample_videos, videos_128):
-    video = deterministic_input(name, sample_videos, videos_128)[:1]
+def test_sei_units_carry_no_picture_data(name, sample_videos):
+    video = sample_videos[:1]
     stripped, kept = codec(name, crf=28), codec(name, crf=28, strip_sei=False)
     a, b = stripped.encode(video), kept.encode(video)
     assert float(a.bits[0]) < float(b.bits[0])  # x264 / x265 write their version and options there
@@ -117,3 +102,15 @@ def test_av1_crf_range_and_too_small_or_odd_frames(sample_videos):
         codec("h264", crf=23).encode(sample_videos[:1], budget=4)
     with pytest.raises(ValueError, match="not trained"):
         codec("h264", crf=23).training_losses(sample_videos[:1], 0)
+
+
+def test_a_codec_entry_with_generation_on_is_refused_when_the_suite_loads(tmp_path, capsys):
+    from conftest import cli
+    from test_engine import tiny_suite
+
+    entry = {"id": "h264_crf28", "name": "h264", "kwargs": {"crf": 28}, "train": None}
+    path = tiny_suite(tmp_path, [entry], generation={"enabled": True})
+    code, _, err = cli(capsys, "protocol", str(path))
+    assert code == 2 and "tokenizers[h264_crf28].generation: h264 cannot be generated from" in err
+    path = tiny_suite(tmp_path, [{**entry, "generation": {"enabled": False}}], generation={"enabled": True})
+    assert cli(capsys, "protocol", str(path))[0] == 0

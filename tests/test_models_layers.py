@@ -373,11 +373,15 @@ def _size_tables() -> dict[str, dict]:
     from video_tokenizers.coordtok import COORDTOK_SIZES
     from video_tokenizers.frame2d_vq import FRAME2D_VQ_SIZES
     from video_tokenizers.grid3d import GRID3D_SIZES
+    from video_tokenizers.larp import LARP_SIZES
+    from video_tokenizers.omnitokenizer import OMNITOKENIZER_SIZES
     from video_tokenizers.pvdm import PVDM_SIZES
+    from video_tokenizers.tats import TATS_SIZES
     from video_tokenizers.videoflextok import VIDEOFLEXTOK_SIZES
 
     return {"coordtok": COORDTOK_SIZES, "videoflextok": VIDEOFLEXTOK_SIZES, "grid3d": GRID3D_SIZES,
-            "grid3d_vq": GRID3D_SIZES, "frame2d_vq": FRAME2D_VQ_SIZES, "pvdm": PVDM_SIZES, "sit": SIT_SIZES, "ar": AR_SIZES}
+            "grid3d_vq": GRID3D_SIZES, "frame2d_vq": FRAME2D_VQ_SIZES, "pvdm": PVDM_SIZES, "tats": TATS_SIZES,
+            "larp": LARP_SIZES, "omnitokenizer": OMNITOKENIZER_SIZES, "sit": SIT_SIZES, "ar": AR_SIZES}
 
 
 #: presets the issue names (timm-style ``family_size``)
@@ -387,8 +391,9 @@ EXPECTED_PRESETS = {
     "sit_tiny_2", "sit_S_2", "sit_B_2", "sit_L_2", "sit_XL_2", "sit_XL_4", "sit_XL_8",
     "ar_tiny", "ar_S", "ar_B", "ar_L", "ar_XL",
     "grid3d_tiny", "grid3d_small", "grid3d_base", "grid3d_large",
-    "grid3d_vq_tiny", "grid3d_vq_magvit_b", "grid3d_vq_magvit_l", "grid3d_vq_tats",
+    "grid3d_vq_tiny", "grid3d_vq_magvit_b", "grid3d_vq_magvit_l", "tats_base", "tats_tiny",
     "frame2d_vq_tiny", "frame2d_vq_maskgit", "frame2d_vq_magvit2d", "pvdm_tiny", "pvdm_base",
+    "larp_L_long", "larp_tiny", "omnitokenizer_dv", "omnitokenizer_cv", "omnitokenizer_dv_tiny", "omnitokenizer_cv_tiny",
 }
 
 
@@ -421,8 +426,7 @@ def test_every_preset_resolves_to_its_family_and_size():
     assert PRESETS.get("coordtok_L_3072").kwargs == {"size": "L", "latent_resolution_xy": 32, "latent_resolution_t": 32,
                                                      "latent_channels": 8}
     assert PRESETS.get("videoflextok_d18_d28").kwargs == {"size": "d18_d28"}
-    assert PRESETS.get("grid3d_vq_tats").kwargs == {"size": "base", "latent_channels": 256, "codebook_size": 16384,
-                                                    "recipe": "tats"}
+    assert PRESETS.get("tats_base").kwargs == {"size": "base"}
 
 
 @pytest.mark.parametrize("name, extra", [

@@ -145,7 +145,7 @@ def test_report_files_exist_after_a_suite_run(suite_dir):
                     "- evaluation clips: 9 clips, 3 per video at seeded positions", "- metric PSNR: higher is better; per frame"):
         assert section in text, section
     page = (suite_dir / "report.html").read_text()
-    assert page.count("src='data:image/png;base64,") == 4 and page.count("src='data:image/gif;base64,") == 3
+    assert page.count("src='data:image/png;base64,") == 5 and page.count("src='data:image/gif;base64,") == 3
     assert "file://" not in page and "<img src='/" not in page  # self-contained, viewable offline
 
 
@@ -233,8 +233,8 @@ def test_leaderboard_cli_across_suites_and_report_rebuild(suite_dir, tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(chromium_path() is None, reason="needs Debian's chromium (/usr/bin/chromium; apt-get install chromium)")
 def test_html_report_renders_in_headless_chromium(suite_dir, tmp_path):
-    """The report opens offline in Chromium: every embedded image (4 plots, 3 GIFs) decodes; the screenshot is not blank."""
-    assert decoded_images(suite_dir / "report.html") == (7, 7)
+    """The report opens offline in Chromium: every embedded image (5 plots, 3 GIFs) decodes; the screenshot is not blank."""
+    assert decoded_images(suite_dir / "report.html") == (8, 8)
     shot = screenshot(suite_dir / "report.html", tmp_path / "report.png", 1400, 3000)
     with Image.open(shot) as image:
         pixels = np.asarray(image.convert("L"), dtype=float)

@@ -213,7 +213,7 @@ def test_readme_plot_example_is_one_function_that_reaches_the_report(plugin_run,
         sys.path.pop(0)
     assert folder / "psnr_vs_params.png" in paths
     assert "## PSNR vs parameters" in (folder / "report.md").read_text()
-    assert (folder / "report.html").read_text().count("src='data:image/png;base64,") == 4  # quality vs tokens, per-frame curves, loss curves + this
+    assert (folder / "report.html").read_text().count("src='data:image/png;base64,") == 5  # quality vs tokens, per-frame curves, rate-distortion, loss curves + this
 
 
 # --------------------------------------------------------------------------- imports

@@ -9,7 +9,7 @@ back; its *tokens are its bits*: ``Tokens.bits`` holds the size of each row's en
 Per video (:meth:`CodecTokenizer.encode`):
 
 1. ``float32 [3, T, H, W]`` in ``[-1, 1]`` -> ``uint8`` RGB frames, ``round((x + 1) * 127.5)`` clamped (exactly the
-   engine's clips, ``harness.data.decode.to_uint8``);
+   engine's clips, ``harness_core.api.to_uint8``);
 2. RGB -> ``yuv420p`` with swscale: BT.601 matrix, limited ("MPEG", 16-235) range, bicubic chroma filter (the
    defaults of the ``ffmpeg`` command line, ``libswscale/options.c``), one thread;
 3. a fresh encoder (:class:`CodecSpec`), CRF rate control, the clip as one group of pictures unless ``gop`` is
@@ -23,12 +23,13 @@ Per video (:meth:`CodecTokenizer.encode`):
    decoder needs a hardware accelerator), ``yuv420p`` -> RGB with the same swscale settings, back to
    ``float32`` in ``[-1, 1]`` on the input's device.
 
-Encoding is deterministic for x264, libvpx and SVT-AV1 (one encoder thread, SVT-AV1 at one level of parallelism):
-the same input gives the same bytes (tested on the 64x64 sample clips). x265 (``pools=none:frame-threads=1``) is
-deterministic on 128x128 clips (tested) but NOT on 64x64 ones: six encodes of the same three 16-frame 64x64 clips in
-one process gave 3 to 5 different bitstreams (a few bytes apart, from frame 9 on), with ``wpp=0``,
-``lookahead-slices=0``, ``pmode=0``, ``pme=0``, ``bframes=0``, ``aq-mode=0`` or ``cutree=0`` added alike; so ``h265``
-rows at 64 px reproduce only to within that jitter.
+Encoding is deterministic (one encoder thread, SVT-AV1 at one level of parallelism): the same input gives the same
+bytes (tested on the 64x64 sample clips). x265 needs ``ctu=32`` for that: with its default 64x64 CTU, a 64x64
+frame is a single CTU and repeated encodes of the same 16-frame clips in one process gave 2 to 5 different
+bitstreams (a few bytes apart, from frame 9 on; ``wpp=0``, ``lookahead-slices=0``, ``pmode=0``, ``pme=0``,
+``bframes=0``, ``aq-mode=0`` or ``cutree=0`` did not help; ``no-sao`` did). With ``ctu=32`` eight encodes of each
+sample clip were identical at 32, 64 and 128 px (measured 2026-12-05). It is a fixed option, recorded in the
+protocol: a deviation from x265's defaults, chosen over ``no-sao`` because it keeps every coding tool.
 
 Frame sizes: ``yuv420p`` needs even ``H`` and ``W``; x265 refuses frames under 16x16 and SVT-AV1 under 4x4
 (measured with PyAV 18.1 / FFmpeg 8: x265 "Picture width must be..." on 8x8, 10x10, 16x8; SVT "Source Width must
@@ -43,7 +44,7 @@ name    encoder         CRF (default)  preset       other options
 ======  ==============  =============  ===========  =========================================================
 h264    libx264         0-51 (23)      medium       x264's defaults (``x264 --fullhelp``: crf 23, preset medium)
 h265    libx265         0-51 (28)      medium       x265's defaults (x265 docs: crf 28, preset medium);
-                                                    ``pools=none:frame-threads=1``
+                                                    ``pools=none:frame-threads=1:ctu=32`` (determinism)
 vp9     libvpx-vp9      0-63 (31)      cpu-used 1   ``deadline=good``, ``b=0`` (constant quality), ``row-mt=0``;
                                                     crf 31 is FFmpeg's VP9 guide value for 1080p (libvpx has none)
 av1     libsvtav1       1-63 (35)      8            SVT-AV1 v4.1's defaults (crf 35; preset 8 per its config
@@ -71,8 +72,7 @@ import torch
 from av.video.reformatter import ColorRange, Colorspace, Interpolation
 from torch import Tensor
 
-from harness.data.decode import to_model_range, to_uint8
-from harness_core.api import Tokens, VideoTokenizer, check_video
+from harness_core.api import Tokens, VideoTokenizer, check_video, to_model_range, to_uint8
 from harness_core.registry import register_tokenizer
 
 #: the pixel format every codec here encodes (8-bit 4:2:0, what the codecs' main profiles and players take)
@@ -112,7 +112,7 @@ class CodecSpec:
 CODECS: dict[str, CodecSpec] = {
     "h264": CodecSpec("libx264", "h264", (0, 51), 23, "medium", "preset", 2, sei_types="6"),
     "h265": CodecSpec("libx265", "hevc", (0, 51), 28, "medium", "preset", 16,
-                      (("x265-params", "pools=none:frame-threads=1:log-level=error"),), sei_types="39|40"),
+                      (("x265-params", "pools=none:frame-threads=1:ctu=32:log-level=error"),), sei_types="39|40"),
     "vp9": CodecSpec("libvpx-vp9", "vp9", (0, 63), 31, "1", "cpu-used", 2,
                      (("deadline", "good"), ("b", "0"), ("row-mt", "0"))),
     "av1": CodecSpec("libsvtav1", "libdav1d", (1, 63), 35, "8", "preset", 4, (("svtav1-params", "lp=1"),)),

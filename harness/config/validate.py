@@ -196,6 +196,9 @@ def _check_entry(suite: Suite, entry: TokenizerEntry, source: str) -> None:
         generation = generation_config(suite, entry)
     except ValidationError as err:
         raise SuiteError(f"{source}: {where}.generation: {first_error_text(err)}") from err
+    if generation is not None and generation.enabled and not getattr(cls, "generative", True):
+        raise SuiteError(f"{source}: {where}.generation: {entry.name} cannot be generated from (its tokens are not "
+                         f"a generator's input); set generation: {{enabled: false}} on the entry")
     problem = generation_model_problem(generation) if generation is not None else None
     if problem:
         own = entry.generation is not None and "model" in entry.generation.model_fields_set

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harness_core.api import to_model_range, to_uint8  # noqa: F401  (the contract's conversions; decoders and callers use them from here)
 from harness_core.errors import HarnessError
 
 
@@ -304,16 +305,3 @@ def decode_frames(path: str | Path, start: int = 0, num_frames: int | None = Non
         raise VideoDecodeError(f"no decodable frames in video {path}")
     frames = np.stack(kept)
     return resize_center_crop(frames, resolution, resize) if resolution else frames
-
-
-def to_model_range(clip: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """``uint8 [..., T, H, W, 3]`` -> ``float32 [..., 3, T, H, W]`` in ``[-1, 1]``."""
-    x = torch.as_tensor(clip)
-    x = x.movedim(-1, -4).float()
-    return x / 127.5 - 1.0
-
-
-def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """``float [..., 3, T, H, W]`` in ``[-1, 1]`` -> ``uint8 [..., T, H, W, 3]`` (rounded, clamped)."""
-    x = ((video.detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-    return x.movedim(-4, -1).contiguous().numpy()

@@ -162,6 +162,7 @@ def result_record(ctx: RunContext, work: Work, tokenizer: VideoTokenizer, summar
         pretrained=train.pretrained, weights=train.weights,
         latent_values=_latent_values(tokenizer, tokens),
         tiling_consistency=recon.tiling_consistency,
+        rate=recon.rate,
         metric_specs=[spec.to_dict() for spec in specs],
         per_video=PER_VIDEO_FILE,
         per_frame=PER_FRAME_FILE if folder.per_frame.is_file() else None,
