@@ -697,12 +697,10 @@ def profile_codec_costs(tokenizers: Sequence[CodecCostTokenizer | Entry], frames
 
     Returns:
         one row per (tokenizer, resolution, frames, tiling state) with :data:`CODEC_COLUMNS`; ``status`` is
-        ``"ok"``, ``"OOM"`` (also a measurement process killed by SIGKILL, the Linux out-of-memory killer's signal)
-        or ``"skipped"`` (a shape or tiling the tokenizer rejects; ``reason`` says why). Unregistered names are
-        left out with a message; any other failure of a measurement raises.
-
-    Raises:
-        RuntimeError: a measurement failed for a reason other than memory or an invalid shape (its last lines).
+        ``"ok"``, ``"OOM"`` (also a measurement process killed by SIGKILL, the Linux out-of-memory killer's signal),
+        ``"skipped"`` (a shape or tiling the tokenizer rejects; ``reason`` says why) or ``"error"`` (any other
+        failure of the measurement process: ``reason`` holds its last lines; the sweep goes on, so that one broken
+        cell does not cost the others). Unregistered names are left out with a message.
     """
     from harness_core.registry import TOKENIZERS
 
@@ -726,9 +724,11 @@ def profile_codec_costs(tokenizers: Sequence[CodecCostTokenizer | Entry], frames
                     try:
                         result = _run_subprocess(spec, CAPPED_ENV if memory_cap_mb is not None else None)
                     except MeasurementKilled as err:
-                        if err.signal != 9:
-                            raise
-                        result = {"status": "OOM", "reason": f"{err} (SIGKILL: the kernel's out-of-memory killer)"}
+                        oom = err.signal == 9
+                        result = {"status": "OOM" if oom else "error",
+                                  "reason": f"{err}" + (" (SIGKILL: the kernel's out-of-memory killer)" if oom else "")}
+                    except RuntimeError as err:  # one failed cell must not cost the rest of a long sweep
+                        result = {"status": "error", "reason": str(err)}
                     row = dict(label=label, tokenizer=name, tiling={None: "n/a", False: "off", True: "on"}[state],
                                frames=count, resolution=resolution, pixels=count * resolution * resolution, device=device)
                     row.update(result)

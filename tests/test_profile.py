@@ -148,6 +148,14 @@ def test_codec_sweep_records_out_of_memory_under_a_cap():
     assert codec_table(df).iloc[0]["encode MiB"] == "OOM"
 
 
+def test_a_failing_measurement_is_an_error_row_and_the_sweep_goes_on():
+    """The bare contract class implements nothing: its measurement process fails with NotImplementedError, which
+    is neither a rejected shape nor out of memory; the row says so and the next tokenizer is still measured."""
+    entries = [("bare", "harness_core.api:VideoTokenizer", {}), ("f2d", "frame2d_vq", {"size": "tiny"})]
+    df = profile_codec_costs(entries, frames=[16], resolutions=[32], device="cpu")
+    assert list(df.status) == ["error", "ok"] and "NotImplementedError" in df.reason.iloc[0]
+
+
 def test_is_out_of_memory_tells_allocation_failures_from_other_errors():
     assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"))
