@@ -43,8 +43,7 @@ the video stage; the image GAN weight is 0 in the video stage), plus the commitm
 """
 from __future__ import annotations
 
-import math
-from dataclasses import fields, replace
+from dataclasses import fields
 from typing import Any, Mapping
 
 import torch
@@ -589,7 +588,7 @@ class OmniTokenizer(VideoTokenizer):
         features = self.encode_features(batch)
         if self.continuous:
             posterior = DiagonalGaussian(features)
-            latents, bottleneck = posterior.sample(), None
+            latents = posterior.sample()
             kl = posterior.kl()
             extra = {"kl": kl.detach()}
             penalty = self.kl_weight * kl
