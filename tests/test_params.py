@@ -16,14 +16,14 @@ def test_paper_suite_counts_exclude_discriminators_and_referenced_runs():
     assert rows["coordtok_l_1280"].discriminator == 0
     magvit = rows["magvit_ae_l"]
     assert magvit.discriminator > 0 and magvit.parameters > 0
-    # VideoFlexTok holds its stage-0 VAE (run:vae_causal), which is counted in its own row only
+    # VideoFlexTok holds its stage-0 VAE (run:vae_causal, with its VidTok discriminator), counted in its own row only
     flex, vae = rows["videoflextok_k600"], rows["vae_causal"]
     suite = load_suite(PAPER_SUITE, check_data=False)
     entries = {e.id: e for e in suite.tokenizers}
     with torch.device("meta"):
         models = {"vae_causal": build_tokenizer(suite, entries["vae_causal"], {})}
         whole = build_tokenizer(suite, entries["videoflextok_k600"], models)
-    assert vae.parameters > 0 and flex.parameters + vae.parameters == count_parameters(whole)
+    assert vae.parameters > 0 and flex.parameters + vae.parameters + vae.discriminator == count_parameters(whole)
     assert flex.published == 570e6 and "adaLN" in flex.source
 
 
