@@ -126,7 +126,7 @@ def entropy_bits(counts: Sequence[float] | np.ndarray) -> float:
     if not np.isfinite(counts).all() or (counts < 0).any() or counts.sum() <= 0:
         raise ValueError("index histogram: counts must be finite, non-negative and not all zero")
     p = counts[counts > 0] / counts.sum()
-    return float(max(-(p * np.log2(p)).sum(), 0.0))
+    return float(max(0.0, -(p * np.log2(p)).sum()))  # 0.0 first: a single code gives -0.0, shown as "-0"
 
 
 def rate_summary(tokens_per_video: int | None, pixels_per_video: int, videos: int, codebook_size: int | None = None,

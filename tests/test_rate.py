@@ -117,11 +117,11 @@ def test_a_codec_rate_is_its_bitstream_through_the_stage_tally(sample_videos):
     from harness_core.registry import TOKENIZERS
 
     h264 = TOKENIZERS.get("h264")(crf=30)
-    videos = sample_videos[:2, :, :8, :32, :32]
+    videos = sample_videos[:2, :, :8]
     rate, record, _, _ = stage_rate(h264, videos)
     exact = float(h264.encode(videos).bits.sum())  # 8 x bitstream bytes of both rows (deterministic encoder)
     assert rate["kind"] == "bitstream" and record["bits"] == exact
-    assert rate["bpp"] == pytest.approx(exact / 2 / (8 * 32 * 32), rel=1e-12)
+    assert rate["bpp"] == pytest.approx(exact / 2 / (8 * 64 * 64), rel=1e-12)
 
 
 def test_rate_summary_rules_and_errors():
@@ -209,14 +209,19 @@ def test_rate_distortion_plot_bd_table_and_bpp_column(tmp_path):
                 for c, b, p, l in ((40, 0.02, 28.0, 0.30), (32, 0.06, 31.5, 0.20), (24, 0.2, 35.0, 0.10))]
     records += [_record(tmp_path, "grid3d_c4", "grid3d", {"bpp": 0.25, "kind": "uncompressed fp16"}, 30.0, 0.25),
                 _record(tmp_path, "grid3d_c8", "grid3d", {"bpp": 0.5, "kind": "uncompressed fp16"}, 33.0, 0.15),
-                _record(tmp_path, "magvit", "grid3d_vq", {"bpp": 0.04, "kind": "nominal", "bpp_entropy": 0.03}, 29.0, 0.28)]
+                _record(tmp_path, "magvit", "grid3d_vq", {"bpp": 0.04, "kind": "nominal", "bpp_entropy": 0.03}, 29.0, 0.28),
+                # one family, two rate kinds (OmniTokenizer-DV and -CV): two one-point curves, not one line
+                _record(tmp_path, "omni_dv", "omnitokenizer", {"bpp": 0.04, "kind": "nominal"}, 29.5, 0.27),
+                _record(tmp_path, "omni_cv", "omnitokenizer", {"bpp": 0.6, "kind": "uncompressed fp16"}, 34.0, 0.12)]
     data = ReportData(tmp_path, records)
     assert "rate_distortion" in [name for name, _ in PLOTS]
     [figure] = rate_distortion(data)
     with Image.open(figure.path) as image:
         assert image.format == "PNG" and image.width > 600
     table = figure.table.set_index("curve")
-    assert set(table.index) == {"h264", "grid3d", "grid3d_vq"}  # the anchor is not compared with itself
+    assert set(table.index) == {"h264", "grid3d", "grid3d_vq", "omnitokenizer (nominal)",
+                                "omnitokenizer (uncompressed fp16)"}  # the anchor is not compared with itself
+    assert table.loc["omnitokenizer (nominal)", "points"] == 1
     assert table.loc["h264", "PSNR ↑"] == "-50.0%" and table.loc["h264", "LPIPS ↓"] == "-50.0%"
     assert table.loc["grid3d_vq", "PSNR ↑"] == "n/a (fewer than 2 points)"
     assert table.loc["grid3d", "points"] == 2 and table.loc["grid3d", "PSNR ↑"].endswith("%")

@@ -329,11 +329,15 @@ def rd_points(data: ReportData) -> pd.DataFrame:
     """Long table (curve, suite, row, tokenizer, kind, bpp, metric, value) of every row with a rate.
 
     A *curve* is a family with a rate knob: the rows of one registered tokenizer name in one suite (a codec's CRFs,
-    CoordTok's configurations, VideoFlexTok's budgets); a family with one row is one point. ``bpp`` is the row's
+    CoordTok's configurations, VideoFlexTok's budgets), split by rate kind when the family's rows have several
+    (OmniTokenizer-DV's nominal and -CV's uncompressed rates are not one curve); a family with one row is one point. ``bpp`` is the row's
     primary rate (:mod:`metrics.rate`: nominal for discrete tokens, uncompressed fp16 for continuous latents, the
     bitstream for codecs).
     """
     multi = len({r.suite for r in data.records}) > 1
+    kinds: dict[tuple[str, str], set[str]] = {}
+    for record in data.records:
+        kinds.setdefault((record.suite, record.tokenizer), set()).add((record.rate or {}).get("kind", ""))
     points = []
     for record in data.records:
         rate = record.rate or {}
@@ -341,6 +345,8 @@ def rd_points(data: ReportData) -> pd.DataFrame:
         if not isinstance(bpp, (int, float)) or not np.isfinite(bpp) or bpp <= 0:
             continue
         curve = f"{record.suite}/{record.tokenizer}" if multi else record.tokenizer
+        if len(kinds[record.suite, record.tokenizer]) > 1:  # rates of different kinds do not lie on one curve
+            curve = f"{curve} ({rate.get('kind', '')})"
         for spec in rd_metrics(data):
             value = record.metrics.get(spec.key)
             if isinstance(value, (int, float)) and np.isfinite(value):
