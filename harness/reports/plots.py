@@ -414,7 +414,8 @@ def rate_distortion(data: ReportData) -> list[Figure]:
             if mine.empty:
                 continue
             kind = ", ".join(dict.fromkeys(mine["kind"]))
-            ax.plot(mine["bpp"], mine["value"], marker="o", color=colors[curve], label=f"{curve} ({kind})",
+            label = curve if curve.endswith(f"({kind})") else f"{curve} ({kind})"  # split curves carry their kind
+            ax.plot(mine["bpp"], mine["value"], marker="o", color=colors[curve], label=label,
                     linestyle=_RD_STYLES.get(kind, "-"), linewidth=1.2 if len(mine) > 1 else 0)
         _log_bpp_axis(ax)
         ax.set_xlabel(rate_spec().axis_label.replace(" ↓", ""))
