@@ -473,16 +473,24 @@ def load_codec_suite(path: str | Path, overrides: Sequence[str] = ()) -> CodecCo
     return suite
 
 
-def is_out_of_memory(err: BaseException) -> bool:
-    """Whether ``err`` is an allocation failure: ``torch.OutOfMemoryError`` (CUDA), ``MemoryError``, or the
-    ``RuntimeError`` of PyTorch's CPU allocator (``DefaultCPUAllocator: can't allocate memory``, errno 12)."""
+#: what oneDNN (PyTorch's CPU convolution backend) raises when it cannot allocate a primitive's memory: under the
+#: CPU memory cap the same 4 MiB overrun fails here or in PyTorch's allocator, depending on which allocates first
+ONEDNN_ALLOCATION_FAILURE = "could not create a primitive"
+
+
+def is_out_of_memory(err: BaseException, capped: bool = False) -> bool:
+    """Whether ``err`` is an allocation failure: ``torch.OutOfMemoryError`` (CUDA), ``MemoryError``, the
+    ``RuntimeError`` of PyTorch's CPU allocator (``DefaultCPUAllocator: can't allocate memory``, errno 12), or, when
+    the measurement runs under a CPU memory cap (``capped``), oneDNN's :data:`ONEDNN_ALLOCATION_FAILURE` (seen on a
+    fresh clone where the cap's overrun hit a convolution's primitive first)."""
     import torch
 
     if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
         return True
     text = str(err).lower()
-    return isinstance(err, RuntimeError) and any(
-        marker in text for marker in ("out of memory", "can't allocate memory", "cannot allocate memory"))
+    markers = ("out of memory", "can't allocate memory", "cannot allocate memory") + (
+        (ONEDNN_ALLOCATION_FAILURE,) if capped else ())
+    return isinstance(err, RuntimeError) and any(marker in text for marker in markers)
 
 
 @contextlib.contextmanager
@@ -635,7 +643,7 @@ def measure_codec(name: str, kwargs: dict[str, Any], frames: int, resolution: in
     except ValueError as err:
         return {"status": "skipped", "reason": _first_line(err)}
     except (RuntimeError, MemoryError) as err:
-        if not is_out_of_memory(err):
+        if not is_out_of_memory(err, capped=memory_cap_mb is not None and dev.type == "cpu"):
             raise
         return {"status": "OOM", "reason": _first_line(err)}
     return {

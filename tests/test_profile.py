@@ -12,6 +12,7 @@ import torch
 from harness.profile import (
     CODEC_COLUMNS,
     CodecCostSuite,
+    ONEDNN_ALLOCATION_FAILURE,
     CodecCostTokenizer,
     codec_table,
     is_out_of_memory,
@@ -144,7 +145,8 @@ def test_codec_sweep_records_out_of_memory_under_a_cap():
     df = profile_codec_costs([("f2d", "frame2d_vq", {"size": "tiny"})], frames=[17], resolutions=[64], device="cpu",
                              memory_cap_mb=4)
     row = df.iloc[0]
-    assert row.status == "OOM" and "allocate" in row.reason and np.isnan(row.encode_mb)
+    assert row.status == "OOM" and ("allocate" in row.reason or ONEDNN_ALLOCATION_FAILURE in row.reason)
+    assert np.isnan(row.encode_mb)
     assert codec_table(df).iloc[0]["encode MiB"] == "OOM"
 
 
@@ -161,6 +163,8 @@ def test_is_out_of_memory_tells_allocation_failures_from_other_errors():
     assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"))
     assert is_out_of_memory(MemoryError())
     assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_out_of_memory(RuntimeError("could not create a primitive"))  # only under a CPU memory cap
+    assert is_out_of_memory(RuntimeError("could not create a primitive"), capped=True)
 
 
 @pytest.mark.parametrize("text, key", [
