@@ -336,7 +336,8 @@ class LARP(VideoTokenizer):
                      "scripts/train_larp_tokenizer_reproduce.sh, models/larp_tokenizer.py, models/bottleneck.py, "
                      "models/gptc.py, models/loss.py, trainers/larp_tokenizer_trainer.py (docs/larp.md)")
     published_parameters: ClassVar[dict[str, tuple[float, str]]] = {
-        "L_long": (173e6, f"{LARP_REPO} README (LARP-L-Long-tokenizer, 173M)")}
+        "L_long": (173e6, f"{LARP_REPO} README (LARP-L-Long-tokenizer, 173M); the measured count includes the "
+                         "21.7M AR prior (172.2M without it)")}
 
     def __init__(self, size: str = "tiny", resolution: int = 128, chunk_frames: int = 16, patch_size: int = 8,
                  temporal_patch_size: int = 4, tokens: int | None = None, codebook_size: int = 8192, code_dim: int = 16,
