@@ -2,7 +2,8 @@
 then compare the parameters of both ranks. Writes ddp_report.json into the folder given as argv[1].
 
 argv[2] picks the model: ``grid3d`` (default), ``videoflextok_stage0``: a tiny VideoFlexTok trained on
-its stage-0 latent cache (built by rank 0, read by both), or ``generator``: a tiny SiT (and its EMA) trained
+its stage-0 latent cache (built by rank 0, read by both), ``magvit_ema``: a tiny MAGVIT-recipe grid3d_vq whose
+EMA of the weights (entropy loss on) ends up in the model, or ``generator``: a tiny SiT (and its EMA) trained
 through the generation stage's ``train_generator`` on a tiny grid3d's latents of real sample clips."""
 import json
 import sys
@@ -27,6 +28,10 @@ if mode == "videoflextok_stage0":
     model = create_tokenizer("videoflextok", size="tiny", vae=vae, n_max=4, enc_depth=1, enc_dim=32, enc_heads=2,
                              dec_depth=1, dec_dim=32, dec_heads=2)
     frames, train = 17, TrainConfig(steps=2, batch_size=4, micro_batch_size=1, stage0_cache_clips=6)
+elif mode == "magvit_ema":  # the MAGVIT recipe's EMA of the weights, which training leaves in the model
+    model = create_tokenizer("grid3d_vq", size="tiny", channels=8, codebook_size=64, recipe="magvit", weight_ema=0.5,
+                             loss={"gan": None, "perceptual_weight": 0.0})
+    frames, train = 16, TrainConfig(steps=2, batch_size=4, micro_batch_size=1)
 else:
     model = create_tokenizer("grid3d", size="tiny", channels=8)
     frames, train = 16, TrainConfig(steps=2, batch_size=4, micro_batch_size=1)

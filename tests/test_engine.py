@@ -323,7 +323,8 @@ def test_generators_train_every_parameter_as_declared(layout):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode, port", [("grid3d", 29531), ("videoflextok_stage0", 29532), ("generator", 29533)])
+@pytest.mark.parametrize("mode, port", [("grid3d", 29531), ("videoflextok_stage0", 29532), ("generator", 29533),
+                                        ("magvit_ema", 29534)])
 def test_two_cpu_processes_keep_identical_parameters(tmp_path, mode, port):
     """Tokenizers and generators train through the one ``fit`` loop; after DDP training both ranks agree exactly."""
     script = REPO / "tests" / "ddp_train_check.py"
