@@ -61,6 +61,15 @@ def cli(capsys, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def real_clips(paths: list[Path], starts: tuple[int, ...], frames: int, resolution: int) -> torch.Tensor:
+    """Clips of the real videos at ``paths``, every start of every video in that order, as
+    ``float32 [len(paths) x len(starts), 3, frames, resolution, resolution]`` in ``[-1, 1]``."""
+    from harness.data.decode import decode_frames, to_model_range
+
+    return to_model_range(np.stack([decode_frames(p, start=s, num_frames=frames, resolution=resolution)
+                                    for p in paths for s in starts]))
+
+
 def shared_path(*parts: str) -> Path:
     """A path under ../shared, or skip the test with the reason when it is absent."""
     path = SHARED.joinpath(*parts)

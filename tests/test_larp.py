@@ -3,12 +3,12 @@ configuration on real clips with every loss term, stochastic VQ, decoding from i
 the tokens, bad input."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
+from conftest import real_clips
+
 from harness.chunks import encode_video, reconstruct_video
-from harness.data.decode import decode_frames, to_model_range
 from harness.generation.ar import ARTransformer
 from harness.generation.tokens import decode as decode_generated
 from harness.generation.tokens import pack, unpack
@@ -23,8 +23,7 @@ TINY = {"size": "tiny", "resolution": 32, "codebook_size": 512, "max_steps": 10}
 @pytest.fixture(scope="module")
 def clips(sample_paths) -> torch.Tensor:
     """Six real 16-frame 32x32 clips (two per sample video), ``float32 [6, 3, 16, 32, 32]`` in ``[-1, 1]``."""
-    return to_model_range(np.stack([decode_frames(p, start=s, num_frames=16, resolution=32)
-                                    for p in sample_paths for s in (0, 24)]))
+    return real_clips(sample_paths, (0, 24), frames=16, resolution=32)
 
 
 def test_registered_with_presets():

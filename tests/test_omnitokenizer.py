@@ -1,13 +1,13 @@
 """OmniTokenizer (issue 26 item 2): Table 7 token shapes, the two-stage recipe on real clips, causality, decoding."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
+from conftest import real_clips
+
 from harness_core.api import Tokens
 from harness.chunks import reconstruct_video
-from harness.data.decode import decode_frames, to_model_range
 from video_tokenizers.omnitokenizer import (OMNITOKENIZER_PRESETS, OmniTokenizer, omnitokenizer_param_counts,
                                             rope_angles)
 
@@ -17,8 +17,7 @@ NO_PERCEPTUAL_GAN = {"perceptual_weight": 0.0, "gan": None}
 @pytest.fixture(scope="module")
 def clips17(sample_paths) -> torch.Tensor:
     """Six real 17-frame 32x32 clips (two per sample video), ``float32 [6, 3, 17, 32, 32]`` in [-1, 1]."""
-    return to_model_range(np.stack([decode_frames(p, start=s, num_frames=17, resolution=32)
-                                    for p in sample_paths for s in (0, 40)]))
+    return real_clips(sample_paths, (0, 40), frames=17, resolution=32)
 
 
 def test_registered_with_presets():
